@@ -1,0 +1,58 @@
+"""The one `keel` command. Each subcommand lives in its own module, imported only when used.
+
+A subcommand module exposes `configure(parser)` to add its arguments and
+`run(args, settings) -> int` returning the process exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from infra.logs import setup_logging
+from infra.settings import Settings
+
+# name -> (module, one-line help). Later issues register their processes here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("infra.commands.up", "start the embedded stack and every Keel process, supervised"),
+    "status": ("infra.commands.status", "health of every component; non-zero unless all healthy"),
+    "topics": ("infra.commands.topics", "create, list or describe Keel's topics"),
+    "markets": ("infra.commands.markets", "validate and show the markets config"),
+    "migrate": ("infra.commands.migrate", "apply PostgreSQL migrations"),
+    "services": ("infra.commands.services", "run one embedded service in the foreground"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keel", description="Keel exchange backbone")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            p.set_defaults(_missing=True)
+            continue
+        module.configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_missing", False):
+        parser.error(f"command {args.command!r} is not available in this build")
+    settings = Settings.from_env()
+    setup_logging(settings.log_level, process=args.command)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args, settings) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

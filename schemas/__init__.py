@@ -1,0 +1,1 @@
+"""Avro schemas (one .avsc per message) and the codec."""
