@@ -38,6 +38,9 @@ class Settings:
     log_level: str = "WARNING"
     embedded_kafka_port: int = 19092
     embedded_postgres_port: int = 15432
+    embedded_clickhouse_port: int = 18123     # the chDB owner's local HTTP endpoint
+    user_partitions: int = 4                  # partitions of the user-hashed topics
+    replication_factor: int = 1               # 1 embedded; 3 in production
     metrics_port_base: int = 9400
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
@@ -58,6 +61,9 @@ class Settings:
             log_level=env.get("KEEL_LOG_LEVEL", "WARNING").upper(),
             embedded_kafka_port=int(env.get("KEEL_EMBEDDED_KAFKA_PORT", "19092")),
             embedded_postgres_port=int(env.get("KEEL_EMBEDDED_POSTGRES_PORT", "15432")),
+            embedded_clickhouse_port=int(env.get("KEEL_EMBEDDED_CLICKHOUSE_PORT", "18123")),
+            user_partitions=int(env.get("KEEL_USER_PARTITIONS", "4")),
+            replication_factor=int(env.get("KEEL_REPLICATION_FACTOR", "1")),
             metrics_port_base=int(env.get("KEEL_METRICS_PORT_BASE", "9400")),
             gateway_host=env.get("KEEL_GATEWAY_HOST", "127.0.0.1"),
             gateway_port=int(env.get("KEEL_GATEWAY_PORT", "8080")),
@@ -97,6 +103,10 @@ class Settings:
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
 
     def topic(self, name: str) -> str:
         """Full topic name for a short name: topic('orders') -> 'keel.orders'."""
