@@ -27,7 +27,11 @@ class ClickHouseOwner:
 
     def raw(self, sql: str, fmt: str) -> bytes:
         with self.lock:
-            return self.client.raw_query(sql, fmt=fmt)
+            if _returns_rows(sql):
+                return self.client.raw_query(sql, fmt=fmt)
+            # DDL and INSERT ... VALUES: a FORMAT clause appended to them would be data.
+            result = self.client.command(sql)
+            return b"" if result is None else f"{result}\n".encode()
 
     def ping(self) -> bool:
         with self.lock:
@@ -36,6 +40,14 @@ class ClickHouseOwner:
     def close(self) -> None:
         with self.lock:
             self.client.close()
+
+
+_ROW_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
+
+
+def _returns_rows(sql: str) -> bool:
+    words = sql.lstrip(" \t\r\n(").split(None, 1)
+    return bool(words) and words[0].upper() in _ROW_STATEMENTS
 
 
 def _handler(owner: ClickHouseOwner) -> type[BaseHTTPRequestHandler]:
