@@ -1,0 +1,52 @@
+"""Prometheus metrics of the engine service, served on its own HTTP port."""
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from infra.logs import event
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5)
+
+
+class EngineMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.order_latency = Histogram(
+            "exchange_order_latency_seconds", "Consume to transaction commit, per input record",
+            ["pair", "type"], buckets=LATENCY_BUCKETS, registry=r)
+        self.orders = Counter("exchange_orders_processed", "Input commands applied (primary)",
+                              ["pair"], registry=r)
+        self.depth = Gauge("exchange_order_book_depth", "Resting quantity in the top levels (lots)",
+                           ["pair", "side"], registry=r)
+        self.lag = Gauge("exchange_engine_consumer_lag", "keel.orders high watermark - position",
+                         ["partition"], registry=r)
+        self.commit_time = Histogram(
+            "exchange_engine_commit_seconds", "Kafka transaction commit (offsets + commit)",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.batch = Histogram("exchange_engine_batch_records", "Records per transaction",
+                               buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000), registry=r)
+        self.snapshot_bytes = Gauge("exchange_engine_snapshot_bytes",
+                                    "Size of the last engine snapshot", ["partition"], registry=r)
+        self.dead_letters = Counter("exchange_engine_dead_letters", "Records sent to the DLQ",
+                                    ["partition", "code"], registry=r)
+        self.role = Gauge("exchange_engine_primary", "1 while this process is the partition's primary",
+                          ["partition"], registry=r)
+        self.recovery = Gauge("exchange_engine_recovery_seconds", "Last start-up/takeover time",
+                              ["partition"], registry=r)
+
+    def serve(self, port: int | None) -> int | None:
+        """Start the HTTP endpoint; a busy port is logged, never fatal."""
+        if not port:
+            return None
+        try:
+            start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        except OSError as exc:
+            event(log, "metrics port unavailable", logging.WARNING, port=port, error=str(exc))
+            return None
+        return port

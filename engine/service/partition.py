@@ -1,0 +1,324 @@
+"""One engine partition: its books, its transactional producer, its place in keel.orders.
+
+A partition is a STANDBY (applies input quietly up to the group's committed offset),
+TAKING_OVER (has fenced the old writer and catches up to the committed offset), or
+PRIMARY (one Kafka transaction per batch: events, dead letters, depth, sometimes a
+snapshot, and the input offset). The state machine lives here; the process loop in
+engine.service.runner only feeds records and ticks.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import deque
+from enum import Enum
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from engine.engine import Engine
+from engine.markets import MarketsConfig
+from engine.service.config import EngineOptions
+from engine.service.depth import DepthFeed
+from engine.service.metrics import EngineMetrics
+from engine.service.routing import Fault, Router
+from engine.service.snapshots import chunk_records, find_latest
+from infra.logs import event
+from schemas.codec import Codec, CodecError
+
+log = logging.getLogger(__name__)
+TXN_TIMEOUT = 30.0
+FENCING_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+
+
+class Role(Enum):
+    STANDBY = "standby"
+    TAKING_OVER = "taking_over"
+    PRIMARY = "primary"
+
+
+class Fenced(Exception):
+    """Another instance owns this partition's transactional.id now: write nothing more."""
+
+
+class TransactionFailed(Exception):
+    """A transaction was aborted; the partition must be rebuilt from the log."""
+
+
+def _kafka_error(exc: KafkaException) -> KafkaError | None:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
+class PartitionWorker:
+    def __init__(self, partition: int, markets: MarketsConfig, opts: EngineOptions,
+                 codec: Codec, metrics: EngineMetrics, clock=time.monotonic) -> None:
+        self.partition = partition
+        self.markets = markets
+        self.opts = opts
+        self.codec = codec
+        self.metrics = metrics
+        self.clock = clock
+        self.router = Router(codec, markets, partition)
+        self.market_list = markets.pairs_on(partition)
+        self._reset_engine(Engine(self.market_list, opts.impl))
+        self.next_offset = 0            # every keel.orders record below it is applied
+        self.target = 0                 # standby/takeover: apply quietly up to here
+        self.role = Role.STANDBY
+        self.pending: deque = deque()   # (message, received_at) not applied yet
+        self.producer = None
+        self.group_metadata = None
+        self.suppress: tuple[str, int] | None = None
+        self.since_snapshot = 0
+        self.snapshot_at = clock()
+        self.last_ts = 0
+        self.started_at = clock()
+        self.live_at: float | None = None
+
+    def _reset_engine(self, engine: Engine) -> None:
+        self.engine = engine
+        self.books = {pair: engine.book(pair) for pair in engine.pairs()}
+        self.keys = {pair: pair.encode() for pair in self.books}
+        self.feed = DepthFeed(self.books, self.opts.depth_levels,
+                              self.opts.depth_snapshot_every, self.opts.depth_snapshot_s)
+
+    # ---- recovery ----
+
+    def recover(self, reader, committed: int) -> None:
+        """Load the newest snapshot at or before `committed`; input resumes at its offset."""
+        t0 = self.clock()
+        snap = find_latest(reader, self.codec, self.opts.snapshots_topic, self.partition,
+                           committed)
+        if snap is None:
+            self._reset_engine(Engine(self.market_list, self.opts.impl))
+            self.next_offset = 0
+        else:
+            engine = Engine.restore(self.market_list, snap.snapshot, self.opts.impl)
+            if engine.state_hash() != snap.state_hash:
+                raise RuntimeError(f"partition {self.partition}: snapshot at input offset "
+                                   f"{snap.input_offset} fails its state hash")
+            self._reset_engine(engine)
+            self.next_offset = snap.input_offset
+        self.pending.clear()
+        self.target = committed
+        self.since_snapshot = 0
+        self.snapshot_at = self.clock()
+        event(log, "partition recovered from snapshot", partition=self.partition,
+              snapshot_offset=None if snap is None else snap.input_offset,
+              committed=committed, seconds=round(self.clock() - t0, 3))
+
+    def take_over(self, producer, reader, group_metadata) -> None:
+        """Become the writer: `producer` has just fenced the previous one (init_transactions)."""
+        self.producer = producer
+        self.group_metadata = group_metadata
+        self.started_at = self.clock()
+        committed = reader.committed(self.opts.orders_topic, self.partition)
+        if committed < self.next_offset:
+            # Never expected (a standby stops at the committed offset); rebuild to be safe.
+            self.recover(reader, committed)
+        self.target = committed
+        self.role = Role.TAKING_OVER
+        self.metrics.role.labels(self.partition).set(0)
+
+    def _go_live(self, reader) -> None:
+        """Caught up to the committed offset: start publishing where the log ends.
+
+        A broker that exposes a fenced writer's unfinished transaction (tansu does) may
+        already hold events and depth beyond the committed offset; they are exactly what
+        this engine is about to produce, so the events are suppressed up to the last one
+        published and the depth chain resumes after the last published update id.
+        """
+        for book in self.books.values():
+            self.feed.discard(book)
+        self.suppress = None
+        last = reader.last(self.opts.events_topic, self.partition)
+        if last is not None:
+            try:
+                ev = self.codec.decode_event(last.value())
+            except CodecError as exc:
+                event(log, "undecodable tail of keel.events", logging.WARNING,
+                      partition=self.partition, error=str(exc))
+            else:
+                book = self.books.get(ev.pair)
+                if book is not None and ev.seq > book.seq:
+                    self.suppress = (ev.pair, ev.seq)
+        for msg in reader.tail(self.opts.depth_topic, self.partition, 2 * len(self.books) + 4):
+            try:
+                rec = self.codec.decode("depth_update", msg.value())
+            except CodecError:
+                continue
+            if rec["pair"] in self.books:
+                pair = rec["pair"]
+                self.feed.resume(pair, max(self.feed.next_first(pair), rec["last_update_id"] + 1))
+        self.role = Role.PRIMARY
+        self.live_at = self.clock()
+        self.metrics.role.labels(self.partition).set(1)
+        self.metrics.recovery.labels(self.partition).set(self.live_at - self.started_at)
+        event(log, "partition is primary", partition=self.partition, offset=self.next_offset,
+              suppress=self.suppress, seconds=round(self.live_at - self.started_at, 3))
+
+    def rebuild(self, reader) -> int:
+        """After an aborted transaction: back to the log's committed state (same producer).
+        Returns the keel.orders offset the consumer must seek to."""
+        self.recover(reader, reader.committed(self.opts.orders_topic, self.partition))
+        self.role = Role.TAKING_OVER
+        return self.next_offset
+
+    # ---- input ----
+
+    def offer(self, msg, received_at: float) -> None:
+        if msg.offset() >= self.next_offset:
+            self.pending.append((msg, received_at))
+
+    def step(self, reader) -> int:
+        """Apply what can be applied in the current role; returns records applied."""
+        done = 0
+        if self.role is not Role.PRIMARY:
+            pending, target, route, books = self.pending, self.target, self.router.route, self.books
+            while pending and pending[0][0].offset() < target:
+                msg = pending.popleft()[0]
+                cmd = route(msg.value())
+                if type(cmd) is not Fault:
+                    books[cmd.pair].apply(cmd)
+                    self.last_ts = cmd.ts
+                self.next_offset = msg.offset() + 1
+                done += 1
+            if self.role is Role.TAKING_OVER and self.next_offset >= target:
+                self._go_live(reader)
+        if self.role is Role.PRIMARY:
+            while self.pending:
+                n = min(len(self.pending), self.opts.max_batch)
+                batch = [self.pending.popleft() for _ in range(n)]
+                self._transact(batch)
+                done += n
+        return done
+
+    # ---- the transaction ----
+
+    def _produce(self, topic: str, value: bytes, key: bytes, partition: int, headers=None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, partition=partition, headers=headers)
+                return
+            except BufferError:
+                self.producer.poll(0.005)       # local queue full: let deliveries drain
+
+    def _transact(self, batch: list) -> None:
+        opts, part, produce = self.opts, self.partition, self._produce
+        events_topic, encode = opts.events_topic, self.codec.encode_event
+        books, keys, route = self.books, self.keys, self.router.route
+        touched: dict[str, int] = {}
+        types: dict[tuple[str, str], int] = {}
+        try:
+            self.producer.begin_transaction()
+            for msg, _ in batch:
+                cmd = route(msg.value())
+                if type(cmd) is Fault:
+                    self._dead_letter(msg, cmd)
+                else:
+                    pair = cmd.pair
+                    evs = books[pair].apply(cmd)
+                    if self.suppress is not None:
+                        evs = self._unsuppressed(evs)
+                    key = keys[pair]
+                    for ev in evs:
+                        produce(events_topic, encode(ev), key, part)
+                    touched[pair] = cmd.ts
+                    self.last_ts = cmd.ts
+                    t = (pair, type(cmd).__name__)
+                    types[t] = types.get(t, 0) + 1
+                self.next_offset = msg.offset() + 1
+            now = self.clock()
+            for pair, ts in touched.items():
+                for rec in self.feed.updates(books[pair], ts, now):
+                    produce(opts.depth_topic, self.codec.encode("depth_update", rec, validate=False),
+                            keys[pair], part)
+            self.since_snapshot += len(batch)
+            if self.since_snapshot >= opts.snapshot_every or (
+                    now - self.snapshot_at >= opts.snapshot_every_s):
+                self._write_snapshot()
+            t_commit = self.clock()
+            self.producer.send_offsets_to_transaction(
+                [TopicPartition(opts.orders_topic, part, self.next_offset)],
+                self.group_metadata, TXN_TIMEOUT)
+            self._commit()
+        except KafkaException as exc:
+            self._fail(exc)
+        done = self.clock()
+        m = self.metrics
+        m.commit_time.observe(done - t_commit)
+        m.batch.observe(len(batch))
+        # Every record of a batch shares its consume time, so one latency per record.
+        latency = done - batch[0][1]
+        for (pair, kind), count in types.items():
+            child = m.order_latency.labels(pair, kind)
+            for _ in range(count):
+                child.observe(latency)
+            m.orders.labels(pair).inc(count)
+
+    def _commit(self) -> None:
+        for _attempt in range(10):
+            try:
+                self.producer.commit_transaction(TXN_TIMEOUT)
+                return
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                if err is None or not err.retriable():
+                    raise
+        self.producer.commit_transaction(TXN_TIMEOUT)
+
+    def _fail(self, exc: KafkaException):
+        err = _kafka_error(exc)
+        if err is not None and (err.code() in FENCING_CODES or err.fatal()):
+            event(log, "fenced: another instance owns this partition", logging.ERROR,
+                  partition=self.partition, error=str(err))
+            raise Fenced(str(err)) from exc
+        event(log, "transaction failed, aborting and rebuilding", logging.ERROR,
+              partition=self.partition, error=str(exc))
+        try:
+            self.producer.abort_transaction(TXN_TIMEOUT)
+        except KafkaException as abort_exc:
+            aerr = _kafka_error(abort_exc)
+            if aerr is not None and (aerr.code() in FENCING_CODES or aerr.fatal()):
+                raise Fenced(str(aerr)) from abort_exc
+        raise TransactionFailed(str(exc)) from exc
+
+    def _unsuppressed(self, evs: list) -> list:
+        """Drop events a fenced writer already exposed (see _go_live)."""
+        pair, seq = self.suppress
+        out = []
+        for ev in evs:
+            if self.suppress is not None:
+                if ev.pair == pair and ev.seq >= seq:
+                    self.suppress = None
+                    event(log, "caught up with the published tail", partition=self.partition,
+                          pair=pair, seq=seq)
+                    if ev.seq == seq:
+                        continue
+                else:
+                    continue
+            out.append(ev)
+        return out
+
+    def _dead_letter(self, msg, fault: Fault) -> None:
+        _, ts = msg.timestamp()
+        value = self.codec.encode("dead_letter", {
+            "source_topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+            "key": msg.key(), "value": msg.value(), "reason": fault.reason,
+            "error_code": fault.code, "consumer": "engine",
+            # The input record's time, not the clock: the engine's output stays deterministic.
+            "ts": max(ts, 0)}, validate=False)
+        self._produce(self.opts.dlq_topic, value, self.opts.orders_topic.encode(), 0)
+        self.metrics.dead_letters.labels(self.partition, fault.code).inc()
+        event(log, "dead-lettered input", logging.WARNING, partition=self.partition,
+              offset=msg.offset(), code=fault.code, reason=fault.reason)
+
+    def _write_snapshot(self) -> None:
+        data = self.engine.snapshot()
+        digest = hashlib.sha256(data).hexdigest()
+        for key, value, headers in chunk_records(self.codec, self.partition, self.next_offset,
+                                                 data, digest, self.last_ts,
+                                                 self.opts.chunk_bytes):
+            self._produce(self.opts.snapshots_topic, value, key, self.partition, headers)
+        self.since_snapshot = 0
+        self.snapshot_at = self.clock()
+        self.metrics.snapshot_bytes.labels(self.partition).set(len(data))

@@ -1,0 +1,91 @@
+"""Random access to committed topic data: ranges, tails and committed offsets.
+
+The service reads its own past (snapshots, the tail of what it published, the group's
+committed offset) with a separate, group-less read_committed consumer, so the main
+consumer's position is never disturbed.
+"""
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from infra.kafka import consumer_config
+from infra.settings import Settings
+
+TIMEOUT = 10.0
+
+
+class LogReader:
+    def __init__(self, settings: Settings, group_id: str, client_id: str = "keel-engine-reader"):
+        # group.id is the engine's, for committed(); this consumer never commits or joins.
+        self._consumer = Consumer(consumer_config(
+            settings, group_id, client_id, enable_partition_eof=True,
+            fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024))
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def committed(self, topic: str, partition: int) -> int:
+        """The group's committed offset (0 when nothing was committed yet)."""
+        [tp] = self._consumer.committed([TopicPartition(topic, partition)], timeout=TIMEOUT)
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        return max(tp.offset, 0)
+
+    def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        return self._consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                    timeout=TIMEOUT, cached=False)
+
+    def read(self, topic: str, partition: int, start: int, end: int | None = None,
+             timeout: float = TIMEOUT) -> list:
+        """Committed records with start <= offset < end (end None: up to the current end)."""
+        low, high = self.watermarks(topic, partition)
+        end = high if end is None else min(end, high)
+        start = max(start, low)
+        if start >= end:
+            return []
+        self._consumer.assign([TopicPartition(topic, partition, start)])
+        out = []
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                done = False
+                for msg in self._consumer.consume(1000, 0.2):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            done = True
+                            break
+                        raise KafkaException(err)
+                    if msg.offset() >= end:
+                        done = True
+                        break
+                    out.append(msg)
+                    if msg.offset() == end - 1:
+                        done = True
+                        break
+                if done:
+                    return out
+            raise TimeoutError(f"reading {topic}[{partition}] {start}..{end} timed out")
+        finally:
+            self._consumer.unassign()
+
+    def tail(self, topic: str, partition: int, count: int) -> list:
+        """At least the last `count` committed records (fewer if the log is shorter).
+
+        Offsets also hold transaction markers and aborted records, so the window widens
+        until it has enough or reaches the start of the log.
+        """
+        low, high = self.watermarks(topic, partition)
+        window = max(count * 2, 16)
+        while True:
+            start = max(low, high - window)
+            records = self.read(topic, partition, start, high)
+            if len(records) >= count or start == low:
+                return records
+            window *= 4
+
+    def last(self, topic: str, partition: int):
+        records = self.tail(topic, partition, 1)
+        return records[-1] if records else None

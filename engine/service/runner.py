@@ -1,0 +1,199 @@
+"""The engine process: one consumer for its keel.orders partitions, one worker per partition.
+
+The loop gathers a batch (bounded by count and time), hands each partition its records,
+and between batches beats (primaries), watches beats and reads the committed offset
+(standbys), and takes over a partition whose primary went silent. SIGTERM/SIGINT finish
+the current transaction and return 0; a fenced writer returns EXIT_FENCED so its
+supervisor restarts it, as a standby.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from engine.markets import MarketsConfig
+from engine.service.config import EngineOptions, transactional_id
+from engine.service.heartbeat import Heartbeats, ensure_heartbeat_topic, live_primary
+from engine.service.metrics import EngineMetrics
+from engine.service.partition import TXN_TIMEOUT, Fenced, PartitionWorker, Role, TransactionFailed
+from engine.service.reader import LogReader
+from infra.kafka import consumer_config, producer_config
+from infra.logs import event
+from infra.settings import Settings
+from schemas.codec import Codec
+
+log = logging.getLogger(__name__)
+EXIT_OK, EXIT_FENCED = 0, 3
+IDLE_WAIT = 0.02
+STANDBY_BUFFER = 200_000        # records held past the committed offset before pausing
+
+
+class EngineService:
+    def __init__(self, settings: Settings, markets: MarketsConfig, partitions: list[int],
+                 standby: bool = False, opts: EngineOptions | None = None,
+                 metrics: EngineMetrics | None = None) -> None:
+        self.settings = settings
+        self.markets = markets
+        self.partitions = sorted(partitions)
+        self.standby = standby
+        self.opts = opts or EngineOptions.from_settings(settings)
+        self.metrics = metrics or EngineMetrics()
+        self.codec = Codec.from_settings(settings)
+        self.stopping = False
+        self.workers: dict[int, PartitionWorker] = {}
+        self._paused: set[int] = set()
+
+    def stop(self, *_args) -> None:
+        self.stopping = True
+
+    # ---- wiring ----
+
+    def _producer(self, partition: int) -> Producer:
+        producer = Producer(producer_config(
+            self.settings, f"keel-engine-{partition}",
+            transactional_id=transactional_id(partition), linger_ms=5,
+            transaction_timeout_ms=60_000, queue_buffering_max_messages=500_000))
+        producer.init_transactions(TXN_TIMEOUT)     # fences any earlier writer, aborts its txn
+        return producer
+
+    def _consumer(self) -> Consumer:
+        return Consumer(consumer_config(
+            self.settings, self.opts.group_id, "keel-engine",
+            fetch_wait_max_ms=5, fetch_min_bytes=1, queued_max_messages_kbytes=262_144,
+            max_partition_fetch_bytes=8 * 1024 * 1024))
+
+    def run(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self.stop)
+        opts = self.opts
+        ensure_heartbeat_topic(self.settings, opts.heartbeats_topic, self.markets.partitions)
+        self.reader = LogReader(self.settings, opts.group_id)
+        self.consumer = self._consumer()
+        self.beats = Heartbeats(self.settings, opts.heartbeats_topic, self.partitions)
+        try:
+            return self._run()
+        except Fenced:
+            return EXIT_FENCED
+        finally:
+            self._close()
+
+    def _run(self) -> int:
+        opts, reader = self.opts, self.reader
+        take_now = []
+        for p in self.partitions:
+            worker = PartitionWorker(p, self.markets, opts, self.codec, self.metrics)
+            worker.recover(reader, reader.committed(opts.orders_topic, p))
+            self.workers[p] = worker
+            if self.standby or live_primary(reader, opts.heartbeats_topic, p, opts.takeover_s):
+                event(log, "starting as standby", partition=p, asked=self.standby)
+            else:
+                take_now.append(p)
+        self.consumer.assign([TopicPartition(opts.orders_topic, p, w.next_offset)
+                              for p, w in self.workers.items()])
+        for p in take_now:
+            self._take_over(p)
+        committed_at = lag_at = 0.0
+        while not self.stopping:
+            self._pump()
+            now = time.monotonic()
+            primaries = [p for p, w in self.workers.items() if w.role is not Role.STANDBY]
+            self.beats.beat(primaries, opts.heartbeat_s)
+            self.beats.watch()
+            if now - committed_at >= opts.committed_poll_s:
+                committed_at = now
+                for p, w in self.workers.items():
+                    if w.role is Role.STANDBY:
+                        w.target = reader.committed(opts.orders_topic, p)
+                        self._step(w)
+            for p, w in self.workers.items():
+                if w.role is Role.STANDBY and self.beats.silent_for(p) > opts.takeover_s:
+                    event(log, "primary silent, taking over", partition=p,
+                          silent_s=round(self.beats.silent_for(p), 3))
+                    self._take_over(p)
+                elif w.role is Role.TAKING_OVER:
+                    self._step(w)
+            if now - lag_at >= 1.0:
+                lag_at = now
+                self._observe()
+        event(log, "stopping", partitions=self.partitions)
+        return EXIT_OK
+
+    def _take_over(self, p: int) -> None:
+        worker = self.workers[p]
+        worker.take_over(self._producer(p), self.reader, self.consumer.consumer_group_metadata())
+        self.beats.mark_alive(p)
+        self._step(worker)
+
+    def _pump(self) -> None:
+        """Gather one batch and hand each partition its records."""
+        opts, consumer = self.opts, self.consumer
+        first = consumer.poll(IDLE_WAIT)
+        if first is None:
+            return
+        received = time.monotonic()
+        msgs = [first] + consumer.consume(opts.max_batch - 1, 0)
+        if opts.max_batch_ms > 0 and len(msgs) < opts.max_batch:
+            left = received + opts.max_batch_ms / 1000 - time.monotonic()
+            if left > 0:
+                msgs += consumer.consume(opts.max_batch - len(msgs), left)
+        touched = set()
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    event(log, "consumer error", logging.WARNING, error=str(err))
+                continue
+            worker = self.workers.get(msg.partition())
+            if worker is not None:
+                worker.offer(msg, received)
+                touched.add(worker)
+        for worker in touched:
+            self._step(worker)
+
+    def _step(self, worker: PartitionWorker) -> None:
+        try:
+            worker.step(self.reader)
+        except TransactionFailed:
+            offset = worker.rebuild(self.reader)
+            self.consumer.seek(TopicPartition(self.opts.orders_topic, worker.partition, offset))
+        self._flow_control(worker)
+
+    def _flow_control(self, worker: PartitionWorker) -> None:
+        """A standby holds records past the committed offset; pause rather than hoard."""
+        tp = [TopicPartition(self.opts.orders_topic, worker.partition)]
+        if len(worker.pending) > STANDBY_BUFFER and worker.partition not in self._paused:
+            self.consumer.pause(tp)
+            self._paused.add(worker.partition)
+        elif len(worker.pending) < STANDBY_BUFFER // 2 and worker.partition in self._paused:
+            self.consumer.resume(tp)
+            self._paused.discard(worker.partition)
+
+    def _observe(self) -> None:
+        m, topic = self.metrics, self.opts.orders_topic
+        for p, w in self.workers.items():
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                              cached=True)
+            except Exception:  # noqa: BLE001 - metrics never stop the engine
+                high = -1
+            if high >= 0:
+                m.lag.labels(p).set(max(0, high - w.next_offset))
+            for pair, book in w.books.items():
+                bids, asks = book.depth(self.opts.depth_levels)
+                m.depth.labels(pair, "bid").set(sum(q for _, q in bids))
+                m.depth.labels(pair, "ask").set(sum(q for _, q in asks))
+
+    def _close(self) -> None:
+        for w in self.workers.values():
+            if w.producer is not None:
+                w.producer.flush(5)
+        for closer in (self.beats.close, self.consumer.close, self.reader.close):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass

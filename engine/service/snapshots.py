@@ -1,0 +1,106 @@
+"""Engine snapshots on keel.engine.snapshots: written in chunks, found from the end.
+
+A snapshot (the keel.EngineSnapshot Avro record: engine.snapshot bytes, the next input
+offset, the state hash) easily outgrows a broker's 1 MB message limit, so its encoded
+bytes are cut into chunks. Each chunk is one record with headers naming the snapshot,
+its index, the chunk count and the input offset; all chunks go in the transaction that
+commits the input offset, so a committed snapshot is always complete. Recovery reads
+backwards from the end of the engine's partition and takes the newest complete snapshot
+whose input offset is at or before the committed one. (Keys differ per chunk index so
+compaction keeps every chunk of the newest snapshot.)
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from schemas.codec import Codec
+
+SNAPSHOT_SCHEMA = "engine_snapshot"
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    partition: int
+    input_offset: int
+    snapshot: bytes
+    state_hash: str
+    created_ts: int
+
+
+def chunk_records(codec: Codec, partition: int, input_offset: int, data: bytes,
+                  state_hash: str, created_ts: int, chunk_bytes: int):
+    """(key, value, headers) records for one snapshot, in chunk order."""
+    blob = codec.encode(SNAPSHOT_SCHEMA, {
+        "partition": partition, "input_offset": input_offset, "snapshot": data,
+        "state_hash": state_hash, "created_ts": created_ts}, validate=False)
+    sid = uuid.uuid4().hex[:16].encode()
+    count = max(1, -(-len(blob) // chunk_bytes))
+    for i in range(count):
+        headers = [("snapshot", sid), ("chunk", str(i).encode()), ("chunks", str(count).encode()),
+                   ("input_offset", str(input_offset).encode())]
+        yield (f"{partition}/{i}".encode(), blob[i * chunk_bytes:(i + 1) * chunk_bytes], headers)
+
+
+def _headers(msg) -> dict[str, bytes]:
+    return {k: v for k, v in (msg.headers() or ())}
+
+
+@dataclass
+class _Candidate:
+    sid: bytes
+    count: int
+    input_offset: int
+    chunks: dict[int, int]          # chunk index -> log offset
+
+    @property
+    def complete(self) -> bool:
+        return len(self.chunks) == self.count and set(self.chunks) == set(range(self.count))
+
+
+def _candidates(messages) -> list[_Candidate]:
+    found: dict[bytes, _Candidate] = {}
+    for msg in messages:
+        h = _headers(msg)
+        try:
+            sid, idx = h["snapshot"], int(h["chunk"])
+            count, offset = int(h["chunks"]), int(h["input_offset"])
+        except (KeyError, ValueError):
+            continue        # not a chunked snapshot record: ignore it
+        cand = found.setdefault(sid, _Candidate(sid, count, offset, {}))
+        cand.chunks[idx] = msg.offset()
+    return list(found.values())
+
+
+def find_latest(reader, codec: Codec, topic: str, partition: int,
+                max_input_offset: int | None = None) -> SnapshotRecord | None:
+    """The newest complete snapshot with input_offset <= max_input_offset, or None.
+
+    Reads a window at the end of the partition and widens it only when no usable
+    snapshot is in it, so the usual cost is one snapshot's worth of records.
+    """
+    low, high = reader.watermarks(topic, partition)
+    window = 64
+    best = None
+    while high > low:
+        start = max(low, high - window)
+        usable = [c for c in _candidates(reader.read(topic, partition, start, high))
+                  if c.complete and (max_input_offset is None or c.input_offset <= max_input_offset)]
+        if usable:
+            best = max(usable, key=lambda c: max(c.chunks.values()))
+            break
+        if start == low:
+            return None
+        window *= 4
+    if best is None:
+        return None
+    first, last = min(best.chunks.values()), max(best.chunks.values())
+    parts = {}
+    for msg in reader.read(topic, partition, first, last + 1):
+        h = _headers(msg)
+        if h.get("snapshot") == best.sid:
+            parts[int(h["chunk"])] = msg.value()
+    blob = b"".join(parts[i] for i in range(best.count))
+    rec = codec.decode(SNAPSHOT_SCHEMA, blob)
+    return SnapshotRecord(rec["partition"], rec["input_offset"], rec["snapshot"],
+                          rec["state_hash"], rec["created_ts"])

@@ -1,0 +1,104 @@
+"""Operator and test tools around the engine's topics: create them, feed commands, read
+back what the engine published, and compute what a clean run must publish.
+
+Used by tests/engine_service, bench/engine_kafka.py and `keel replay`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from engine.engine import Engine
+from engine.markets import MarketsConfig
+from engine.service.heartbeat import ensure_heartbeat_topic
+from infra.kafka import admin_client, consumer_config, producer_config
+from infra.settings import Settings
+from schemas.codec import Codec
+
+HEARTBEATS = "engine.heartbeats"
+
+
+def ensure_engine_topics(settings: Settings, markets: MarketsConfig) -> None:
+    """Every catalog topic, plus the heartbeat topic (one partition per engine partition)."""
+    from infra.topics import ensure_topics, plan
+
+    admin = admin_client(settings)
+    bad = [o for o in ensure_topics(admin, plan(settings, markets)) if not o.ok]
+    if bad:
+        raise RuntimeError(f"topics not ready: {bad}")
+    ensure_heartbeat_topic(settings, settings.topic(HEARTBEATS), markets.partitions)
+
+
+def produce_values(settings: Settings, topic: str, partition: int,
+                   items: Iterable[tuple[bytes | None, bytes | None]],
+                   rate: float | None = None) -> int:
+    """Write (key, value) records to one partition; at `rate` records/s if given."""
+    producer = Producer(producer_config(settings, "keel-feeder", linger_ms=5,
+                                        queue_buffering_max_messages=1_000_000))
+    n = 0
+    t0 = time.perf_counter()
+    for key, value in items:
+        while True:
+            try:
+                producer.produce(topic, value, key, partition=partition)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        n += 1
+        if rate and n % 100 == 0:
+            ahead = n / rate - (time.perf_counter() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+            producer.poll(0)
+    producer.flush(60)
+    return n
+
+
+def produce_commands(settings: Settings, codec: Codec, partition: int, commands,
+                     rate: float | None = None) -> int:
+    topic = settings.topic("orders")
+    return produce_values(settings, topic, partition,
+                          ((c.pair.encode(), codec.encode_command(c)) for c in commands), rate)
+
+
+def read_partition(settings: Settings, topic: str, partition: int, start: int = 0,
+                   timeout: float = 30.0) -> list:
+    """Every committed record of a partition from `start` to its current end."""
+    consumer = Consumer(consumer_config(
+        settings, None, "keel-tools-reader", enable_partition_eof=True,
+        fetch_max_bytes=64 * 1024 * 1024))
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        if high <= max(start, low):
+            return []
+        consumer.assign([TopicPartition(topic, partition, max(start, low))])
+        out = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.5):
+                err = msg.error()
+                if err is None:
+                    out.append(msg)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    return out
+                else:
+                    raise KafkaException(err)
+        raise TimeoutError(f"reading {topic}[{partition}] timed out")
+    finally:
+        consumer.close()
+
+
+def clean_run(markets: MarketsConfig, partition: int, commands, codec: Codec,
+              impl: str = "auto") -> tuple[list[bytes], str]:
+    """What an uninterrupted engine publishes on keel.events for these commands (in
+    order) and its final state hash: the pure engine and the codec, no Kafka."""
+    engine = Engine(markets.pairs_on(partition), impl)
+    home = {m.pair for m in markets.pairs_on(partition)}
+    out: list[bytes] = []
+    encode = codec.encode_event
+    for cmd in commands:
+        if cmd.pair in home:
+            out += [encode(ev) for ev in engine.apply(cmd)]
+    return out, engine.state_hash()
