@@ -678,3 +678,28 @@ def test_take_level_changes(book):
     book.amend(2, 12, 100, 3, 0)
     book.cancel(99, 1, 0)
     assert book.take_level_changes() == []
+
+
+def test_quote_stop_happens_at_the_partly_filled_maker(book):
+    """A by-quote taker that leaves its maker partly filled has less quote than that
+    level's price: the walk stops there, FIFO intact. It does not go on to the makers
+    behind (a self-trade among them is not touched) nor to worse levels."""
+    lim(book, 1, 11, SELL, 100, 9, ts=1)
+    lim(book, 2, 13, SELL, 100, 5, ts=2)        # the taker's own, behind order 1
+    assert mkt(book, 3, 13, BUY, quote=350, stp=E_MAKER, ts=3) == [
+        Accepted(P, 3, 3, 3, 13, BUY, MARKET, IOC, 0, 0, 350),
+        Trade(P, 4, 3, 1, 100, 3, BUY, 1, 11, 3, 13, 0, 0),
+        Expired(P, 5, 3, 3, 13, 50, Reason.NO_LIQUIDITY),
+    ]
+    assert [o[:5] for o in book.orders()] == [(1, 11, SELL, 100, 6), (2, 13, SELL, 100, 5)]
+    book.cancel(1, 11, 4)
+    book.cancel(2, 13, 4)
+    lim(book, 4, 11, BUY, 100, 5, ts=4)
+    lim(book, 5, 11, BUY, 99, 5, ts=5)
+    lim(book, 6, 11, BUY, 40, 5, ts=6)
+    # 250: 2 lots at 100 leave 50; a lower bid (40) is never reached past the better one.
+    assert mkt(book, 7, 14, SELL, quote=250, ts=7) == [
+        Accepted(P, 11, 7, 7, 14, SELL, MARKET, IOC, 0, 0, 250),
+        Trade(P, 12, 7, 2, 100, 2, SELL, 4, 11, 7, 14, 0, 0),
+        Expired(P, 13, 7, 7, 14, 50, Reason.NO_LIQUIDITY),
+    ]
