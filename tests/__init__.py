@@ -1,0 +1,1 @@
+"""Keel test suite: mirrors the package tree."""
