@@ -178,7 +178,8 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *pair;
-    int64_t min_notional, maker_ppm, taker_ppm, seq, trade_id;
+    int64_t min_notional, maker_ppm, taker_ppm;
+    uint64_t seq, trade_id; /* u64 in the snapshot */
     int trading, busy;
     Order *orders;
     int32_t orders_cap, orders_hw, free_order;
@@ -559,7 +560,7 @@ static int emit(Ctx *c, PyTypeObject *t, int n, PyObject **v)
     for (int i = 0; i < n; i++)
         if (v[i] == NULL)
             goto fail;
-    PyObject *seq = PyLong_FromLongLong(c->b->seq + 1);
+    PyObject *seq = PyLong_FromUnsignedLongLong(c->b->seq + 1);
     if (seq == NULL)
         goto fail;
     PyObject *e = t->tp_alloc(t, n + 3);
@@ -778,7 +779,7 @@ static int do_place(Book *b, PyObject *out, const Arg *a)
         mark_dirty(b, li);
         b->trade_id++;
         {
-            PyObject *v[10] = {I64(b->trade_id), I64(lp), I64(traded), PyLong_FromLong(side),
+            PyObject *v[10] = {PyLong_FromUnsignedLongLong(b->trade_id), I64(lp), I64(traded), PyLong_FromLong(side),
                                I64(m->id), I64(m->user), arg_int(&a[P_OID]), arg_int(&a[P_UID]),
                                fee_obj(lp, traded, b->maker_ppm),
                                fee_obj(lp, traded, b->taker_ppm)};
@@ -1357,8 +1358,8 @@ static PyObject *Book_dump(Book *b, PyObject *Py_UNUSED(x))
     memcpy(p, name, (size_t)plen);
     p += plen;
     put_le(&p, (uint64_t)(b->trading != 0), 1);
-    put_le(&p, (uint64_t)b->seq, 8);
-    put_le(&p, (uint64_t)b->trade_id, 8);
+    put_le(&p, b->seq, 8);
+    put_le(&p, b->trade_id, 8);
     put_le(&p, (uint64_t)b->count, 4);
     const Order *o;
     FOR_EACH_ORDER(b, o) {
@@ -1449,10 +1450,6 @@ static PyObject *Book_restore(PyObject *cls, PyObject *args, PyObject *kw)
         snapshot_error("%U: trading flag %d is not 0 or 1", pair, (int)trading);
         goto out;
     }
-    if (seq > INT64_MAX || tid > INT64_MAX) {
-        snapshot_error("%U: seq or trade id beyond int64", pair);
-        goto out;
-    }
     book = PyObject_CallFunction(cls, "OLLLO", pair, mn, mk, tk, trading ? Py_True : Py_False);
     if (book == NULL)
         goto out;
@@ -1461,8 +1458,8 @@ static PyObject *Book_restore(PyObject *cls, PyObject *args, PyObject *kw)
         Py_CLEAR(book);
         goto out;
     }
-    ((Book *)book)->seq = (int64_t)seq;
-    ((Book *)book)->trade_id = (int64_t)tid;
+    ((Book *)book)->seq = seq;
+    ((Book *)book)->trade_id = tid;
     if (load_records((Book *)book, p, (uint32_t)n) == NULL)
         Py_CLEAR(book);
 out:
@@ -1538,8 +1535,11 @@ static PyObject *get_min_notional(Book *b, void *c) { return I64(b->min_notional
 static PyObject *get_maker(Book *b, void *c) { return I64(b->maker_ppm); }
 static PyObject *get_taker(Book *b, void *c) { return I64(b->taker_ppm); }
 static PyObject *get_trading(Book *b, void *c) { return PyBool_FromLong(b->trading); }
-static PyObject *get_seq(Book *b, void *c) { return I64(b->seq); }
-static PyObject *get_trade_id(Book *b, void *c) { return I64(b->trade_id); }
+static PyObject *get_seq(Book *b, void *c) { return PyLong_FromUnsignedLongLong(b->seq); }
+static PyObject *get_trade_id(Book *b, void *c)
+{
+    return PyLong_FromUnsignedLongLong(b->trade_id);
+}
 
 static PyGetSetDef Book_getset[] = {
     {"pair", (getter)get_pair, NULL, "the pair this book trades", NULL},
