@@ -83,7 +83,7 @@ def extra_processes(settings: Settings) -> list[ProcessSpec]:
         specs.append(ProcessSpec(
             item["name"], tuple(item["argv"]), env=dict(item.get("env", {})),
             health=HealthCheck("http", item["health_url"]) if item.get("health_url") else None,
-            depends_on=tuple(item.get("depends_on", ()))))
+            depends_on=tuple(item.get("depends_on", SERVICES))))
     return specs
 
 

@@ -74,6 +74,7 @@ def _judge(row, timeout: float) -> dict:
     else:
         result = check.run(timeout)
     detail = f"{where}: {result.detail}" if where and where != "embedded" else result.detail
+    detail = " ".join(detail.split())  # driver errors span lines; the table wants one
     return {"name": name, "healthy": result.ok, "pid": pid, "restarts": restarts,
             "detail": detail}
 
