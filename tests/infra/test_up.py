@@ -24,7 +24,7 @@ WAIT = 90.0
 class Stack:
     """A running `keel up` with its output collected line by line."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **env: str) -> None:
         self.data_dir = data_dir
         self.env = {**os.environ, "KEEL_DATA_DIR": str(data_dir),
                     "KEEL_EMBEDDED_KAFKA_PORT": str(free_port()),
@@ -34,6 +34,7 @@ class Stack:
                     "KEEL_EXTRA_PROCESSES": json.dumps([{"name": "sleeper", "argv": SLEEPER}])}
         for name in ("KEEL_KAFKA_BOOTSTRAP", "KEEL_POSTGRES_URL", "KEEL_CLICKHOUSE_URL"):
             self.env.pop(name, None)
+        self.env.update(env)
         self.lines: list[str] = []
         self.proc = subprocess.Popen([*KEEL, "up"], env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
@@ -189,5 +190,28 @@ def test_a_killed_supervisor_leaves_no_orphans(tmp_path):
             again.wait_for("every component healthy")
         finally:
             again.close()
+    finally:
+        running.close()
+
+
+
+def test_services_given_by_url_are_used_not_started(tmp_path, kafka_bootstrap, make_database):
+    """With KEEL_KAFKA_BOOTSTRAP and KEEL_POSTGRES_URL set, keel up starts neither and
+    provisions the configured ones (topics on that broker, schema in that database)."""
+    import psycopg
+
+    dsn = make_database()
+    running = Stack(tmp_path / "keel", KEEL_KAFKA_BOOTSTRAP=kafka_bootstrap,
+                    KEEL_POSTGRES_URL=dsn, KEEL_TOPIC_PREFIX="ext.", KEEL_EXTRA_PROCESSES="")
+    try:
+        running.wait_for("every component healthy")
+        assert set(running.state()["processes"]) == {"clickhouse"}
+        status = running.keel("status")
+        assert status.returncode == 0, status.stdout
+        assert status.stdout.count("external") == 2
+        assert running.keel("topics", "describe").returncode == 0
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] >= 1
+        assert dsn not in running.output  # a configured URL is never echoed
     finally:
         running.close()
