@@ -46,26 +46,50 @@ static PyTypeObject *T_Place, *T_Cancel, *T_Amend, *T_CancelAll, *T_SetTrading;
 static PyObject *fee_fn, *SnapshotError;
 
 /* ======================================================================================
- * int64 -> int32 map: open addressing, Fibonacci hashing, linear probing.
+ * int64 -> int32 map: open addressing, linear probing, backward-shift deletion.
+ * A slot holds 32 bits of the key's hash and the value; the key itself is read from the
+ * record the value points at (an order's id, a level's price). Small slots keep the id
+ * map dense in cache: the duplicate-id check on every place is usually a miss, and a
+ * miss only ever touches slots.
  * ==================================================================================== */
 typedef struct {
-    int64_t key;
-    int32_t val; /* < 0: empty slot */
+    uint32_t tag; /* high 32 bits of key * golden ratio; its top bits are the home slot */
+    int32_t val;  /* < 0: empty slot */
 } Slot;
 
 typedef struct {
     Slot *slots;
     size_t mask, used;
-    unsigned shift;
+    unsigned log2cap; /* 4..32 */
 } Map;
 
-static inline size_t map_home(const Map *m, int64_t key)
+/* Where the keys live: key of value v = *(int64_t *)(base + v * stride). */
+typedef struct {
+    const char *base;
+    size_t stride;
+} Keys;
+
+static inline uint32_t map_tag(int64_t key)
 {
-    return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> m->shift);
+    return (uint32_t)(((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> 32);
+}
+
+static inline size_t map_home(const Map *m, uint32_t tag)
+{
+    return (size_t)(tag >> (32 - m->log2cap));
+}
+
+static inline int64_t key_at(Keys k, int32_t v)
+{
+    return *(const int64_t *)(k.base + (size_t)v * k.stride);
 }
 
 static int map_init(Map *m, unsigned log2cap)
 {
+    if (log2cap > 32) {
+        PyErr_SetString(PyExc_MemoryError, "map too large");
+        return -1;
+    }
     size_t cap = (size_t)1 << log2cap;
     m->slots = PyMem_Malloc(cap * sizeof(Slot));
     if (m->slots == NULL) {
@@ -76,32 +100,38 @@ static int map_init(Map *m, unsigned log2cap)
         m->slots[i].val = -1;
     m->mask = cap - 1;
     m->used = 0;
-    m->shift = 64 - log2cap;
+    m->log2cap = log2cap;
     return 0;
 }
 
-static inline int32_t map_get(const Map *m, int64_t key)
+static inline int32_t map_get(const Map *m, Keys keys, int64_t key)
 {
-    size_t i = map_home(m, key);
+    uint32_t tag = map_tag(key);
+    size_t i = map_home(m, tag);
     for (;;) {
         const Slot *s = &m->slots[i];
         if (s->val < 0)
             return -1;
-        if (s->key == key)
+        if (s->tag == tag && key_at(keys, s->val) == key)
             return s->val;
         i = (i + 1) & m->mask;
     }
 }
 
-/* Insert a key known to be absent; room must have been reserved. */
-static inline void map_put(Map *m, int64_t key, int32_t val)
+/* Insert a key known to be absent (by its tag); room must have been reserved. */
+static inline void map_put_tag(Map *m, uint32_t tag, int32_t val)
 {
-    size_t i = map_home(m, key);
+    size_t i = map_home(m, tag);
     while (m->slots[i].val >= 0)
         i = (i + 1) & m->mask;
-    m->slots[i].key = key;
+    m->slots[i].tag = tag;
     m->slots[i].val = val;
     m->used++;
+}
+
+static inline void map_put(Map *m, int64_t key, int32_t val)
+{
+    map_put_tag(m, map_tag(key), val);
 }
 
 /* Make room for one more key (load factor <= 1/2). */
@@ -110,23 +140,25 @@ static int map_reserve(Map *m)
     if ((m->used + 1) * 2 <= m->mask + 1)
         return 0;
     Map bigger;
-    if (map_init(&bigger, 64 - m->shift + 1) < 0)
+    if (map_init(&bigger, m->log2cap + 1) < 0)
         return -1;
     for (size_t i = 0; i <= m->mask; i++)
         if (m->slots[i].val >= 0)
-            map_put(&bigger, m->slots[i].key, m->slots[i].val);
+            map_put_tag(&bigger, m->slots[i].tag, m->slots[i].val);
     PyMem_Free(m->slots);
     *m = bigger;
     return 0;
 }
 
-static void map_del(Map *m, int64_t key)
+static void map_del(Map *m, Keys keys, int64_t key)
 {
-    size_t i = map_home(m, key);
+    uint32_t tag = map_tag(key);
+    size_t i = map_home(m, tag);
     for (;;) {
-        if (m->slots[i].val < 0)
+        const Slot *s = &m->slots[i];
+        if (s->val < 0)
             return;
-        if (m->slots[i].key == key)
+        if (s->tag == tag && key_at(keys, s->val) == key)
             break;
         i = (i + 1) & m->mask;
     }
@@ -137,7 +169,7 @@ static void map_del(Map *m, int64_t key)
         j = (j + 1) & m->mask;
         if (m->slots[j].val < 0)
             break;
-        size_t h = map_home(m, m->slots[j].key);
+        size_t h = map_home(m, m->slots[j].tag);
         if (((j - h) & m->mask) >= ((j - i) & m->mask)) {
             m->slots[i] = m->slots[j];
             i = j;
@@ -192,6 +224,9 @@ typedef struct {
     Py_ssize_t count;
     i128 resting;
 } Book;
+
+#define ORDER_KEYS(b) ((Keys){(const char *)&(b)->orders[0].id, sizeof(Order)})
+#define LEVEL_KEYS(b) ((Keys){(const char *)&(b)->levels[0].price, sizeof(Level)})
 
 static void storage_free(Book *b)
 {
@@ -362,7 +397,7 @@ static void level_deactivate(Book *b, int32_t li)
 static int32_t level_get(Book *b, int side, int64_t price)
 {
     Map *m = &b->side[side].prices;
-    int32_t li = map_get(m, price);
+    int32_t li = map_get(m, LEVEL_KEYS(b), price);
     if (li >= 0)
         return li;
     if (map_reserve(m) < 0)
@@ -457,7 +492,7 @@ static void order_remove(Book *b, int32_t oi)
     Order *o = &b->orders[oi];
     b->resting -= o->rem;
     level_unlink(b, oi);
-    map_del(&b->ids, o->id);
+    map_del(&b->ids, ORDER_KEYS(b), o->id);
     order_free(b, oi);
     b->count--;
 }
@@ -576,6 +611,9 @@ static int emit(Ctx *c, PyTypeObject *t, int n, PyObject **v)
     PyTuple_SET_ITEM(e, 2, c->ts);
     for (int i = 0; i < n; i++)
         PyTuple_SET_ITEM(e, 3 + i, v[i]);
+    /* Only ints, bools and a str inside: it can never be part of a cycle, so keep it out
+     * of the collector's walks (CPython untracks such plain tuples itself, lazily). */
+    PyObject_GC_UnTrack(e);
     int r = PyList_Append(c->out, e);
     Py_DECREF(e);
     return r;
@@ -683,7 +721,7 @@ static int check_place(Book *b, const Arg *a)
 {
     if (!b->trading)
         return RC_MARKET_CLOSED;
-    if (map_get(&b->ids, a[P_OID].v) >= 0)
+    if (map_get(&b->ids, ORDER_KEYS(b), a[P_OID].v) >= 0)
         return RC_DUPLICATE_ORDER_ID;
     int side = (int)a[P_SIDE].v, kind = (int)a[P_KIND].v, tif = (int)a[P_TIF].v;
     /* Not a numbered step: an enum out of range is a malformed request. */
@@ -809,7 +847,7 @@ done:
 /* The resting order `oid` if `uid` owns it, else -1. */
 static inline int32_t owned(Book *b, int64_t oid, int64_t uid)
 {
-    int32_t oi = map_get(&b->ids, oid);
+    int32_t oi = map_get(&b->ids, ORDER_KEYS(b), oid);
     return (oi >= 0 && b->orders[oi].user == uid) ? oi : -1;
 }
 
@@ -918,7 +956,7 @@ static int do_cancel_all(Book *b, PyObject *out, const Arg *uid, const Arg *ts)
     Ctx c;
     int r = ctx_open(&c, b, out, ts);
     for (Py_ssize_t k = 0; r == 0 && k < n; k++) {
-        int32_t oi = map_get(&b->ids, ids[k]);
+        int32_t oi = map_get(&b->ids, ORDER_KEYS(b), ids[k]);
         int64_t rem = b->orders[oi].rem;
         order_remove(b, oi);
         r = ev_leave(&c, T_Cancelled, I64(ids[k]), arg_int(uid), I64(rem), CANCEL_ALL);
@@ -945,6 +983,16 @@ static int do_set_trading(Book *b, PyObject *out, PyObject *trading, const Arg *
     return r;
 }
 
+static inline void prefetch_id_slot(Book *b, PyObject *order_id)
+{
+    if (PyLong_CheckExact(order_id)) {
+        int overflow;
+        long long id = PyLong_AsLongLongAndOverflow(order_id, &overflow);
+        if (!overflow) /* an overflowing id fails properly when it is loaded */
+            __builtin_prefetch(&b->ids.slots[map_home(&b->ids, map_tag(id))]);
+    }
+}
+
 /* Dispatch one engine.domain command tuple, appending its events to out. */
 static int apply_one(Book *b, PyObject *cmd, PyObject *out)
 {
@@ -952,12 +1000,21 @@ static int apply_one(Book *b, PyObject *cmd, PyObject *out)
     PyObject **f = PyTuple_Check(cmd) ? ((PyTupleObject *)cmd)->ob_item : NULL;
     Py_ssize_t n = f ? PyTuple_GET_SIZE(cmd) : -1;
     Arg a[P_N];
+    /* The command's int objects and the id's map slot are usually cache misses (the
+     * command was built long ago, ids hash all over the map): start them all at once. */
+    for (Py_ssize_t i = 1; i < n && i < 12; i++)
+        __builtin_prefetch(f[i]);
     if (t == T_Place || (f && PyType_IsSubtype(t, T_Place))) {
-        if (n != 11 || load_place(a, f + 1) < 0)
+        if (n != 11)
+            goto bad;
+        prefetch_id_slot(b, f[1]);
+        if (load_place(a, f + 1) < 0)
             goto bad;
         return do_place(b, out, a);
     }
     if (t == T_Cancel || (f && PyType_IsSubtype(t, T_Cancel))) {
+        if (n == 4)
+            prefetch_id_slot(b, f[1]);
         if (n != 4 || arg_load(&a[0], f[1], "order_id") < 0 ||
             arg_load(&a[1], f[2], "user_id") < 0 || arg_load(&a[2], f[3], "ts") < 0)
             goto bad;
@@ -1207,7 +1264,7 @@ static PyObject *side_depth(Book *b, int side, Py_ssize_t n)
 
 static PyObject *Book_depth(Book *b, PyObject *arg)
 {
-    Py_ssize_t n = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    Py_ssize_t n = PyNumber_AsSsize_t(arg, NULL); /* clamped, like a slice bound */
     if (n == -1 && PyErr_Occurred())
         return NULL;
     /* Python slicing semantics of the pure book: keys[:n] with n < 0 drops from the end. */
@@ -1263,7 +1320,7 @@ static PyObject *Book_take_level_changes(Book *b, PyObject *Py_UNUSED(x))
         Level *L = &b->levels[li];
         L->dirty = 0;
         if (L->count == 0) { /* gone: forget the level */
-            map_del(&b->side[L->side].prices, L->price);
+            map_del(&b->side[L->side].prices, LEVEL_KEYS(b), L->price);
             L->head = b->free_level;
             b->free_level = li;
         }
@@ -1283,7 +1340,7 @@ static PyObject *Book_order(Book *b, PyObject *arg)
         }
         return NULL;
     }
-    int32_t oi = map_get(&b->ids, a.v);
+    int32_t oi = map_get(&b->ids, ORDER_KEYS(b), a.v);
     if (oi < 0)
         Py_RETURN_NONE;
     const Order *o = &b->orders[oi];
@@ -1398,7 +1455,7 @@ static PyObject *load_records(Book *b, const unsigned char *p, uint32_t n)
         int stp = (int)get_le(&p, 1);
         if (side > 1 || stp > 3 || price <= 0 || rem <= 0)
             return snapshot_error("%U: order %lld has an invalid record", b->pair, (long long)id);
-        if (map_get(&b->ids, id) >= 0)
+        if (map_get(&b->ids, ORDER_KEYS(b), id) >= 0)
             return snapshot_error("%U: order %lld appears twice", b->pair, (long long)id);
         if (side < prev_side || (side == prev_side && k > 0 && worse(side, prev_price, price)))
             return snapshot_error("%U: order %lld is out of book order", b->pair, (long long)id);

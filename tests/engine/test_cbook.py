@@ -267,6 +267,8 @@ def test_sums_and_fees_beyond_int64_match_pure_book():
     assert_same_events(fast.apply_many(cmds[:3]), pure.apply_many(cmds[:3]))
     assert fast.resting_qty() == pure.resting_qty() == 3 * big > 2**63
     assert fast.depth(5) == pure.depth(5) == ([], [(big, 3 * big)])
+    for n in (0, 1, -1, 10**30, -(10**30)):
+        assert fast.depth(n) == pure.depth(n)
     assert_same_events(fast.apply_many(cmds[3:]), pure.apply_many(cmds[3:]))
     assert fast.resting_qty() == pure.resting_qty() == 2 * big - 5
     market_buy = Place(PAIR, 5, 5, 0, 1, 1, 0, big, 0, 0, 5)
