@@ -121,6 +121,11 @@ class EngineService:
                 lag_at = now
                 self._observe()
         event(log, "stopping", partitions=self.partitions)
+        for w in self.workers.values():
+            try:
+                w.checkpoint()
+            except TransactionFailed:
+                pass        # the log's last snapshot and offsets stay valid
         return EXIT_OK
 
     def _take_over(self, p: int) -> None:

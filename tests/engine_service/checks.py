@@ -1,0 +1,47 @@
+"""What every engine-service test checks about the published log."""
+from __future__ import annotations
+
+from engine.service.reader import LogReader
+from engine.service.snapshots import find_latest
+from engine.service.tools import read_partition
+
+
+def published_events(env, partition: int) -> list[bytes]:
+    return [m.value() for m in read_partition(env.settings, env.settings.topic("events"), partition)]
+
+
+def assert_seq_contiguous(env, values: list[bytes]) -> None:
+    last: dict[str, int] = {}
+    for i, value in enumerate(values):
+        ev = env.codec.decode_event(value)
+        want = last.get(ev.pair, 0) + 1
+        assert ev.seq == want, f"event #{i}: {ev.pair} seq {ev.seq}, expected {want}"
+        last[ev.pair] = ev.seq
+
+
+def assert_depth_chain(env, partition: int, final_seq: dict[str, int]) -> int:
+    """Diffs chain with no gap and no overlap (next first = previous last + 1) and end at
+    the pair's final seq; full snapshots sit on the chain. Returns the diff count."""
+    last: dict[str, int] = {}
+    diffs = 0
+    for msg in read_partition(env.settings, env.settings.topic("depth"), partition):
+        rec = env.codec.decode("depth_update", msg.value())
+        pair = rec["pair"]
+        if rec["is_snapshot"]:
+            assert rec["last_update_id"] == last.get(pair, 0), rec
+            continue
+        assert rec["first_update_id"] == last.get(pair, 0) + 1, (
+            f"{pair}: diff {rec['first_update_id']}..{rec['last_update_id']} after {last.get(pair)}")
+        assert rec["last_update_id"] >= rec["first_update_id"]
+        last[pair] = rec["last_update_id"]
+        diffs += 1
+    assert last == final_seq
+    return diffs
+
+
+def last_snapshot(env, partition: int):
+    reader = LogReader(env.settings, "keel-engine")
+    try:
+        return find_latest(reader, env.codec, env.settings.topic("engine.snapshots"), partition)
+    finally:
+        reader.close()
