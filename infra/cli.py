@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "markets": ("infra.commands.markets", "validate and show the markets config"),
     "migrate": ("infra.commands.migrate", "apply PostgreSQL migrations"),
     "services": ("infra.commands.services", "run one embedded service in the foreground"),
+    "sink": ("infra.commands.sink", "load keel.events/keel.depth into PostgreSQL or ClickHouse"),
     "engine": ("infra.commands.engine", "run the matching engine for some keel.orders partitions"),
     "replay": ("infra.commands.replay", "rebuild a partition from keel.orders and compare with keel.events"),
 }

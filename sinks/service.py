@@ -1,0 +1,64 @@
+"""Wiring of the sink processes: settings -> clients -> loop, until SIGTERM.
+
+`keel sink postgres` and `keel sink clickhouse` (infra/commands/sink.py) land here. The
+embedded ClickHouse sink also owns the chDB dir and serves read-only queries for
+`keel sql` (infra/embedded/clickhouse.py hosts it).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from infra.logs import event
+from infra.settings import Settings
+from schemas.codec import Codec
+from sinks.dlq import DeadLetters
+from sinks.loop import SinkLoop
+from sinks.metrics import SinkMetrics
+from sinks.source import Source
+
+log = logging.getLogger(__name__)
+
+
+
+def group(settings: Settings, store: str) -> str:
+    """keel-sink-postgres / keel-sink-clickhouse under the default topic prefix."""
+    return f"{settings.topic_prefix.rstrip('.')}-sink-{store}"
+
+
+def stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def postgres_loop(settings: Settings, stop: threading.Event, metrics: SinkMetrics,
+                  max_records: int = 5000):
+    """(loop, store): keel.events -> PostgreSQL. The caller opens nothing else."""
+    from sinks.postgres import TRANSIENT, PostgresStore
+
+    codec = Codec.from_settings(settings)
+    store = PostgresStore(settings.postgres_dsn)
+    store.open()
+    source = Source(settings, group(settings, "postgres"), [settings.topic("events")], client_id="sink-postgres",
+                    max_records=max_records)
+    loop = SinkLoop("postgres", source, lambda m: codec.decode_event(m.value()),
+                    store.write, TRANSIENT, DeadLetters(settings, codec, "postgres-sink"),
+                    metrics, stop)
+    return loop, store
+
+
+def run_postgres(settings: Settings, metrics_port: int | None, max_records: int) -> int:
+    stop = stop_on_signals()
+    metrics = SinkMetrics("postgres")
+    metrics.serve(metrics_port)
+    loop, store = postgres_loop(settings, stop, metrics, max_records)
+    event(log, "postgres sink started", logging.INFO, topic=settings.topic("events"))
+    try:
+        loop.run()
+    finally:
+        loop.source.close()
+        store.close()
+    return 0

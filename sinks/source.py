@@ -1,0 +1,120 @@
+"""The sinks' Kafka side: a read_committed group consumer that hands out batches, commits
+offsets only when told (after the store's commit) and can hold its position while the
+store is away (partitions paused, the group membership kept alive by polling).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from infra.kafka import consumer_config
+from infra.logs import event
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Errors a consumer reports while the broker or a topic is not there yet: keep polling.
+_QUIET = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART,
+          KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
+
+
+class Source:
+    def __init__(self, settings: Settings, group: str, topics: list[str], client_id: str,
+                 max_records: int = 5000, poll_timeout: float = 0.5,
+                 on_assign: Callable[[Consumer, list[TopicPartition]], None] | None = None,
+                 **overrides) -> None:
+        conf = consumer_config(settings, group, client_id,
+                               # An outage of the store may outlast librdkafka's default;
+                               # the loop still polls while it waits (see hold()).
+                               max_poll_interval_ms=600_000,
+                               fetch_max_bytes=64 << 20,
+                               queued_max_messages_kbytes=256 << 10,
+                               log_level=3, **overrides)
+        self.consumer = Consumer(conf)
+        self.topics = topics
+        self.max_records = max_records
+        self.poll_timeout = poll_timeout
+        self.generation = 0          # rises on every revocation: older batches are stale
+        self._on_assign = on_assign
+        self.consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked)
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        event(log, "partitions assigned", logging.INFO,
+              partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        if self._on_assign is not None:
+            self._on_assign(consumer, partitions)
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.generation += 1
+        event(log, "partitions revoked", logging.INFO,
+              partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def poll(self, timeout: float | None = None) -> list:
+        """Up to max_records messages, in partition order; errors are logged, not returned."""
+        msgs = self.consumer.consume(self.max_records,
+                                     self.poll_timeout if timeout is None else timeout)
+        good = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() not in _QUIET:
+                event(log, "consumer error", logging.WARNING, error=str(err))
+        return good
+
+    def hold(self, seconds: float) -> None:
+        """Wait without taking new records: the group still sees us alive."""
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        try:
+            for m in self.consumer.consume(self.max_records, seconds):
+                # Paused partitions deliver nothing; anything here was fetched before
+                # the pause and is read again after the seek below.
+                if m.error() is None:
+                    self.consumer.seek(TopicPartition(m.topic(), m.partition(), m.offset()))
+                    break
+        finally:
+            assignment = self.consumer.assignment()
+            if assignment:
+                self.consumer.resume(assignment)
+
+    def commit(self, msgs: list) -> bool:
+        """Commit the offsets after `msgs` (synchronously). False when the group moved on."""
+        last: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            last[(m.topic(), m.partition())] = m.offset()
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        if not offsets:
+            return True
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+            return True
+        except KafkaException as exc:
+            # A rebalance took the partitions: the new owner replays from the last
+            # commit and the store drops what it already has.
+            event(log, "offset commit failed", logging.WARNING, error=str(exc))
+            return False
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> high watermark - position, for the assigned partitions.
+
+        The high watermark is the one the last fetch response carried (no extra request;
+        tansu 0.6 also answers ListOffsets with a wrong end offset). A partition not
+        fetched yet is left out.
+        """
+        out = {}
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return out
+        for tp in self.consumer.position(assignment):
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0 or tp.offset < 0:
+                continue
+            out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,159 @@
+"""Real engine events for the sink tests: the engine itself matches a seeded workload, so
+trades, fills and order states are what production would write."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from engine.engine import Engine
+from engine.markets import Market
+from engine.workload import operations, to_commands
+
+PAIRS = ("BTCUSDT", "ETHUSDT")
+
+
+def markets(pairs=PAIRS) -> list[Market]:
+    return [Market(pair, pair[:3], "USDT", Decimal("0.01"), Decimal("0.00001"),
+                   Decimal("0.00000001"), 1000, 1000, partition)
+            for partition, pair in enumerate(pairs)]
+
+
+def engine_events(n_ops: int, pairs=PAIRS, seed: int = 7, t0_ms: int | None = None) -> list:
+    """Events of n_ops workload operations per pair, interleaved pair by pair."""
+    t0 = int(time.time() * 1000) - 3_600_000 if t0_ms is None else t0_ms
+    engine = Engine(markets(pairs))
+    out: list = []
+    per_pair = []
+    for i, pair in enumerate(pairs):
+        cmds = [c._replace(ts=t0 + c.ts * 7) for c in
+                to_commands(operations(n_ops, seed=seed + i), pair=pair)]
+        per_pair.append(engine.apply_many(cmds))
+    for group in zip(*per_pair, strict=False):
+        out.extend(group)
+    # zip stops at the shortest: append every tail, each still in seq order
+    shortest = min(len(p) for p in per_pair)
+    for p in per_pair:
+        out.extend(p[shortest:])
+    return out
+
+
+def create_topics(bootstrap: str, prefix: str, partitions: int = len(PAIRS)) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = {"events": partitions, "depth": partitions, "dlq": 1}
+    futures = admin.create_topics([NewTopic(prefix + n, p, 1) for n, p in names.items()])
+    for f in futures.values():
+        f.result(10)
+
+
+def produce(bootstrap: str, topic: str, values: list[tuple[str, bytes]],
+            partition_of: dict[str, int]) -> dict[int, int]:
+    """Produce in order; returns partition -> the offset after the last record written.
+
+    (Offsets come from delivery reports: tansu 0.6 answers ListOffsets wrongly.)
+    """
+    ends: dict[int, int] = {}
+
+    def delivered(err, msg):
+        assert err is None, err
+        ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                         "batch.num.messages": 10000, "enable.idempotence": True})
+    for i, (pair, value) in enumerate(values):
+        while True:
+            try:
+                producer.produce(topic, key=pair.encode(), value=value,
+                                 partition=partition_of[pair], on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 10000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    return ends
+
+
+def sink_process(store: str, env: dict[str, str], log_path) -> subprocess.Popen:
+    out = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
+    try:
+        return subprocess.Popen([sys.executable, "-m", "infra.cli", "sink", store],
+                                env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT)
+    finally:
+        out.close()
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+    return proc.returncode
+
+
+def wait_for(predicate, timeout: float = 120.0, every: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    """The group's committed offsets on topic (-1001 when none)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return [tp.offset for tp in tps]
+    finally:
+        c.close()
+
+
+def caught_up(bootstrap: str, group: str, topic: str, ends: dict[int, int]):
+    """A predicate: the group has committed every offset up to `ends`."""
+    def check() -> bool:
+        got = committed(bootstrap, group, topic, max(ends) + 1)
+        return all(got[p] >= end for p, end in ends.items())
+    return check
+
+
+def expected_orders(events) -> dict[tuple[str, int], tuple]:
+    """Orders as a plain replay of every event would leave them (independent of the sink's
+    per-batch fold): (pair, order_id) -> (status, filled_qty, filled_quote, remaining)."""
+    from engine.domain import Accepted, Amended, Cancelled, Done, Expired, Rejected, Trade
+
+    orders: dict[tuple[str, int], list] = {}
+    for e in events:
+        t = type(e)
+        if t is Accepted:
+            orders[(e.pair, e.order_id)] = ["NEW", 0, 0, e.qty]
+        elif t is Trade:
+            for oid in (e.maker_order_id, e.taker_order_id):
+                o = orders[(e.pair, oid)]
+                o[0], o[1], o[2], o[3] = "PARTIALLY_FILLED", o[1] + e.qty, o[2] + e.price * e.qty, o[3] - e.qty
+        elif t is Done:
+            orders[(e.pair, e.order_id)][0:4:3] = ["FILLED", 0]
+        elif t is Cancelled:
+            orders[(e.pair, e.order_id)][0:4:3] = ["CANCELED", e.remaining]
+        elif t is Expired:
+            orders[(e.pair, e.order_id)][0:4:3] = ["EXPIRED", e.remaining]
+        elif t is Amended:
+            orders[(e.pair, e.order_id)][3] = e.qty
+        elif t is Rejected and e.code != -3101 and (e.pair, e.order_id) not in orders:
+            orders[(e.pair, e.order_id)] = ["REJECTED", 0, 0, None]
+    return {k: tuple(v) for k, v in orders.items()}
