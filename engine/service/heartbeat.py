@@ -33,6 +33,7 @@ class Heartbeats:
         now = clock()
         self.last_seen: dict[int, float] = dict.fromkeys(partitions, now)
         self.seen_from: dict[int, str] = {}
+        self.other_at: dict[int, float] = dict.fromkeys(partitions, float("-inf"))
         self._beat_at = 0.0
 
     def close(self) -> None:
@@ -63,11 +64,15 @@ class Heartbeats:
             except (ValueError, KeyError, TypeError):
                 continue
             if instance != self.instance:
-                self.last_seen[msg.partition()] = self.clock()
+                self.last_seen[msg.partition()] = self.other_at[msg.partition()] = self.clock()
                 self.seen_from[msg.partition()] = instance
 
     def silent_for(self, partition: int) -> float:
         return self.clock() - self.last_seen[partition]
+
+    def other_live(self, partition: int, within: float) -> bool:
+        """Another instance beat for `partition` within the last `within` seconds."""
+        return self.clock() - self.other_at[partition] < within
 
     def mark_alive(self, partition: int) -> None:
         """Give a partition's primary the full grace period from now."""

@@ -28,7 +28,10 @@ from schemas.codec import Codec, CodecError
 
 log = logging.getLogger(__name__)
 TXN_TIMEOUT = 30.0
-FENCING_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+ABORT_TIMEOUT = 5.0
+# A fatal producer error (_FATAL) after a takeover is the fencing surfacing on produce().
+FENCING_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                 KafkaError._FATAL}
 
 
 class Role(Enum):
@@ -291,11 +294,10 @@ class PartitionWorker:
         event(log, "transaction failed, aborting and rebuilding", logging.ERROR,
               partition=self.partition, error=str(exc))
         try:
-            self.producer.abort_transaction(TXN_TIMEOUT)
+            self.producer.abort_transaction(ABORT_TIMEOUT)
         except KafkaException as abort_exc:
-            aerr = _kafka_error(abort_exc)
-            if aerr is not None and (aerr.code() in FENCING_CODES or aerr.fatal()):
-                raise Fenced(str(aerr)) from abort_exc
+            # Cannot even abort: the producer is no longer ours to use. Stop writing.
+            raise Fenced(f"abort failed after {err}: {abort_exc}") from abort_exc
         raise TransactionFailed(str(exc)) from exc
 
     def _unsuppressed(self, evs: list) -> list:

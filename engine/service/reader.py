@@ -20,7 +20,7 @@ class LogReader:
     def __init__(self, settings: Settings, group_id: str, client_id: str = "keel-engine-reader"):
         # group.id is the engine's, for committed(); this consumer never commits or joins.
         self._consumer = Consumer(consumer_config(
-            settings, group_id, client_id, enable_partition_eof=True,
+            settings, group_id, client_id, enable_partition_eof=True, fetch_wait_max_ms=10,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024))
 
     def close(self) -> None:
@@ -51,7 +51,10 @@ class LogReader:
         try:
             while time.monotonic() < deadline:
                 done = False
-                for msg in self._consumer.consume(1000, 0.2):
+                # consume(n, timeout) waits for all n; poll returns at the first record.
+                first = self._consumer.poll(0.5)
+                batch = [first] + self._consumer.consume(10_000, 0) if first is not None else []
+                for msg in batch:
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
@@ -65,6 +68,10 @@ class LogReader:
                     if msg.offset() == end - 1:
                         done = True
                         break
+                if not done and batch:
+                    # The last offsets may be transaction markers, never delivered.
+                    [pos] = self._consumer.position([TopicPartition(topic, partition)])
+                    done = pos.offset >= end
                 if done:
                     return out
             raise TimeoutError(f"reading {topic}[{partition}] {start}..{end} timed out")

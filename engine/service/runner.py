@@ -164,6 +164,10 @@ class EngineService:
         try:
             worker.step(self.reader)
         except TransactionFailed:
+            self.beats.watch()
+            if self.beats.other_live(worker.partition, self.opts.takeover_s):
+                # Someone else is beating for this partition: we are the stale one.
+                raise Fenced("transaction failed while another instance is live") from None
             offset = worker.rebuild(self.reader)
             self.consumer.seek(TopicPartition(self.opts.orders_topic, worker.partition, offset))
         self._flow_control(worker)
@@ -194,10 +198,8 @@ class EngineService:
                 m.depth.labels(pair, "ask").set(sum(q for _, q in asks))
 
     def _close(self) -> None:
-        for w in self.workers.values():
-            if w.producer is not None:
-                w.producer.flush(5)
-        for closer in (self.beats.close, self.consumer.close, self.reader.close):
+        closers = [w.producer.flush for w in self.workers.values() if w.producer is not None]
+        for closer in (*closers, self.beats.close, self.consumer.close, self.reader.close):
             try:
                 closer()
             except Exception:  # noqa: BLE001 - closing is best effort

@@ -67,7 +67,7 @@ def read_partition(settings: Settings, topic: str, partition: int, start: int = 
                    timeout: float = 30.0) -> list:
     """Every committed record of a partition from `start` to its current end."""
     consumer = Consumer(consumer_config(
-        settings, None, "keel-tools-reader", enable_partition_eof=True,
+        settings, None, "keel-tools-reader", enable_partition_eof=True, fetch_wait_max_ms=10,
         fetch_max_bytes=64 * 1024 * 1024))
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
@@ -77,7 +77,8 @@ def read_partition(settings: Settings, topic: str, partition: int, start: int = 
         out = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, 0.5):
+            first = consumer.poll(0.5)
+            for msg in [first] + consumer.consume(10_000, 0) if first is not None else []:
                 err = msg.error()
                 if err is None:
                     out.append(msg)
