@@ -114,6 +114,9 @@ class ReferenceBook:
 
     # ---- commands ----
     def place(self, order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts):
+        # Events carry plain ints even when a caller passes IntEnum members (BOOK_API).
+        order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts = map(
+            int, (order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts))
         self._begin(ts)
         code = self._validate_place(order_id, user_id, side, kind, tif, price, qty, quote_qty, stp)
         if code is not None:
@@ -171,11 +174,13 @@ class ReferenceBook:
     def _match(self, order_id, user_id, side, kind, tif, price, qty, quote_qty, stp):
         by_quote = kind == OrderKind.MARKET and quote_qty > 0
         left = quote_qty if by_quote else qty      # lots, or quote units for by-quote
-        for maker in self._walk(SELL if side == BUY else BUY):
-            if left == 0 or not self._acceptable(side, kind, price, maker.price):
+        opposite = SELL if side == BUY else BUY
+        while left > 0:
+            # Re-read the front of the opposite side every time: a maker that was only
+            # partly filled is still first, and removals change who is first.
+            maker = next(self._walk(opposite), None)
+            if maker is None or not self._acceptable(side, kind, price, maker.price):
                 break
-            if by_quote and left // maker.price == 0:
-                break   # not one lot affordable: no match here, so nothing for STP to prevent
             if maker.user_id == user_id and stp != STP.NONE:
                 if stp in (STP.EXPIRE_MAKER, STP.EXPIRE_BOTH):
                     self._emit(Expired, maker.order_id, maker.user_id, maker.remaining,
@@ -187,6 +192,8 @@ class ReferenceBook:
                 continue
             if by_quote:
                 traded = min(maker.remaining, left // maker.price)
+                if traded == 0:
+                    break           # not one lot affordable at this price: stop
                 left -= traded * maker.price
             else:
                 traded = min(maker.remaining, left)
@@ -210,6 +217,7 @@ class ReferenceBook:
             self._emit(Expired, order_id, user_id, left, int(Reason.IOC_REMAINDER))
 
     def cancel(self, order_id, user_id, ts):
+        order_id, user_id, ts = int(order_id), int(user_id), int(ts)
         self._begin(ts)
         order = self._resting.get(order_id)
         if order is None or order.user_id != user_id:
@@ -220,6 +228,8 @@ class ReferenceBook:
         return self._end()
 
     def amend(self, order_id, user_id, new_price, new_qty, ts):
+        order_id, user_id, new_price, new_qty, ts = map(
+            int, (order_id, user_id, new_price, new_qty, ts))
         self._begin(ts)
         code = self._validate_amend(order_id, user_id, new_price, new_qty)
         if code is not None:
@@ -253,6 +263,7 @@ class ReferenceBook:
         return None
 
     def cancel_all(self, user_id, ts):
+        user_id, ts = int(user_id), int(ts)
         self._begin(ts)
         for order_id in sorted(o.order_id for o in self._resting.values()
                                if o.user_id == user_id):
@@ -262,7 +273,7 @@ class ReferenceBook:
         return self._end()
 
     def set_trading(self, trading, ts):
-        self._begin(ts)
+        self._begin(int(ts))
         self.trading = bool(trading)
         self._emit(MarketStatus, self.trading)
         return self._end()
