@@ -4,7 +4,7 @@ One Engine.apply call per command, full event output (every event object is buil
 returned; the benchmark drops them, as a consumer that has published them would).
 
     .venv/bin/python bench/engine_core.py [--impl auto|c|python] [--n 1000000] [--runs 3]
-                                          [--gc on|off] [--batch 1000] [--json]
+                                          [--gc on|off] [--batch 100] [--json]
 
 Reported:
   - ops/s: median of --runs timed runs after one warm-up run, each on a fresh Engine; the
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (>= 3)")
     p.add_argument("--gc", choices=("on", "off"), default="on",
                    help="collector during timed sections (default on, input frozen)")
-    p.add_argument("--batch", type=int, default=1000, help="apply_many chunk size")
+    p.add_argument("--batch", type=int, default=100, help="apply_many chunk size")
     p.add_argument("--maker-fee-ppm", type=int, default=1000)
     p.add_argument("--taker-fee-ppm", type=int, default=2000)
     p.add_argument("--json", action="store_true", help="end with one JSON line")

@@ -538,8 +538,31 @@ typedef struct {
     int64_t v;
 } Arg;
 
+/* Most command fields are small exact ints: read them without a call. */
+static inline int small_int(PyObject *o, int64_t *v)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (PyLong_CheckExact(o) && PyUnstable_Long_IsCompact((PyLongObject *)o)) {
+        *v = (int64_t)PyUnstable_Long_CompactValue((PyLongObject *)o);
+        return 1;
+    }
+#else
+    if (PyLong_CheckExact(o)) {
+        Py_ssize_t size = Py_SIZE(o);
+        if (size >= -1 && size <= 1) {
+            *v = size * (int64_t)((PyLongObject *)o)->ob_digit[0];
+            return 1;
+        }
+    }
+#endif
+    return 0;
+}
+
 static int arg_load(Arg *a, PyObject *o, const char *name)
 {
+    a->o = o;
+    if (small_int(o, &a->v))
+        return 0;
     if (!PyLong_Check(o)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", name, Py_TYPE(o)->tp_name);
         return -1;
@@ -556,6 +579,12 @@ static int arg_load(Arg *a, PyObject *o, const char *name)
  * overflow, so it maps to -1 and the book rejects it like the pure one does. */
 static int enum_load(Arg *a, PyObject *o, const char *name)
 {
+    a->o = o;
+    if (small_int(o, &a->v)) {
+        if (a->v < 0 || a->v > 3)
+            a->v = -1;
+        return 0;
+    }
     if (!PyLong_Check(o)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", name, Py_TYPE(o)->tp_name);
         return -1;
