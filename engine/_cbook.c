@@ -846,8 +846,9 @@ static int do_place(Book *b, PyObject *out, const Arg *a)
         mark_dirty(b, li);
         b->trade_id++;
         {
-            PyObject *v[10] = {PyLong_FromUnsignedLongLong(b->trade_id), I64(lp), I64(traded), PyLong_FromLong(side),
-                               I64(m->id), I64(m->user), arg_int(&a[P_OID]), arg_int(&a[P_UID]),
+            PyObject *v[10] = {PyLong_FromUnsignedLongLong(b->trade_id), I64(lp), I64(traded),
+                               PyLong_FromLong(side), I64(m->id), I64(m->user),
+                               arg_int(&a[P_OID]), arg_int(&a[P_UID]),
                                fee_obj(lp, traded, b->maker_ppm),
                                fee_obj(lp, traded, b->taker_ppm)};
             if (emit(&c, T_Trade, 10, v) < 0)
@@ -1092,7 +1093,7 @@ static int parse_args(const char *fn, PyObject *const *args, Py_ssize_t nargs,
     for (Py_ssize_t k = 0; k < nkw; k++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, k);
         int i = 0;
-        while (i < n && (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, names[i]) != 0))
+        while (i < n && PyUnicode_CompareWithASCIIString(name, names[i]) != 0)
             i++;
         if (i == n) {
             PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fn, name);
@@ -1658,7 +1659,8 @@ static PyMethodDef Book_methods[] = {
     {"orders", (PyCFunction)Book_orders, METH_NOARGS, "resting orders in snapshot order"},
     {"resting_qty", (PyCFunction)Book_resting_qty, METH_NOARGS, "total resting lots"},
     {"dump", (PyCFunction)Book_dump, METH_NOARGS, "this book's snapshot section"},
-    {"restore", (PyCFunction)(void (*)(void))Book_restore, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+    {"restore", (PyCFunction)(void (*)(void))Book_restore,
+     METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "the book saved in a snapshot section"},
     {NULL},
 };
