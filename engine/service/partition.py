@@ -62,6 +62,7 @@ class PartitionWorker:
         self.metrics = metrics
         self.clock = clock
         self.router = Router(codec, markets, partition)
+        self.wire = self.router.wire
         self.market_list = markets.pairs_on(partition)
         self._reset_engine(Engine(self.market_list, opts.impl))
         self.next_offset = 0            # every keel.orders record below it is applied
@@ -76,6 +77,7 @@ class PartitionWorker:
         self.last_ts = 0
         self.started_at = clock()
         self.live_at: float | None = None
+        self.on_commit = None           # optional hook(latency_s, records), for the bench
 
     def _reset_engine(self, engine: Engine) -> None:
         self.engine = engine
@@ -208,7 +210,7 @@ class PartitionWorker:
 
     def _transact(self, batch: list) -> None:
         opts, part, produce = self.opts, self.partition, self._produce
-        events_topic, encode = opts.events_topic, self.codec.encode_event
+        events_topic, encode = opts.events_topic, self.wire.encode_event
         books, keys, route = self.books, self.keys, self.router.route
         touched: dict[str, int] = {}
         types: dict[tuple[str, str], int] = {}
@@ -254,10 +256,10 @@ class PartitionWorker:
         # Every record of a batch shares its consume time, so one latency per record.
         latency = done - batch[0][1]
         for (pair, kind), count in types.items():
-            child = m.order_latency.labels(pair, kind)
-            for _ in range(count):
-                child.observe(latency)
+            m.order_latency.observe((pair, kind), latency, count)
             m.orders.labels(pair).inc(count)
+        if self.on_commit is not None:
+            self.on_commit(latency, len(batch))
 
     def checkpoint(self) -> None:
         """A transaction holding only a snapshot at the current offset (clean shutdown),

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from engine.domain import OrderKind, Place, ResultCode, Side, TimeInForce
 from engine.markets import MarketsConfig
+from engine.service.wire import FastWire
 from schemas.codec import Codec, CodecError
 
 _SIDES = frozenset(int(s) for s in Side)
@@ -27,6 +28,8 @@ class Fault(NamedTuple):
 class Router:
     def __init__(self, codec: Codec, markets: MarketsConfig, partition: int) -> None:
         self.codec = codec
+        self.wire = FastWire(codec)
+        self._decode = self.wire.decode_command
         self.partition = partition
         self._home = {m.pair: m.partition for m in markets.markets.values()}
 
@@ -35,7 +38,7 @@ class Router:
         if value is None:
             return Fault(int(ResultCode.INVALID_REQUEST), "tombstone (no value) on keel.orders")
         try:
-            cmd, _request_id = self.codec.decode_command(value)
+            cmd, _request_id = self._decode(value)
         except CodecError as exc:
             return Fault(exc.code, exc.reason)
         home = self._home.get(cmd.pair)
