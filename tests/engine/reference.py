@@ -117,6 +117,11 @@ class ReferenceBook:
         # Events carry plain ints even when a caller passes IntEnum members (BOOK_API).
         order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts = map(
             int, (order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts))
+        if side not in (BUY, SELL) or kind not in set(OrderKind) or tif not in set(TimeInForce) \
+                or stp not in set(STP):
+            # domain.py gives no outcome for values outside the enums; the reference
+            # refuses to guess rather than define one.
+            raise ValueError(f"side/kind/tif/stp out of range: {side}/{kind}/{tif}/{stp}")
         self._begin(ts)
         code = self._validate_place(order_id, user_id, side, kind, tif, price, qty, quote_qty, stp)
         if code is not None:

@@ -98,30 +98,38 @@ class SetTradingOp(NamedTuple):
 class CommandMaker:
     """Turns abstract ops into commands; remembers every id it handed out."""
 
-    def __init__(self, pair: str = PAIR) -> None:
+    def __init__(self, pair: str = PAIR, price_scale: int = 1, qty_scale: int = 1,
+                 first_id: int = 1) -> None:
+        # Scales stretch the same scenarios to huge ints (price * qty * fee rate far
+        # beyond 64 bits) without changing which orders cross.
         self.pair = pair
+        self.price_scale, self.qty_scale = price_scale, qty_scale
         self.placed: list[tuple[int, int]] = []       # (order_id, user_id) in order
-        self.next_id = 1
+        self.next_id = first_id
 
     def command(self, op, book, ts: int):
+        ps, qs = self.price_scale, self.qty_scale
         if isinstance(op, PlaceOp):
             if op.reuse is not None and self.placed:
                 order_id = self.placed[op.reuse % len(self.placed)][0]
             else:
                 order_id, self.next_id = self.next_id, self.next_id + 1
             self.placed.append((order_id, op.user))
-            return Place(self.pair, order_id, op.user, op.side, op.kind, op.tif, op.price,
-                         op.qty, op.quote_qty, op.stp, ts)
+            return Place(self.pair, order_id, op.user, op.side, op.kind, op.tif, op.price * ps,
+                         op.qty * qs, op.quote_qty * ps * qs, op.stp, ts)
         if isinstance(op, CancelOp):
             order_id, user_id, _ = self._resolve(op.target, book)
             return Cancel(self.pair, order_id, user_id, ts)
         if isinstance(op, AmendOp):
             order_id, user_id, rested = self._resolve(op.target, book)
-            price = op.price if op.price is not None else (rested[2] if rested else LOW)
-            if op.qty_delta is None:
-                qty = op.qty
+            if op.price is not None:
+                price = op.price * ps
             else:
-                qty = (rested[3] if rested else 1) + op.qty_delta
+                price = rested[2] if rested else LOW * ps
+            if op.qty_delta is None:
+                qty = op.qty * qs
+            else:
+                qty = (rested[3] if rested else qs) + op.qty_delta * qs
             return Amend(self.pair, order_id, user_id, price, qty, ts)
         if isinstance(op, CancelAllOp):
             return CancelAll(self.pair, op.user, ts)
@@ -180,11 +188,14 @@ def _sided(place: PlaceOp) -> PlaceOp:
 
 limits = _place(LIMIT, st.sampled_from((GTC, GTC, GTC, IOC, FOK)), prices, qtys,
                 st.just(0)).map(_sided)
-makers = _place(MAKER, st.just(GTC), prices, qtys, st.just(0)).map(_sided)
-markets_by_qty = _place(MARKET, st.just(IOC), protections, st.integers(1, 2 * MAX_QTY),
-                        st.just(0))
-markets_by_quote = _place(MARKET, st.just(IOC), protections, st.just(0),
-                          st.integers(1, 2 * MAX_QTY * HIGH))
+# LIMIT_MAKER always rests and MARKET never does, whatever tif says: mostly the usual
+# tif, sometimes another one.
+odd_tifs = st.sampled_from((GTC, GTC, GTC, IOC, FOK))
+makers = _place(MAKER, odd_tifs, prices, qtys, st.just(0)).map(_sided)
+markets_by_qty = _place(MARKET, odd_tifs.map(lambda t: (IOC, GTC, FOK)[t]), protections,
+                        st.integers(1, 2 * MAX_QTY), st.just(0))
+markets_by_quote = _place(MARKET, odd_tifs.map(lambda t: (IOC, GTC, FOK)[t]), protections,
+                          st.just(0), st.integers(1, 2 * MAX_QTY * HIGH))
 # Invalid inputs: zero/negative price or qty, both or neither of qty and quote, tiny
 # notional, a quote on a limit order.
 invalid_places = _place(st.sampled_from((LIMIT, MARKET, MAKER)), st.sampled_from((GTC, IOC)),
@@ -223,14 +234,16 @@ def random_op(r: random.Random):
                            sided_price(side, r.randint(-2, 4)), r.randint(1, MAX_QTY), 0,
                            stp, reuse)
         if v < 0.76:
-            return PlaceOp(user, side, MAKER, GTC, sided_price(side, r.randint(-1, 4)),
+            tif = GTC if r.random() < 0.8 else r.choice((IOC, FOK))
+            return PlaceOp(user, side, MAKER, tif, sided_price(side, r.randint(-1, 4)),
                            r.randint(1, MAX_QTY), 0, stp, reuse)
         protection = 0 if r.random() < 0.5 else r.randint(LOW, HIGH)
+        tif = IOC if r.random() < 0.8 else r.choice((GTC, FOK))
         if v < 0.84:
-            return PlaceOp(user, side, MARKET, IOC, protection, r.randint(1, 2 * MAX_QTY),
+            return PlaceOp(user, side, MARKET, tif, protection, r.randint(1, 2 * MAX_QTY),
                            0, stp, reuse)
         if v < 0.92:
-            return PlaceOp(user, side, MARKET, IOC, protection, 0,
+            return PlaceOp(user, side, MARKET, tif, protection, 0,
                            r.randint(1, 2 * MAX_QTY * HIGH), stp, reuse)
         return PlaceOp(user, side, r.choice((LIMIT, MARKET, MAKER)), r.choice((GTC, IOC)),
                        r.choice((-1, 0, 1, LOW)), r.choice((-1, 0, 1, 2)),

@@ -24,7 +24,15 @@ from engine.domain import Cancelled, Trade
 
 from .invariants import BookAuditor
 from .reference import ReferenceBook
-from .strategies import MARKETS, PAIR, CommandMaker, market_specs, op_lists, random_op
+from .strategies import (
+    MARKETS,
+    PAIR,
+    CommandMaker,
+    MarketSpec,
+    market_specs,
+    op_lists,
+    random_op,
+)
 
 EXAMPLES = int(os.environ.get("KEEL_PROPERTY_EXAMPLES", "200"))
 PROPERTY_SETTINGS = settings(
@@ -62,13 +70,13 @@ def _fields(events):
 class Lockstep:
     """The reference and one implementation fed the same commands."""
 
-    def __init__(self, impl_cls, spec, pair: str = PAIR) -> None:
+    def __init__(self, impl_cls, spec, pair: str = PAIR, maker: CommandMaker | None = None):
         args = (pair, spec.min_notional, spec.maker_fee_ppm, spec.taker_fee_ppm, spec.trading)
         self.spec = spec
         self.ref = ReferenceBook(*args)
         self.impl = impl_cls(*args)
         self.auditor = BookAuditor(self.impl, pair, spec.maker_fee_ppm, spec.taker_fee_ppm)
-        self.maker = CommandMaker(pair)
+        self.maker = maker or CommandMaker(pair)
         self.history: list = []
 
     def step(self, op) -> list:
@@ -127,6 +135,23 @@ def test_matches_reference(impl_cls, spec, ops):
         run.step(op)
         if i % HASH_EVERY == 0:
             run.compare_dumps()
+    run.compare_dumps()
+
+
+# Prices near 1e11 ticks, quantities near 1e6 lots, ids near 2**62: price * qty * fee
+# rate is ~1e21, so a 64-bit intermediate anywhere would show.
+WIDE_PRICE, WIDE_QTY, WIDE_FIRST_ID = 1_000_000_007, 999_983, 2**62
+
+
+@pytest.mark.parametrize("impl_cls", IMPLS)
+@settings(PROPERTY_SETTINGS, max_examples=max(EXAMPLES // 4, 10))
+@given(spec=market_specs, ops=op_lists)
+def test_matches_reference_with_wide_integers(impl_cls, spec, ops):
+    wide = MarketSpec(spec.min_notional * WIDE_PRICE * WIDE_QTY, spec.maker_fee_ppm * 97,
+                      spec.taker_fee_ppm * 89, spec.trading)
+    run = Lockstep(impl_cls, wide, maker=CommandMaker(PAIR, WIDE_PRICE, WIDE_QTY, WIDE_FIRST_ID))
+    for op in ops:
+        run.step(op)
     run.compare_dumps()
 
 
