@@ -25,7 +25,7 @@ from schemas.codec import COMMANDS, EVENTS, Codec
 def _zigzag(n: int) -> bytes:
     z = (n << 1) ^ (n >> 63)
     if z < 0x80:
-        return _BYTE[z]
+        return bytes((z,))
     out = bytearray()
     while z >= 0x80:
         out.append((z & 0x7F) | 0x80)
@@ -34,15 +34,27 @@ def _zigzag(n: int) -> bytes:
     return bytes(out)
 
 
-_BYTE = [bytes([i]) for i in range(256)]
 _CACHE_MAX = 1 << 14            # small non-negative values (sides, codes, qty) from a table
 _ZZ = [_zigzag(n) for n in range(_CACHE_MAX)]
 
 
 def zz(n: int) -> bytes:
-    """Avro long/int encoding of n (zig-zag varint)."""
+    """Avro long/int encoding of n (zig-zag varint), unrolled for the usual sizes."""
     if 0 <= n < _CACHE_MAX:
         return _ZZ[n]
+    z = (n << 1) ^ (n >> 63)
+    if z < 0x200000:
+        if z < 0x80:
+            return bytes((z,))
+        if z < 0x4000:
+            return bytes((z & 0x7F | 0x80, z >> 7))
+        return bytes((z & 0x7F | 0x80, (z >> 7) & 0x7F | 0x80, z >> 14))
+    if z < 0x800000000:
+        if z < 0x10000000:
+            return bytes((z & 0x7F | 0x80, (z >> 7) & 0x7F | 0x80, (z >> 14) & 0x7F | 0x80,
+                          z >> 21))
+        return bytes((z & 0x7F | 0x80, (z >> 7) & 0x7F | 0x80, (z >> 14) & 0x7F | 0x80,
+                      (z >> 21) & 0x7F | 0x80, z >> 28))
     return _zigzag(n)
 
 
@@ -157,11 +169,21 @@ class FastWire:
 
 def _long(b: bytes, pos: int) -> tuple[int, int]:
     byte = b[pos]
-    pos += 1
     if byte < 0x80:
-        return (byte >> 1) ^ -(byte & 1), pos
+        return (byte >> 1) ^ -(byte & 1), pos + 1
     result = byte & 0x7F
-    shift = 7
+    byte = b[pos + 1]
+    if byte < 0x80:
+        result |= byte << 7
+        return (result >> 1) ^ -(result & 1), pos + 2
+    result |= (byte & 0x7F) << 7
+    byte = b[pos + 2]
+    if byte < 0x80:
+        result |= byte << 14
+        return (result >> 1) ^ -(result & 1), pos + 3
+    result |= (byte & 0x7F) << 14
+    pos += 3
+    shift = 21
     while True:
         byte = b[pos]
         pos += 1
