@@ -160,6 +160,9 @@ class PostgresStore:
                 out.orders += cur.rowcount
             if updates:
                 _copy(cur, "stage_order_updates", UPDATE_COLUMNS, updates)
+                # Without statistics the planner guesses the temp table's size and may
+                # scan all of `orders`; a few ms of ANALYZE buys the index nested loop.
+                cur.execute("ANALYZE stage_order_updates")
                 cur.execute(_APPLY_UPDATES)
                 out.orders += cur.rowcount
             cur.executemany(_SAVE_PROGRESS, [(self.sink, p, s) for p, s in moved])

@@ -35,7 +35,7 @@ def stop_on_signals() -> threading.Event:
 
 
 def postgres_loop(settings: Settings, stop: threading.Event, metrics: SinkMetrics,
-                  max_records: int = 5000):
+                  max_records: int = 20_000):
     """(loop, store): keel.events -> PostgreSQL. The caller opens nothing else."""
     from sinks.postgres import TRANSIENT, PostgresStore
 

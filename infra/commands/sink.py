@@ -10,7 +10,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", choices=("postgres", "clickhouse"))
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on 127.0.0.1:PORT")
-    parser.add_argument("--batch", type=int, default=5000,
+    parser.add_argument("--batch", type=int, default=20_000,
                         help="most records per store transaction")
 
 
