@@ -14,6 +14,9 @@ place(order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts)
   Validation, in this order; the first failure emits only Rejected(code):
     1. market not trading                            -> MARKET_CLOSED
     2. order_id already resting in this book           -> DUPLICATE_ORDER_ID
+       (only resting orders count: a finished order's id may be reused)
+    2b. side, kind, tif or stp outside its enum        -> INVALID_REQUEST
+       (a malformed command, hence the request range)
     3. LIMIT / LIMIT_MAKER: price <= 0                 -> INVALID_PRICE
        MARKET: price < 0 (price is the protection price; 0 means no bound)
                                                        -> INVALID_PRICE
@@ -30,6 +33,8 @@ place(order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts)
        prices without changing anything: a maker of the same user with the
        taker's stp EXPIRE_TAKER or EXPIRE_BOTH ends the walk; with EXPIRE_MAKER it
        is skipped; otherwise (or stp NONE) its quantity counts.
+  tif is ignored for LIMIT_MAKER (always rests, never takes) and MARKET (never rests,
+  never checked for fillability).
   Then Accepted, then matching. The taker walks the opposite side best price
   first, FIFO within a level, while it has quantity left and the level price is
   acceptable (buy: level <= price; sell: level >= price; MARKET with price 0:
@@ -39,7 +44,9 @@ place(order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts)
         EXPIRE_MAKER: Expired(maker, maker remaining, SELF_TRADE); maker removed;
                       matching continues.
         EXPIRE_BOTH:  Expired(maker, ...), then Expired(taker, ...); stops.
-      With stp NONE a user trades with itself like anyone else.
+      With stp NONE a user trades with itself like anyone else. The self-trade
+      check comes before the by-quote "cannot afford one lot" stop below, and an
+      Expired for a by-quote taker always carries its unspent quote.
     - Each match: traded = min(taker remaining, maker remaining); for MARKET by
       quote, traded = min(maker remaining, quote_left // level price) and when
       that is 0 matching stops. Emit Trade; if the maker is now empty, emit
@@ -59,7 +66,8 @@ cancel(order_id, user_id, ts)
   Rejected(UNKNOWN_ORDER) (a filled, cancelled or foreign order is unknown).
 
 amend(order_id, user_id, new_price, new_qty, ts)     (new_qty = new *remaining*)
-  Unknown or foreign -> Rejected(UNKNOWN_ORDER); new_price <= 0 -> INVALID_PRICE;
+  Market not trading -> MARKET_CLOSED (checked first, as for place);
+  unknown or foreign -> Rejected(UNKNOWN_ORDER); new_price <= 0 -> INVALID_PRICE;
   new_qty <= 0 -> INVALID_QUANTITY; new_price * new_qty < min_notional ->
   BELOW_MIN_NOTIONAL; a price that would cross the best opposite price ->
   AMEND_WOULD_CROSS (use cancel + place to take liquidity).
@@ -71,7 +79,7 @@ cancel_all(user_id, ts)
   book, in ascending order_id. No order: no event.
 
 set_trading(trading, ts)
-  MarketStatus(trading). While not trading, place and amend are rejected with
+  MarketStatus(trading), emitted even when the status does not change. While not trading, place and amend are rejected with
   MARKET_CLOSED; cancel and cancel_all still work (users can always leave).
 
 Sequence numbers. Each book owns its pair's `seq`: every event gets the next one,
