@@ -34,8 +34,33 @@ class LogReader:
         return max(tp.offset, 0)
 
     def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
-        return self._consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                    timeout=TIMEOUT, cached=False)
+        """(low, high) of the partition.
+
+        The listed high watermark is not trusted: tansu answers ListOffsets(latest) with
+        the last batch's base offset + 1. A fetch of that last batch reports the true
+        high watermark, so the end is confirmed by reading it.
+        """
+        tp = TopicPartition(topic, partition)
+        low, listed = self._consumer.get_watermark_offsets(tp, timeout=TIMEOUT, cached=False)
+        if listed <= low:
+            return low, listed
+        self._consumer.assign([TopicPartition(topic, partition, max(low, listed - 1))])
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:
+                msg = self._consumer.poll(0.5)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(err)
+                if err is not None or self._consumer.position([tp])[0].offset >= listed:
+                    _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                    if high >= listed:
+                        return low, high
+            raise TimeoutError(f"{topic}[{partition}]: no fetch response for the high watermark")
+        finally:
+            self._consumer.unassign()
 
     def read(self, topic: str, partition: int, start: int, end: int | None = None,
              timeout: float = TIMEOUT) -> list:
@@ -75,6 +100,39 @@ class LogReader:
                 if done:
                     return out
             raise TimeoutError(f"reading {topic}[{partition}] {start}..{end} timed out")
+        finally:
+            self._consumer.unassign()
+
+    def stream(self, topic: str, partition: int, start: int, end: int | None = None,
+               idle_timeout: float = TIMEOUT):
+        """Yield committed records with start <= offset < end, without holding them all."""
+        low, high = self.watermarks(topic, partition)
+        end = high if end is None else min(end, high)
+        start = max(start, low)
+        if start >= end:
+            return
+        tp = TopicPartition(topic, partition)
+        self._consumer.assign([TopicPartition(topic, partition, start)])
+        try:
+            quiet_since = time.monotonic()
+            while True:
+                first = self._consumer.poll(0.5)
+                batch = [first] + self._consumer.consume(10_000, 0) if first is not None else []
+                for msg in batch:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            return
+                        raise KafkaException(err)
+                    if msg.offset() >= end:
+                        return
+                    yield msg
+                if batch:
+                    quiet_since = time.monotonic()
+                    if self._consumer.position([tp])[0].offset >= end:
+                        return
+                elif time.monotonic() - quiet_since > idle_timeout:
+                    raise TimeoutError(f"reading {topic}[{partition}] stalled before {end}")
         finally:
             self._consumer.unassign()
 

@@ -38,7 +38,8 @@ def chunk_records(codec: Codec, partition: int, input_offset: int, data: bytes,
     count = max(1, -(-len(blob) // chunk_bytes))
     for i in range(count):
         headers = [("snapshot", sid), ("chunk", str(i).encode()), ("chunks", str(count).encode()),
-                   ("input_offset", str(input_offset).encode())]
+                   ("input_offset", str(input_offset).encode()),
+                   ("state_hash", state_hash.encode())]
         yield (f"{partition}/{i}".encode(), blob[i * chunk_bytes:(i + 1) * chunk_bytes], headers)
 
 
@@ -70,6 +71,21 @@ def _candidates(messages) -> list[_Candidate]:
         cand = found.setdefault(sid, _Candidate(sid, count, offset, {}))
         cand.chunks[idx] = msg.offset()
     return list(found.values())
+
+
+def snapshot_hashes(reader, topic: str, partition: int) -> dict[int, str]:
+    """input offset -> state hash of every complete snapshot still in the log."""
+    found: dict[bytes, _Candidate] = {}
+    hashes: dict[bytes, str] = {}
+    for msg in reader.stream(topic, partition, 0):
+        h = _headers(msg)
+        if "state_hash" in h:
+            hashes[h.get("snapshot", b"")] = h["state_hash"].decode()
+        for cand in _candidates([msg]):
+            found.setdefault(cand.sid, _Candidate(cand.sid, cand.count, cand.input_offset, {}))
+            found[cand.sid].chunks.update(cand.chunks)
+    return {c.input_offset: hashes[c.sid] for c in found.values()
+            if c.complete and c.sid in hashes}
 
 
 def find_latest(reader, codec: Codec, topic: str, partition: int,

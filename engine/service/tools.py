@@ -70,8 +70,9 @@ def read_partition(settings: Settings, topic: str, partition: int, start: int = 
         settings, None, "keel-tools-reader", enable_partition_eof=True, fetch_wait_max_ms=10,
         fetch_max_bytes=64 * 1024 * 1024))
     try:
+        # Read to EOF: tansu's listed high watermark can be short (see LogReader.watermarks).
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        if high <= max(start, low):
+        if high <= low:
             return []
         consumer.assign([TopicPartition(topic, partition, max(start, low))])
         out = []
