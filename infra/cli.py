@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sink": ("infra.commands.sink", "load keel.events/keel.depth into PostgreSQL or ClickHouse"),
     "engine": ("infra.commands.engine", "run the matching engine for some keel.orders partitions"),
     "replay": ("infra.commands.replay", "rebuild a partition from keel.orders and compare with keel.events"),
+    "streams": ("infra.commands.streams", "run a Faust streams worker: accounts, settlement or marketdata"),
 }
 
 

@@ -1,0 +1,79 @@
+"""accounts: the per-user risk gate as a Faust agent (`keel streams accounts`).
+
+One agent reads keel.requests and keel.settlements (co-partitioned by user) in partition
+order; the rules live in streams.ledger, the state in changelog-backed tables. Outputs:
+accepted commands to keel.orders on the pair's partition, answers to keel.replies, every
+balance change to keel.balances, undecodable records to keel.dlq.
+"""
+from __future__ import annotations
+
+import logging
+
+from engine.domain import ResultCode
+from engine.markets import MarketsConfig
+from infra.settings import Settings
+from schemas.codec import Codec, CodecError
+from streams.app import app, keel_topic, table
+from streams.dlq import dead_letter
+from streams.keys import user_key, user_partition
+from streams.ledger import Accounts, AccountsState, Outcome
+from streams.metrics import StreamMetrics
+from streams.units import Units
+
+log = logging.getLogger(__name__)
+TABLES = ("balances", "orders", "client_ids", "requests", "withdrawals", "settled", "counters")
+
+
+def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics) -> None:
+    codec = Codec.from_settings(settings)
+    units = Units.from_markets(markets)
+    n = settings.user_partitions
+    requests_name, settlements_name = settings.topic("requests"), settings.topic("settlements")
+    source = app.topic(requests_name, settlements_name, key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw", partitions=n,
+                       internal=False)
+    orders = keel_topic(settings, "orders", markets.partitions)
+    replies = keel_topic(settings, "replies", n)
+    balances = keel_topic(settings, "balances", n)
+    dlq = keel_topic(settings, "dlq", 1)
+    state = AccountsState(**{name: table(name, n) for name in TABLES})
+    accounts = Accounts(units, state)
+
+    async def publish(out: Outcome) -> None:
+        for cmd, request_id in out.commands:
+            await orders.send(key=cmd.pair.encode(), value=codec.encode_command(cmd, request_id),
+                              partition=units.pairs[cmd.pair].partition)
+        for reply in out.replies:
+            await replies.send(key=reply["request_id"].encode(), value=codec.encode("reply", reply))
+        for bal in out.balances:
+            await balances.send(key=user_key(bal["user_id"]), value=codec.encode("balance", bal),
+                                partition=user_partition(bal["user_id"], n))
+        metrics.outputs.inc(len(out.commands) + len(out.replies) + len(out.balances))
+
+    async def reject(message, code: int, reason: str) -> None:
+        await dlq.send(key=message.topic.encode(),
+                       value=dead_letter(codec, message, reason, code, "accounts"))
+        metrics.dead_letters.inc()
+
+    @app.agent(source, name="accounts")
+    async def gate(stream):
+        async for event in stream.events():
+            message = event.message
+            try:
+                if message.topic == requests_name:
+                    request = codec.decode("order_request", message.value)
+                    if user_partition(request["user_id"], n) != message.partition:
+                        # Its owner's state lives on another partition: applying it here
+                        # would split the user's funds in two.
+                        await reject(message, ResultCode.INVALID_REQUEST,
+                                     f"user {request['user_id']} belongs to partition "
+                                     f"{user_partition(request['user_id'], n)}")
+                        continue
+                    out = accounts.handle_request(request, message.partition)
+                else:
+                    out = accounts.apply_settlement(codec.decode("settlement", message.value))
+            except CodecError as exc:
+                await reject(message, exc.code, exc.reason)
+                continue
+            await publish(out)
+            metrics.inputs.inc()

@@ -1,0 +1,53 @@
+"""settlement: engine events -> per-user settlement records (`keel streams settlement`).
+
+Reads keel.events (read_committed, as the engine writes it in transactions) partition by
+partition; streams.settle holds the rules, two changelog tables its state (live orders'
+holds, last seq per pair). Writes keel.settlements on each user's partition.
+"""
+from __future__ import annotations
+
+from engine.domain import ResultCode
+from engine.markets import MarketsConfig
+from infra.settings import Settings
+from schemas.codec import Codec, CodecError
+from streams.app import app, keel_topic, table
+from streams.dlq import dead_letter
+from streams.keys import user_key, user_partition
+from streams.metrics import StreamMetrics
+from streams.settle import Settlement
+from streams.units import Units
+
+
+def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics) -> None:
+    codec = Codec.from_settings(settings)
+    n_users = settings.user_partitions
+    events = keel_topic(settings, "events", markets.partitions)
+    settlements = keel_topic(settings, "settlements", n_users)
+    dlq = keel_topic(settings, "dlq", 1)
+    units = Units.from_markets(markets)
+    rules = Settlement(units, live=table("live", markets.partitions),
+                       seqs=table("seqs", markets.partitions))
+
+    async def reject(message, code: int, reason: str) -> None:
+        await dlq.send(key=message.topic.encode(),
+                       value=dead_letter(codec, message, reason, code, "settlement"))
+        metrics.dead_letters.inc()
+
+    @app.agent(events, name="settlement")
+    async def settle(stream):
+        async for event in stream.events():
+            message = event.message
+            try:
+                engine_event = codec.decode_event(message.value)
+            except CodecError as exc:
+                await reject(message, exc.code, exc.reason)
+                continue
+            if engine_event.pair not in units.pairs:
+                await reject(message, ResultCode.UNKNOWN_PAIR, f"unknown pair {engine_event.pair}")
+                continue
+            for record in rules.settle(engine_event):
+                uid = record["user_id"]
+                await settlements.send(key=user_key(uid), value=codec.encode("settlement", record),
+                                       partition=user_partition(uid, n_users))
+                metrics.outputs.inc()
+            metrics.inputs.inc()
