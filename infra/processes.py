@@ -67,6 +67,8 @@ def keel_processes(settings: Settings, demo: bool) -> list[ProcessSpec]:
     """The Keel processes proper (engine, accounts, settlement, market data, sinks,
     gateway, demo traffic). Each later issue appends its own entry here."""
     specs: list[ProcessSpec] = []
+    from infra.commands.engine import engine_processes
+    specs += engine_processes(settings)
     return specs + extra_processes(settings)
 
 

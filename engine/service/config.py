@@ -48,6 +48,7 @@ class EngineOptions:
     takeover_s: float = 1.0             # silence after which a standby takes over
     committed_poll_s: float = 0.1       # how often a standby reads the primary's offset
     impl: str = "auto"                  # engine implementation: auto | c | python
+    linger_ms: float = 0                # producer linger inside a transaction
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -70,6 +71,7 @@ class EngineOptions:
             heartbeat_s=_num(x, "KEEL_ENGINE_HEARTBEAT_MS", 100, float) / 1000,
             takeover_s=_num(x, "KEEL_ENGINE_TAKEOVER_MS", 1000, float) / 1000,
             impl=x.get("KEEL_ENGINE_IMPL", "auto") or "auto",
+            linger_ms=_num(x, "KEEL_ENGINE_LINGER_MS", 0, float),
         )
 
     def with_(self, **changes) -> EngineOptions:

@@ -55,7 +55,7 @@ class EngineService:
     def _producer(self, partition: int) -> Producer:
         producer = Producer(producer_config(
             self.settings, f"keel-engine-{partition}",
-            transactional_id=transactional_id(partition), linger_ms=5,
+            transactional_id=transactional_id(partition), linger_ms=int(self.opts.linger_ms),
             transaction_timeout_ms=60_000, queue_buffering_max_messages=500_000))
         producer.init_transactions(TXN_TIMEOUT)     # fences any earlier writer, aborts its txn
         return producer

@@ -30,6 +30,44 @@ def parse_partitions(text: str, count: int) -> list[int]:
     return parts
 
 
+def metrics_port(settings: Settings, first_partition: int, standby: bool) -> int:
+    return settings.metrics_port_base + METRICS_OFFSET + first_partition + (50 if standby else 0)
+
+
+def partition_groups(text: str | None, count: int) -> list[list[int]]:
+    """KEEL_ENGINE_GROUPS="0,1;2" -> [[0, 1], [2]]; unset -> one group with every partition."""
+    if not text or not text.strip():
+        return [list(range(count))]
+    groups = [parse_partitions(g, count) for g in text.split(";") if g.strip()]
+    flat = [p for g in groups for p in g]
+    if sorted(flat) != list(range(count)):
+        raise ValueError(f"KEEL_ENGINE_GROUPS={text!r} must cover partitions 0..{count - 1} "
+                         "exactly once")
+    return groups
+
+
+def engine_processes(settings: Settings) -> list:
+    """Supervisor specs: one primary per partition group (KEEL_ENGINE_GROUPS) and, with
+    KEEL_ENGINE_STANDBY=1, a warm standby for each. A restarted primary that finds a live
+    one beating comes back as a standby, so restarts never ping-pong."""
+    from infra.processes import keel_process
+
+    markets = load_markets(settings.markets_file)
+    groups = partition_groups(settings.extra.get("KEEL_ENGINE_GROUPS"), markets.partitions)
+    standby = settings.extra.get("KEEL_ENGINE_STANDBY", "").lower() in ("1", "true", "yes")
+    specs = []
+    for group in groups:
+        name = "engine" if len(groups) == 1 else "engine-" + "-".join(map(str, group))
+        parts = ",".join(map(str, group))
+        for role in ((False, True) if standby else (False,)):
+            port = metrics_port(settings, group[0], role)
+            specs.append(keel_process(
+                name + ("-standby" if role else ""), "engine", "--partitions", parts,
+                *(("--standby",) if role else ()), "--metrics-port", str(port),
+                metrics_port=port, depends_on=("kafka",)))
+    return specs
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", default="all",
                         help="keel.orders partitions to own, e.g. 0,2 (default: all)")
@@ -52,6 +90,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     service = EngineService(settings, markets, partitions, standby=args.standby)
     port = args.metrics_port
     if port is None:
-        port = settings.metrics_port_base + METRICS_OFFSET + partitions[0] + (50 if args.standby else 0)
+        port = metrics_port(settings, partitions[0], args.standby)
     service.metrics.serve(port)
     return service.run()

@@ -1,0 +1,330 @@
+"""Engine service benchmark on a real broker: exactly-once throughput, latency under a
+fixed load, recovery and failover times.
+
+    .venv/bin/python bench/engine_kafka.py [--json] [--bootstrap HOST:PORT]
+                                           [--orders 300000] [--history 1000000]
+
+Starts its own in-memory tansu broker unless --bootstrap is given; every phase uses
+fresh topics (its own KEEL_TOPIC_PREFIX). Phases:
+  orders_per_s  --orders standard-workload commands preloaded on one partition, then one
+                engine (in this process, transactions on) drains them: records / time
+                from its first to its last commit.
+  p50_ms/p99ms  consume -> commit latency per order while a separate feeder process
+                offers 10,000 orders/s for --latency-s seconds (weighted by records).
+  recovery_s    --history orders in keel.orders, a snapshot at history-100k (written
+                the way the engine writes it) and the group's offset at history: time
+                from constructing the service to it being primary (snapshot load +
+                100k replay + fencing + tail checks).
+  failover_s    primary + standby processes (default 1 s takeover), kill -9 the primary
+                under 5,000 orders/s: time from the kill to the first event the standby
+                commits.
+With --json the last line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+if __package__ in (None, ""):        # run as a script: import keel from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.markets import load_markets, parse_markets
+from engine.workload import operations, to_commands
+from infra.settings import Settings
+from schemas.codec import Codec
+
+REPO = Path(__file__).resolve().parent.parent
+PAIR = "BTCUSDT"
+MARKETS = {
+    "assets": {"BTC": {"decimals": 8}, "USDT": {"decimals": 8}},
+    "markets": [{"pair": PAIR, "base": "BTC", "quote": "USDT", "tick_size": "0.01",
+                 "lot_size": "0.001", "maker_fee": "0.001", "taker_fee": "0.002",
+                 "partition": 0}],
+}
+MARKETS_TOML = """
+[assets]
+BTC = { decimals = 8 }
+USDT = { decimals = 8 }
+[[markets]]
+pair = "BTCUSDT"
+base = "BTC"
+quote = "USDT"
+tick_size = "0.01"
+lot_size = "0.001"
+maker_fee = "0.001"
+taker_fee = "0.002"
+partition = 0
+"""
+
+
+class Bench:
+    def __init__(self, bootstrap: str, workdir: Path) -> None:
+        self.bootstrap = bootstrap
+        self.dir = workdir
+        self.markets_file = workdir / "markets.toml"
+        self.markets_file.write_text(MARKETS_TOML)
+        self.markets = load_markets(self.markets_file)
+        self.codec = Codec()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"KEEL_KAFKA_BOOTSTRAP": self.bootstrap,
+                "KEEL_TOPIC_PREFIX": f"b{uuid.uuid4().hex[:8]}.",
+                "KEEL_MARKETS_FILE": str(self.markets_file),
+                "KEEL_DATA_DIR": str(self.dir / "keel"), "KEEL_LOG_LEVEL": "INFO", **extra}
+
+    def settings(self, env: dict[str, str]) -> Settings:
+        from engine.service.tools import ensure_engine_topics
+
+        settings = Settings.from_env(env)
+        ensure_engine_topics(settings, self.markets)
+        return settings
+
+    def service(self, settings: Settings):
+        from engine.service.runner import EngineService
+
+        service = EngineService(settings, self.markets, [0])
+        thread = threading.Thread(target=service.run, daemon=True)
+        return service, thread
+
+    # ---- phases ----
+
+    def throughput(self, n: int) -> dict:
+        from engine.service.tools import produce_commands
+
+        settings = self.settings(self.env(KEEL_ENGINE_SNAPSHOT_EVERY=str(10 * n)))
+        produce_commands(settings, self.codec, 0, to_commands(operations(n, seed=1), PAIR))
+        service, thread = self.service(settings)
+        thread.start()
+        worker = _wait(lambda: service.workers.get(0), 60)
+        first = []
+        worker.on_commit = lambda latency, records: first or first.append(
+            (time.perf_counter() - latency, worker.next_offset - records))
+        _wait(lambda: worker.next_offset >= n, 600, every=0.005)
+        done = time.perf_counter()
+        service.stop()
+        thread.join(30)
+        t0, offset0 = first[0]
+        return {"orders_per_s": round((n - offset0) / (done - t0)), "throughput_orders": n}
+
+    def latency(self, seconds: float, rate: int = 10_000) -> dict:
+        env = self.env()
+        settings = self.settings(env)
+        service, thread = self.service(settings)
+        thread.start()
+        worker = _wait(lambda: service.workers.get(0), 60)
+        _wait(lambda: worker.live_at, 60)
+        samples: list[tuple[float, int]] = []
+        worker.on_commit = lambda latency, records: samples.append((latency, records))
+        feeder = subprocess.run(
+            [sys.executable, __file__, "--feed", str(int(seconds * rate)), str(rate)],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=seconds * 5 + 60)
+        if feeder.returncode != 0:
+            raise RuntimeError(f"feeder failed: {feeder.stderr[-2000:]}")
+        _wait(lambda: worker.next_offset >= int(seconds * rate), 120)
+        service.stop()
+        thread.join(30)
+        total = sum(n for _, n in samples)
+        return {"p50_ms": round(_quantile(samples, 0.50) * 1000, 3),
+                "p99_ms": round(_quantile(samples, 0.99) * 1000, 3),
+                "latency_orders": total, "latency_batches": len(samples),
+                "offered_per_s": rate}
+
+    def recovery(self, history: int, replay: int = 100_000) -> dict:
+        from confluent_kafka import Consumer, Producer, TopicPartition
+
+        from engine.engine import Engine
+        from engine.service.snapshots import chunk_records
+        from engine.service.tools import produce_commands
+        from infra.kafka import consumer_config, producer_config
+
+        settings = self.settings(self.env())
+        commands = list(to_commands(operations(history, seed=2), PAIR))
+        produce_commands(settings, self.codec, 0, commands)
+        cut = history - replay
+        engine = Engine(parse_markets(MARKETS).pairs_on(0))
+        engine.apply_many(commands[:cut])
+        data = engine.snapshot()
+        producer = Producer(producer_config(settings, "bench-snapshot"))
+        for key, value, headers in chunk_records(self.codec, 0, cut, data, engine.state_hash(),
+                                                 commands[cut - 1].ts, 512 * 1024):
+            producer.produce(settings.topic("engine.snapshots"), value, key, partition=0,
+                             headers=headers)
+        producer.flush(30)
+        committer = Consumer(consumer_config(settings, "keel-engine", "bench-committer"))
+        committer.commit(offsets=[TopicPartition(settings.topic("orders"), 0, history)],
+                         asynchronous=False)
+        committer.close()
+        del commands
+        started = time.perf_counter()
+        service, thread = self.service(settings)
+        thread.start()
+        worker = _wait(lambda: service.workers.get(0), 60, every=0.001)
+        _wait(lambda: worker.live_at, 120, every=0.001)
+        recovery = time.perf_counter() - started
+        ok = worker.next_offset == history and worker.engine.state_hash() == _hash_after(
+            history, seed=2)
+        service.stop()
+        thread.join(30)
+        return {"recovery_s": round(recovery, 3), "recovery_history": history,
+                "recovery_replayed": replay, "snapshot_bytes": len(data),
+                "resting_orders": len(engine.book(PAIR)), "recovery_state_ok": ok}
+
+    def failover(self, rate: int = 5_000) -> dict:
+        env = self.env()
+        settings = self.settings(env)
+        feeder = subprocess.Popen([sys.executable, __file__, "--feed", str(rate * 8), str(rate)],
+                                  env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        logs = [self.dir / f"failover-{i}.log" for i in range(2)]
+        procs = []
+        try:
+            for i, extra in enumerate(((), ("--standby",))):
+                with open(logs[i], "wb") as out:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "infra.cli", "engine", "--partitions", "0",
+                         "--metrics-port", "0", *extra],
+                        cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT))
+                word = "partition is primary" if i == 0 else "starting as standby"
+                _wait(lambda i=i, w=word: w in logs[i].read_text(errors="replace"), 60)
+            time.sleep(2.0)
+            killed_at = time.time()
+            procs[0].send_signal(signal.SIGKILL)
+            _wait(lambda: "partition is primary" in logs[1].read_text(errors="replace"), 60)
+            live_at = _logged_at(logs[1].read_text(errors="replace"), "partition is primary")
+            feeder.wait(120)
+            first = _wait(lambda: _first_event_after(settings, live_at), 30)
+            return {"failover_s": round(first - killed_at, 3),
+                    "failover_live_s": round(live_at - killed_at, 3)}
+        finally:
+            for proc in (*procs, feeder):
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+
+
+def _hash_after(n: int, seed: int) -> str:
+    from engine.engine import Engine
+
+    engine = Engine(parse_markets(MARKETS).pairs_on(0))
+    engine.apply_many(to_commands(operations(n, seed=seed), PAIR))
+    return engine.state_hash()
+
+
+def _first_event_after(settings: Settings, wall: float) -> float | None:
+    from engine.service.tools import read_partition
+
+    stamps = [m.timestamp()[1] / 1000 for m in read_partition(settings, settings.topic("events"), 0)]
+    later = [t for t in stamps if t >= wall]
+    return min(later) if later else None
+
+
+def _logged_at(log: str, msg: str) -> float:
+    import calendar
+
+    for line in log.splitlines():
+        if line.startswith("{") and json.loads(line).get("msg") == msg:
+            stamp = json.loads(line)["ts"]
+            return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + float(
+                stamp[19:-1] or 0)
+    raise RuntimeError(f"{msg!r} not logged")
+
+
+def _quantile(samples: list[tuple[float, int]], q: float) -> float:
+    ordered = sorted(samples)
+    total = sum(n for _, n in ordered)
+    running = 0
+    for value, n in ordered:
+        running += n
+        if running >= q * total:
+            return value
+    return ordered[-1][0] if ordered else float("nan")
+
+
+def _wait(predicate, timeout: float, every: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark phase timed out")
+        time.sleep(every)
+
+
+def _feed(n: int, rate: int) -> int:
+    """Child mode: offer n commands at `rate`/s to partition 0 of KEEL_TOPIC_PREFIX."""
+    from engine.service.tools import produce_commands
+
+    settings = Settings.from_env()
+    produce_commands(settings, Codec(), 0, to_commands(operations(n, seed=3), PAIR), rate)
+    return 0
+
+
+def _broker(workdir: Path):
+    from infra.embedded import free_port
+    from infra.embedded.kafka import spawn
+    from infra.health import HealthCheck
+
+    port = free_port()
+    proc = spawn(port, workdir / "kafka.log")
+    bootstrap = f"127.0.0.1:{port}"
+    _wait(lambda: HealthCheck("kafka", bootstrap).run(timeout=1.0).ok, 60, every=0.1)
+    return proc, bootstrap
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--bootstrap", default=None)
+    parser.add_argument("--orders", type=int, default=300_000)
+    parser.add_argument("--history", type=int, default=1_000_000)
+    parser.add_argument("--latency-s", type=float, default=10.0)
+    parser.add_argument("--feed", nargs=2, type=int, metavar=("N", "RATE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.feed:
+        return _feed(*args.feed)
+
+    with tempfile.TemporaryDirectory(prefix="keel-bench-") as tmp:
+        workdir = Path(tmp)
+        broker = None
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            broker, bootstrap = _broker(workdir)
+        try:
+            bench = Bench(bootstrap, workdir)
+            result: dict = {}
+            result |= bench.throughput(args.orders)
+            print(f"throughput: {result['orders_per_s']:,} orders/s through one partition "
+                  f"(exactly-once), {args.orders:,} orders", flush=True)
+            result |= bench.latency(args.latency_s)
+            print(f"latency at {result['offered_per_s']:,}/s: p50 {result['p50_ms']} ms, "
+                  f"p99 {result['p99_ms']} ms (consume -> commit)", flush=True)
+            result |= bench.recovery(args.history)
+            print(f"recovery: {result['recovery_s']} s (snapshot of "
+                  f"{result['resting_orders']:,} resting orders, {result['snapshot_bytes']:,} B, "
+                  f"+ {result['recovery_replayed']:,} replayed of {args.history:,}); "
+                  f"state ok: {result['recovery_state_ok']}", flush=True)
+            result |= bench.failover()
+            print(f"failover: first new event {result['failover_s']} s after kill -9 "
+                  f"(standby primary after {result['failover_live_s']} s)", flush=True)
+        finally:
+            if broker is not None:
+                broker.terminate()
+                broker.wait(10)
+    result["cpus"] = os.cpu_count()
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
