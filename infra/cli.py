@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("infra.commands.migrate", "apply PostgreSQL migrations"),
     "services": ("infra.commands.services", "run one embedded service in the foreground"),
     "sink": ("infra.commands.sink", "load keel.events/keel.depth into PostgreSQL or ClickHouse"),
+    "sql": ("infra.commands.sql", "run a read-only SQL query on ClickHouse (table, csv or json)"),
     "engine": ("infra.commands.engine", "run the matching engine for some keel.orders partitions"),
     "replay": ("infra.commands.replay", "rebuild a partition from keel.orders and compare with keel.events"),
     "streams": ("infra.commands.streams", "run a Faust streams worker: accounts, settlement or marketdata"),

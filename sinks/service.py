@@ -62,3 +62,57 @@ def run_postgres(settings: Settings, metrics_port: int | None, max_records: int)
         loop.source.close()
         store.close()
     return 0
+
+
+def clickhouse_loop(settings: Settings, client, lock, stop: threading.Event,
+                    metrics: SinkMetrics, max_records: int = 20_000):
+    """(loop, store): keel.events + keel.depth -> ClickHouse through `client`."""
+    from sinks.clickhouse import ClickHouseStore, log_positions
+
+    codec = Codec.from_settings(settings)
+    ttl = int(settings.extra.get("KEEL_CLICKHOUSE_DEPTH_TTL_DAYS", "30"))
+    store = ClickHouseStore(client, settings.topic("events"), settings.topic("depth"),
+                            lock=lock, depth_ttl_days=ttl)
+    store.ensure_schema()
+
+    def assigned(consumer, partitions):
+        positions = store.positions(partitions)
+        log_positions(positions)
+        consumer.assign(positions)
+
+    source = Source(settings, group(settings, "clickhouse"),
+                    [settings.topic("events"), settings.topic("depth")],
+                    client_id="sink-clickhouse", max_records=max_records, on_assign=assigned)
+    loop = SinkLoop("clickhouse", source, store.decode(codec), store.write, store.transient,
+                    DeadLetters(settings, codec, "clickhouse-sink"), metrics, stop)
+    return loop, store
+
+
+def run_clickhouse(settings: Settings, metrics_port: int | None, max_records: int) -> int:
+    """Embedded: become the chDB owner (serving /ping, /query, /metrics) and load it.
+    Server URL: a plain consumer with its own clickhouse-connect client."""
+    metrics = SinkMetrics("clickhouse")
+    if settings.embedded_clickhouse:
+        from infra.embedded.clickhouse import host
+
+        def work(owner, stop: threading.Event) -> None:
+            loop, _ = clickhouse_loop(settings, owner.client, owner.lock, stop, metrics,
+                                      max_records)
+            try:
+                loop.run()
+            finally:
+                loop.source.close()
+
+        return host(settings, work, metrics.registry)
+    from infra.clickhouse import open_client
+
+    stop = stop_on_signals()
+    metrics.serve(metrics_port)
+    client = open_client(settings)
+    loop, _ = clickhouse_loop(settings, client, threading.Lock(), stop, metrics, max_records)
+    try:
+        loop.run()
+    finally:
+        loop.source.close()
+        client.close()
+    return 0

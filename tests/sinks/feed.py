@@ -157,3 +157,51 @@ def expected_orders(events) -> dict[tuple[str, int], tuple]:
         elif t is Rejected and e.code != -3101 and (e.pair, e.order_id) not in orders:
             orders[(e.pair, e.order_id)] = ["REJECTED", 0, 0, None]
     return {k: tuple(v) for k, v in orders.items()}
+
+
+def depth_updates(n: int, pairs=PAIRS, levels: int = 20, seed: int = 3,
+                  t0_ms: int | None = None) -> list[dict]:
+    """keel.depth records: per pair, a chain of diffs with a full snapshot every 10th."""
+    import random
+
+    rng = random.Random(seed)
+    t0 = int(time.time() * 1000) - 3_600_000 if t0_ms is None else t0_ms
+    out = []
+    seq = dict.fromkeys(pairs, 0)
+    for i in range(n):
+        pair = pairs[i % len(pairs)]
+        first = seq[pair] + 1
+        seq[pair] += rng.randint(1, 5)
+        snapshot = i % 10 == 9
+        width = levels if snapshot else rng.randint(1, 4)
+        mid = 1_000_000 + rng.randint(-50, 50)
+        bids = [{"price": mid - k, "qty": rng.randint(0 if not snapshot else 1, 500)}
+                for k in range(1, width + 1)]
+        asks = [{"price": mid + k, "qty": rng.randint(0 if not snapshot else 1, 500)}
+                for k in range(width)]
+        out.append({"pair": pair, "first_update_id": seq[pair] if snapshot else first,
+                    "last_update_id": seq[pair], "ts": t0 + i, "is_snapshot": snapshot,
+                    "bids": bids, "asks": asks})
+    return out
+
+
+def candles(trades, seconds: int) -> dict[tuple[str, int], tuple]:
+    """(pair, bucket start in s) -> (open, high, low, close, volume, quote volume, count),
+    open/close by trade id."""
+    out: dict[tuple[str, int], list] = {}
+    for t in sorted(trades, key=lambda t: (t.pair, t.trade_id)):
+        key = (t.pair, t.ts // 1000 // seconds * seconds)
+        c = out.get(key)
+        if c is None:
+            out[key] = [t.price, t.price, t.price, t.price, t.qty, t.price * t.qty, 1]
+        else:
+            c[1], c[2], c[3] = max(c[1], t.price), min(c[2], t.price), t.price
+            c[4] += t.qty
+            c[5] += t.price * t.qty
+            c[6] += 1
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def keel(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "infra.cli", *args], env={**os.environ, **env},
+                          capture_output=True, timeout=timeout)
