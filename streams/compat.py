@@ -8,7 +8,17 @@
    supports v3 since 2.5, so production is unaffected. With it, idempotence,
    transactions and Faust's exactly_once processing guarantee work on tansu.
 
-2. Fetch wait. Faust creates its consumer with fetch_max_wait_ms=1500, and tansu holds a
+2. Transactional sends to other topics. Under exactly_once Faust picks the transaction
+   for a send by the *output* partition (`<app>-<group>-<output partition>`), which is
+   only right for co-partitioned outputs such as table changelogs. For keel.orders (the
+   pair's partition) or keel.settlements (another user's partition) it either finds no
+   such topic in its metadata and sends outside any transaction, with the partition
+   dropped (so the pair's partition was ignored), or crashes on an unknown topic group.
+   A send to a topic outside the app's own groups now joins the transaction of the input
+   partition being processed (`current_event()`), keeping its explicit partition, so it
+   commits or aborts together with that input's offset and changelog writes.
+
+3. Fetch wait. Faust creates its consumer with fetch_max_wait_ms=1500, and tansu holds a
    fetch for the whole wait even when records arrive meanwhile, so each hop through a
    Faust agent took ~0.75 s on average. The wait becomes a setting (default 10 ms).
 """
@@ -68,3 +78,24 @@ def apply(fetch_wait_ms: int = 10) -> None:
         return consumer
 
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
+
+    from faust import current_event
+    from faust.transport.consumer import TransactionManager
+
+    async def send(self, topic, key, value, partition, timestamp, headers, *,
+                   transactional_id=None):
+        groups = self.app.assignor._topic_groups
+        group_id, tid = self.app.conf.id, None
+        if topic in groups:                       # co-partitioned: Faust's own rule holds
+            partition = self.consumer.key_partition(topic, key, partition)
+            if partition is not None:
+                tid = f"{group_id}-{groups[topic]}-{partition}"
+        else:
+            event = current_event()
+            if event is not None and event.message.topic in groups:
+                tp = event.message.tp
+                tid = f"{group_id}-{groups[tp.topic]}-{tp.partition}"
+        return await self.producer.send(topic, key, value, partition, timestamp, headers,
+                                        transactional_id=tid)
+
+    TransactionManager.send = send

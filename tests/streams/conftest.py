@@ -51,9 +51,16 @@ class Workers:
         self.stopped: set[int] = set()
 
     def start(self, role: str, **extra: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{role}-{len(self.procs)}.log", "ab")  # noqa: SIM115
+        return self.keel(role, "streams", role, "--metrics-port", "0", **extra)
+
+    def start_engine(self, **extra: str) -> subprocess.Popen:
+        return self.keel("engine", "engine", "--partitions", "all", "--metrics-port", "0",
+                         **extra)
+
+    def keel(self, name: str, *args: str, **extra: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "streams", role, "--metrics-port", "0"],
+            [sys.executable, "-m", "infra.cli", *args],
             env=worker_env(self.settings, **extra), stdout=log, stderr=subprocess.STDOUT,
             process_group=0)
         log.close()
