@@ -142,6 +142,7 @@ class Bench:
         from confluent_kafka import Consumer, Producer, TopicPartition
 
         from engine.engine import Engine
+        from engine.service.config import group_id
         from engine.service.snapshots import chunk_records
         from engine.service.tools import produce_commands
         from infra.kafka import consumer_config, producer_config
@@ -159,7 +160,8 @@ class Bench:
             producer.produce(settings.topic("engine.snapshots"), value, key, partition=0,
                              headers=headers)
         producer.flush(30)
-        committer = Consumer(consumer_config(settings, "keel-engine", "bench-committer"))
+        committer = Consumer(consumer_config(settings, group_id(settings.topic_prefix),
+                                             "bench-committer"))
         committer.commit(offsets=[TopicPartition(settings.topic("orders"), 0, history)],
                          asynchronous=False)
         committer.close()
@@ -288,6 +290,8 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=300_000)
     parser.add_argument("--history", type=int, default=1_000_000)
     parser.add_argument("--latency-s", type=float, default=10.0)
+    parser.add_argument("--only", default="throughput,latency,recovery,failover",
+                        help="comma-separated phases to run")
     parser.add_argument("--feed", nargs=2, type=int, metavar=("N", "RATE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.feed:
@@ -302,20 +306,26 @@ def main() -> int:
         try:
             bench = Bench(bootstrap, workdir)
             result: dict = {}
-            result |= bench.throughput(args.orders)
-            print(f"throughput: {result['orders_per_s']:,} orders/s through one partition "
-                  f"(exactly-once), {args.orders:,} orders", flush=True)
-            result |= bench.latency(args.latency_s)
-            print(f"latency at {result['offered_per_s']:,}/s: p50 {result['p50_ms']} ms, "
-                  f"p99 {result['p99_ms']} ms (consume -> commit)", flush=True)
-            result |= bench.recovery(args.history)
-            print(f"recovery: {result['recovery_s']} s (snapshot of "
-                  f"{result['resting_orders']:,} resting orders, {result['snapshot_bytes']:,} B, "
-                  f"+ {result['recovery_replayed']:,} replayed of {args.history:,}); "
-                  f"state ok: {result['recovery_state_ok']}", flush=True)
-            result |= bench.failover()
-            print(f"failover: first new event {result['failover_s']} s after kill -9 "
-                  f"(standby primary after {result['failover_live_s']} s)", flush=True)
+            only = set(args.only.split(","))
+            if "throughput" in only:
+                result |= bench.throughput(args.orders)
+                print(f"throughput: {result['orders_per_s']:,} orders/s through one partition "
+                      f"(exactly-once), {args.orders:,} orders", flush=True)
+            if "latency" in only:
+                result |= bench.latency(args.latency_s)
+                print(f"latency at {result['offered_per_s']:,}/s: p50 {result['p50_ms']} ms, "
+                      f"p99 {result['p99_ms']} ms (consume -> commit)", flush=True)
+            if "recovery" in only:
+                result |= bench.recovery(args.history)
+                print(f"recovery: {result['recovery_s']} s (snapshot of "
+                      f"{result['resting_orders']:,} resting orders, "
+                      f"{result['snapshot_bytes']:,} B, + {result['recovery_replayed']:,} "
+                      f"replayed of {args.history:,}); state ok: {result['recovery_state_ok']}",
+                      flush=True)
+            if "failover" in only:
+                result |= bench.failover()
+                print(f"failover: first new event {result['failover_s']} s after kill -9 "
+                      f"(standby primary after {result['failover_live_s']} s)", flush=True)
         finally:
             if broker is not None:
                 broker.terminate()

@@ -9,12 +9,21 @@ from dataclasses import dataclass, replace
 
 from infra.settings import Settings
 
-GROUP_ID = "keel-engine"
+
+def _stem(topic_prefix: str) -> str:
+    return topic_prefix.rstrip(".") or "keel"
 
 
-def transactional_id(partition: int) -> str:
-    """One transactional.id per engine partition: whoever starts it fences the last writer."""
-    return f"keel-engine-{partition}"
+def group_id(topic_prefix: str = "keel.") -> str:
+    """The engine's consumer group ("keel-engine"): its committed offsets are the truth.
+    Named after the topic prefix, so deployments sharing a cluster never mix."""
+    return f"{_stem(topic_prefix)}-engine"
+
+
+def transactional_id(partition: int, topic_prefix: str = "keel.") -> str:
+    """One transactional.id per engine partition ("keel-engine-0"): whoever starts it
+    fences the last writer."""
+    return f"{_stem(topic_prefix)}-engine-{partition}"
 
 
 def _num(extra: dict[str, str], name: str, default: float, cast=int):
@@ -35,7 +44,7 @@ class EngineOptions:
     snapshots_topic: str
     heartbeats_topic: str
     dlq_topic: str
-    group_id: str = GROUP_ID
+    group_id: str = "keel-engine"
     max_batch: int = 5000               # records per transaction at most
     max_batch_ms: float = 1.0           # how long a batch may wait to fill after its first record
     snapshot_every: int = 200_000       # input records between engine snapshots
@@ -60,6 +69,7 @@ class EngineOptions:
             snapshots_topic=settings.topic("engine.snapshots"),
             heartbeats_topic=settings.topic("engine.heartbeats"),
             dlq_topic=settings.topic("dlq"),
+            group_id=group_id(settings.topic_prefix),
             max_batch=_num(x, "KEEL_ENGINE_MAX_BATCH", 5000),
             max_batch_ms=_num(x, "KEEL_ENGINE_MAX_BATCH_MS", 1.0, float),
             snapshot_every=_num(x, "KEEL_ENGINE_SNAPSHOT_EVERY", 200_000),

@@ -53,11 +53,15 @@ class EngineService:
     # ---- wiring ----
 
     def _producer(self, partition: int) -> Producer:
+        """A transactional producer, connected and with metadata, but not yet initialised:
+        init_transactions (which fences the previous writer) is the takeover itself, and
+        on a warm client it takes milliseconds instead of a cold client's ~0.5 s."""
         producer = Producer(producer_config(
             self.settings, f"keel-engine-{partition}",
-            transactional_id=transactional_id(partition), linger_ms=int(self.opts.linger_ms),
-            transaction_timeout_ms=60_000, queue_buffering_max_messages=500_000))
-        producer.init_transactions(TXN_TIMEOUT)     # fences any earlier writer, aborts its txn
+            transactional_id=transactional_id(partition, self.settings.topic_prefix),
+            linger_ms=int(self.opts.linger_ms), transaction_timeout_ms=60_000,
+            queue_buffering_max_messages=500_000))
+        producer.list_topics(self.opts.events_topic, timeout=TXN_TIMEOUT)
         return producer
 
     def _consumer(self) -> Consumer:
@@ -84,6 +88,7 @@ class EngineService:
 
     def _run(self) -> int:
         opts, reader = self.opts, self.reader
+        self._warm = {p: self._producer(p) for p in self.partitions}
         take_now = []
         for p in self.partitions:
             worker = PartitionWorker(p, self.markets, opts, self.codec, self.metrics)
@@ -130,7 +135,9 @@ class EngineService:
 
     def _take_over(self, p: int) -> None:
         worker = self.workers[p]
-        worker.take_over(self._producer(p), self.reader, self.consumer.consumer_group_metadata())
+        producer = self._warm.pop(p, None) or self._producer(p)
+        producer.init_transactions(TXN_TIMEOUT)     # fences any earlier writer, aborts its txn
+        worker.take_over(producer, self.reader, self.consumer.consumer_group_metadata())
         self.beats.mark_alive(p)
         self._step(worker)
 

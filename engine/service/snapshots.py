@@ -52,7 +52,7 @@ class _Candidate:
     sid: bytes
     count: int
     input_offset: int
-    chunks: dict[int, int]          # chunk index -> log offset
+    chunks: dict[int, object]       # chunk index -> its message
 
     @property
     def complete(self) -> bool:
@@ -69,7 +69,7 @@ def _candidates(messages) -> list[_Candidate]:
         except (KeyError, ValueError):
             continue        # not a chunked snapshot record: ignore it
         cand = found.setdefault(sid, _Candidate(sid, count, offset, {}))
-        cand.chunks[idx] = msg.offset()
+        cand.chunks[idx] = msg
     return list(found.values())
 
 
@@ -83,40 +83,51 @@ def snapshot_hashes(reader, topic: str, partition: int) -> dict[int, str]:
             hashes[h.get("snapshot", b"")] = h["state_hash"].decode()
         for cand in _candidates([msg]):
             found.setdefault(cand.sid, _Candidate(cand.sid, cand.count, cand.input_offset, {}))
-            found[cand.sid].chunks.update(cand.chunks)
+            found[cand.sid].chunks.update(dict.fromkeys(cand.chunks))   # not the values
     return {c.input_offset: hashes[c.sid] for c in found.values()
             if c.complete and c.sid in hashes}
+
+
+def _last_snapshot(reader, topic: str, partition: int,
+                   max_input_offset: int | None) -> _Candidate | None:
+    """The usual case in O(1): the log ends with a snapshot's last chunk, and the chunks of
+    one transaction sit at consecutive offsets, so its first chunk is count - 1 before."""
+    last = reader.last(topic, partition)
+    if last is None:
+        return None
+    [cand] = _candidates([last]) or [None]
+    if cand is None or max(cand.chunks) != cand.count - 1 or (
+            max_input_offset is not None and cand.input_offset > max_input_offset):
+        return None
+    first = last.offset() - (cand.count - 1)
+    whole = [c for c in _candidates(reader.read(topic, partition, first, last.offset() + 1))
+             if c.sid == cand.sid]
+    return whole[0] if whole and whole[0].complete else None
 
 
 def find_latest(reader, codec: Codec, topic: str, partition: int,
                 max_input_offset: int | None = None) -> SnapshotRecord | None:
     """The newest complete snapshot with input_offset <= max_input_offset, or None.
 
-    Reads a window at the end of the partition and widens it only when no usable
-    snapshot is in it, so the usual cost is one snapshot's worth of records.
+    Usually the log ends with the wanted snapshot and only its chunks are read; otherwise
+    a window at the end is read and widened until it holds a usable snapshot.
     """
+    best = _last_snapshot(reader, topic, partition, max_input_offset)
     low, high = reader.watermarks(topic, partition)
     window = 64
-    best = None
-    while high > low:
+    while best is None and high > low:
         start = max(low, high - window)
         usable = [c for c in _candidates(reader.read(topic, partition, start, high))
                   if c.complete and (max_input_offset is None or c.input_offset <= max_input_offset)]
         if usable:
-            best = max(usable, key=lambda c: max(c.chunks.values()))
+            best = max(usable, key=lambda c: c.chunks[c.count - 1].offset())
             break
         if start == low:
             return None
         window *= 4
     if best is None:
         return None
-    first, last = min(best.chunks.values()), max(best.chunks.values())
-    parts = {}
-    for msg in reader.read(topic, partition, first, last + 1):
-        h = _headers(msg)
-        if h.get("snapshot") == best.sid:
-            parts[int(h["chunk"])] = msg.value()
-    blob = b"".join(parts[i] for i in range(best.count))
+    blob = b"".join(best.chunks[i].value() for i in range(best.count))
     rec = codec.decode(SNAPSHOT_SCHEMA, blob)
     return SnapshotRecord(rec["partition"], rec["input_offset"], rec["snapshot"],
                           rec["state_hash"], rec["created_ts"])

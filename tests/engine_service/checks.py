@@ -1,6 +1,7 @@
 """What every engine-service test checks about the published log."""
 from __future__ import annotations
 
+from engine.service.config import group_id
 from engine.service.reader import LogReader
 from engine.service.snapshots import find_latest
 from engine.service.tools import read_partition
@@ -40,7 +41,7 @@ def assert_depth_chain(env, partition: int, final_seq: dict[str, int]) -> int:
 
 
 def last_snapshot(env, partition: int):
-    reader = LogReader(env.settings, "keel-engine")
+    reader = LogReader(env.settings, group_id(env.settings.topic_prefix))
     try:
         return find_latest(reader, env.codec, env.settings.topic("engine.snapshots"), partition)
     finally:
