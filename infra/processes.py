@@ -50,7 +50,8 @@ def embedded_services(settings: Settings) -> list[ProcessSpec]:
                                  health=HealthCheck("postgres", settings.postgres_dsn),
                                  service=True, stop_grace=10.0))
     if settings.embedded_clickhouse:
-        specs.append(ProcessSpec("clickhouse", keel_argv("services", "clickhouse"),
+        # The chDB owner is the ClickHouse sink: one process may open the data dir.
+        specs.append(ProcessSpec("clickhouse", keel_argv("sink", "clickhouse"),
                                  health=HealthCheck("http", owner_endpoint(settings) + "/ping"),
                                  service=True))
     return specs
@@ -69,6 +70,8 @@ def keel_processes(settings: Settings, demo: bool) -> list[ProcessSpec]:
     specs: list[ProcessSpec] = []
     from infra.commands.engine import engine_processes
     specs += engine_processes(settings)
+    from infra.commands.sink import sink_processes
+    specs += sink_processes(settings)
     return specs + extra_processes(settings)
 
 

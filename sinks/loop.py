@@ -77,12 +77,23 @@ class SinkLoop:
             self.dlq.flush()
         self.source.commit(msgs)
         self.batches += 1
+        self._count(report)
         max_ts = getattr(report, "max_ts", 0)
         if max_ts:
             self.metrics.event_lag.labels(self.name).observe(max(0.0, time.time() - max_ts / 1000))
         if self.on_written is not None:
             self.on_written(report, time.time())
         return True
+
+    def _count(self, report: object) -> None:
+        for table in ("trades", "orders", "depth_rows"):
+            n = getattr(report, table, 0)
+            if n:
+                self.metrics.rows.labels(self.name, table.removesuffix("_rows")).inc(n)
+        if getattr(report, "replayed", 0):
+            self.metrics.replayed.labels(self.name).inc(report.replayed)
+        if getattr(report, "gaps", 0):
+            self.metrics.seq_gaps.labels(self.name).inc(report.gaps)
 
     def _decode(self, msgs: list) -> tuple[list, list]:
         items, dead = [], []

@@ -31,6 +31,8 @@ class Source:
                                max_poll_interval_ms=600_000,
                                fetch_max_bytes=64 << 20,
                                queued_max_messages_kbytes=256 << 10,
+                               # Topics created after we subscribed are found in seconds.
+                               topic_metadata_refresh_interval_ms=5000,
                                log_level=3, **overrides)
         self.consumer = Consumer(conf)
         self.topics = topics
