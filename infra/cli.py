@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "engine": ("infra.commands.engine", "run the matching engine for some keel.orders partitions"),
     "replay": ("infra.commands.replay", "rebuild a partition from keel.orders and compare with keel.events"),
     "streams": ("infra.commands.streams", "run a Faust streams worker: accounts, settlement or marketdata"),
+    "gateway": ("infra.commands.gateway", "run the Binance-compatible REST/WebSocket gateway"),
+    "users": ("infra.commands.users", "create gateway users and API keys"),
 }
 
 

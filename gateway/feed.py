@@ -1,0 +1,123 @@
+"""The gateway's Kafka feed: one group-less consumer assigned every partition of the
+topics it folds (every instance sees every pair), read on a thread and handed to the
+event loop batch by batch.
+
+The thread waits for the loop to finish each batch before polling again, so a busy loop
+slows the consumer instead of piling up memory. `ready` is set once every partition has
+reached the end it had at start: before that, order state and books are still catching up.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from gateway.state import Folding
+from infra.kafka import consumer_config
+from infra.logs import event
+from infra.settings import Settings
+from schemas.codec import Codec, CodecError
+
+log = logging.getLogger("keel.gateway.feed")
+TOPICS = ("events", "depth", "tickers", "candles", "balances", "replies")
+
+
+class Feed:
+    def __init__(self, settings: Settings, codec: Codec, folding: Folding,
+                 client_id: str = "keel-gateway") -> None:
+        self.settings = settings
+        self.codec = codec
+        self.folding = folding
+        self.client_id = client_id
+        self.ready = asyncio.Event()
+        self.decode_errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending_eof: set[tuple[str, int]] = set()
+        full = {settings.topic(t): t for t in TOPICS}
+        self._short = full
+        self._handlers = {
+            settings.topic("events"): self._event,
+            settings.topic("depth"): lambda v: folding.on_depth(codec.decode("depth_update", v)),
+            settings.topic("tickers"): lambda v: folding.on_ticker(codec.decode("ticker", v)),
+            settings.topic("candles"): lambda v: folding.on_candle(codec.decode("candle", v)),
+            settings.topic("balances"): lambda v: folding.on_balance(codec.decode("balance", v)),
+            settings.topic("replies"): lambda v: folding.on_reply(codec.decode("reply", v)),
+        }
+
+    def _event(self, value: bytes) -> None:
+        self.folding.on_event(self.codec.decode_event(value))
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        conf = consumer_config(self.settings, None, client_id=self.client_id,
+                               enable_partition_eof=True, fetch_wait_max_ms=5,
+                               queued_min_messages=1000)
+        consumer = Consumer(conf)
+        meta = consumer.list_topics(timeout=10)
+        assignment = []
+        for topic in self._handlers:
+            info = meta.topics.get(topic)
+            if info is None or info.error is not None:
+                event(log, "topic missing; the gateway will not see it", logging.WARNING,
+                      topic=topic)
+                continue
+            for p in info.partitions:
+                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+                self._pending_eof.add((topic, p))
+        consumer.assign(assignment)
+        if not self._pending_eof:
+            self.ready.set()
+        self._thread = threading.Thread(target=self._run, args=(consumer,),
+                                        name="gateway-feed", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self, consumer: Consumer) -> None:
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(1000, 0.05)
+                if not msgs:
+                    continue
+                done = asyncio.run_coroutine_threadsafe(self._deliver(msgs), self._loop)
+                while not self._stop.is_set():
+                    try:
+                        done.result(0.5)
+                        break
+                    except TimeoutError:
+                        continue
+        except RuntimeError:             # the loop closed under us at shutdown
+            pass
+        finally:
+            consumer.close()
+
+    async def _deliver(self, msgs) -> None:
+        handlers = self._handlers
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._pending_eof.discard((msg.topic(), msg.partition()))
+                    if not self._pending_eof and not self.ready.is_set():
+                        self.ready.set()
+                        event(log, "gateway feed caught up", logging.INFO)
+                else:
+                    event(log, "consumer error", logging.WARNING, error=str(err))
+                continue
+            value = msg.value()
+            if value is None:
+                continue
+            try:
+                handlers[msg.topic()](value)
+            except CodecError as exc:
+                # Not ours to dead-letter (the writer's consumers do); skip and count it.
+                self.decode_errors += 1
+                event(log, "undecodable record skipped", logging.WARNING, topic=msg.topic(),
+                      offset=msg.offset(), reason=exc.reason)

@@ -1,0 +1,83 @@
+"""Request/reply over Kafka: an OrderRequest goes to keel.requests (key: user id) and the
+caller awaits accounts' Reply on keel.replies, matched by request id, within a deadline.
+
+A timeout is not a failure of the request: it was produced and may still execute, which
+is why every order carries a client order id the user can query by afterwards.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+from confluent_kafka import Producer
+
+from gateway import errors
+from gateway.state import Folding
+from infra.kafka import producer_config
+from infra.settings import Settings
+from schemas.codec import Codec
+
+
+class RequestBus:
+    def __init__(self, settings: Settings, codec: Codec, folding: Folding,
+                 timeout_s: float = 5.0) -> None:
+        self.topic = settings.topic("requests")
+        self.codec = codec
+        self.folding = folding
+        self.timeout_s = timeout_s
+        self.producer = Producer(producer_config(settings, client_id="keel-gateway",
+                                                 linger_ms=1))
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="gateway-producer", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._poller.join(5)
+        self.producer.flush(5)
+
+    @staticmethod
+    def new_request_id() -> str:
+        return uuid.uuid4().hex
+
+    async def ask(self, user_id: int, ts: int, body: tuple[str, dict], request_id: str | None = None,
+                  timeout_s: float | None = None) -> dict:
+        """Produce the request and return accounts' reply record; -1007 on timeout."""
+        request_id = request_id or self.new_request_id()
+        record = {"request_id": request_id, "user_id": user_id, "ts": ts, "body": body}
+        value = self.codec.encode("order_request", record)
+        future = self.folding.expect_reply(request_id)
+        loop = asyncio.get_running_loop()
+        delivered = loop.create_future()
+
+        def on_delivery(err, _msg) -> None:
+            if err is not None:
+                loop.call_soon_threadsafe(_fail, delivered, err)
+
+        try:
+            self.producer.produce(self.topic, value, key=str(user_id).encode(),
+                                  on_delivery=on_delivery)
+        except BufferError:
+            self.folding.forget_reply(request_id)
+            raise errors.disconnected("The gateway's Kafka queue is full; retry shortly.") from None
+        try:
+            done, _ = await asyncio.wait((future, delivered), timeout=timeout_s or self.timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.folding.forget_reply(request_id)
+        if future in done:
+            return future.result()
+        if delivered in done:
+            raise errors.disconnected("The request could not be written to Kafka; it was not "
+                                      "executed.")
+        raise errors.backend_timeout()
+
+
+def _fail(future: asyncio.Future, err) -> None:
+    if not future.done():
+        future.set_result(err)

@@ -1,0 +1,184 @@
+"""WebSocket streams: /ws (raw payloads), /stream (combined {"stream","data"} wrapper),
+/ws/<listenKey> for a user's data stream, and the listenKey REST endpoints.
+
+Control frames follow Binance: {"method": "SUBSCRIBE"|"UNSUBSCRIBE"|"LIST_SUBSCRIPTIONS",
+"params": [...], "id": n}. Compression is permessage-deflate (aiohttp's default), pings
+keep idle connections honest, and each connection's writer drains a bounded outbox so a
+stalled client is dropped instead of stalling anyone else (gateway.fanout).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+
+from aiohttp import WSMsgType, web
+
+from gateway import errors
+from gateway.context import CONFIG, HUB, LISTEN_KEYS, MARKETS, METRICS
+from gateway.fanout import Subscriber
+from gateway.market import INTERVALS
+from gateway.public import json_response
+from gateway.signed import api_key_principal
+
+LISTEN_KEY_TTL_S = 3600
+_STREAM = re.compile(r"^([a-z0-9]+)@(trade|depth|depth@100ms|ticker|miniTicker|kline_(\w+))$")
+
+
+def valid_stream(name: str, pairs: set[str]) -> bool:
+    match = _STREAM.match(name)
+    if match is None or match.group(1).upper() not in pairs:
+        return False
+    interval = match.group(3)
+    return interval is None or interval in INTERVALS
+
+
+async def _serve(request: web.Request, combined: bool, streams: list[str],
+                 user_id: int | None = None) -> web.WebSocketResponse:
+    app = request.app
+    config = app[CONFIG]
+    hub = app[HUB]
+    pairs = set(app[MARKETS].markets)
+    for name in streams:
+        if not valid_stream(name, pairs):
+            raise errors.ApiError(-1100, f"Invalid stream name '{name}'.")
+    ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat_s, compress=True,
+                               max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    sub = Subscriber(ws.send_str, combined, config.ws_outbox)
+    for name in streams:
+        hub.subscribe(sub, name)
+    if user_id is not None:
+        hub.attach_user(sub, user_id)
+    metrics = app[METRICS]
+    metrics.ws_active.inc()
+    loop = asyncio.get_running_loop()
+    writer = loop.create_task(_write(sub, ws))
+    sub.on_drop = lambda: loop.create_task(_close_dropped(ws, request, writer))
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            reply = _control(msg.data, sub, hub, pairs, config.max_streams)
+            if reply is not None and not sub.offer(json.dumps(reply)):
+                break
+            if sub.dropped:
+                break
+    finally:
+        hub.remove(sub)
+        writer.cancel()
+        metrics.ws_active.dec()
+        await ws.close()
+    return ws
+
+
+async def _write(sub: Subscriber, ws: web.WebSocketResponse) -> None:
+    try:
+        await sub.run_writer()
+    except (ConnectionResetError, RuntimeError):
+        sub.dropped = True
+
+
+async def _close_dropped(ws: web.WebSocketResponse, request: web.Request,
+                         writer: asyncio.Task) -> None:
+    """Too slow: stop writing, say why ("policy violation"); a client that cannot even take
+    the close frame within a second has its connection aborted."""
+    writer.cancel()
+    closing = asyncio.ensure_future(
+        ws.close(code=1008, message=b"too slow: send buffer full"))
+    closing.add_done_callback(lambda t: t.cancelled() or t.exception())
+    await asyncio.wait({closing}, timeout=1.0)
+    transport = request.transport
+    for _ in range(20):
+        if transport is None or transport.get_write_buffer_size() == 0:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        transport.abort()          # it never drained: no goodbye is possible
+    if transport is not None and not transport.is_closing():
+        transport.close()
+
+
+def _control(text: str, sub: Subscriber, hub, pairs: set[str], max_streams: int) -> dict | None:
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        return {"error": {"code": 3, "msg": "Invalid JSON"}, "id": None}
+    if not isinstance(frame, dict):
+        return {"error": {"code": 3, "msg": "Invalid request"}, "id": None}
+    ident = frame.get("id")
+    method = frame.get("method")
+    params = frame.get("params", [])
+    if method == "LIST_SUBSCRIPTIONS":
+        return {"result": sorted(sub.streams), "id": ident}
+    if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
+        return {"error": {"code": 1, "msg": "Invalid method or params"}, "id": ident}
+    bad = [p for p in params if not isinstance(p, str) or not valid_stream(p, pairs)]
+    if bad:
+        return {"error": {"code": 2, "msg": f"Invalid stream name: {bad[0]}"}, "id": ident}
+    if method == "SUBSCRIBE":
+        if len(sub.streams | set(params)) > max_streams:
+            return {"error": {"code": 2, "msg": "Too many streams"}, "id": ident}
+        for name in params:
+            hub.subscribe(sub, name)
+    else:
+        for name in params:
+            hub.unsubscribe(sub, name)
+    return {"result": None, "id": ident}
+
+
+async def raw_ws(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, False, [])
+
+
+async def raw_ws_path(request: web.Request) -> web.StreamResponse:
+    """/ws/<stream>[/<stream>...] or /ws/<listenKey>."""
+    tail = request.match_info["tail"]
+    keys = request.app[LISTEN_KEYS]
+    owner = keys.get(tail)
+    if owner is not None:
+        if owner[1] < time.monotonic():
+            raise errors.invalid_listen_key()
+        return await _serve(request, False, [], user_id=owner[0])
+    return await _serve(request, False, [s for s in tail.split("/") if s])
+
+
+async def combined(request: web.Request) -> web.StreamResponse:
+    names = request.query.get("streams", "")
+    return await _serve(request, True, [s for s in names.split("/") if s])
+
+
+async def listen_key_new(request: web.Request) -> web.Response:
+    principal = await api_key_principal(request)
+    keys = request.app[LISTEN_KEYS]
+    now = time.monotonic()
+    for key in [k for k, (_, exp) in keys.items() if exp < now]:
+        del keys[key]
+    key = secrets.token_urlsafe(45)
+    keys[key] = (principal.user_id, now + LISTEN_KEY_TTL_S)
+    return json_response({"listenKey": key})
+
+
+async def listen_key_keepalive(request: web.Request) -> web.Response:
+    principal = await api_key_principal(request)
+    keys = request.app[LISTEN_KEYS]
+    key = request.query.get("listenKey", "")
+    owner = keys.get(key)
+    if owner is None or owner[0] != principal.user_id:
+        raise errors.invalid_listen_key()
+    if request.method == "DELETE":
+        del keys[key]
+    else:
+        keys[key] = (owner[0], time.monotonic() + LISTEN_KEY_TTL_S)
+    return json_response({})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ws", raw_ws)
+    app.router.add_get("/ws/{tail:.+}", raw_ws_path)
+    app.router.add_get("/stream", combined)
+    app.router.add_post("/api/v3/userDataStream", listen_key_new)
+    app.router.add_put("/api/v3/userDataStream", listen_key_keepalive)
+    app.router.add_delete("/api/v3/userDataStream", listen_key_keepalive)
