@@ -28,3 +28,4 @@ CACHE = web.AppKey("cache", ResponseCache)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 CLOCK_MS = web.AppKey("clock_ms", Callable[[], int])
 LISTEN_KEYS = web.AppKey("listen_keys", dict)
+PRINCIPAL = web.RequestKey("principal", object)      # Principal | None, set by the edge

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.auth import check_api_key_format
-from gateway.context import CLOCK_MS, KEYS, LIMITER, METRICS
+from gateway.context import CLOCK_MS, KEYS, LIMITER, METRICS, PRINCIPAL
 from gateway.ratelimit import WEIGHTS, depth_weight, ticker_weight
 from gateway.users import KEY_FORMAT
 from infra.logs import event
@@ -50,7 +50,7 @@ async def _principal(request: web.Request):
     if key is None or not KEY_FORMAT.match(key):
         return None
     found = await request.app[KEYS].principal(check_api_key_format(key))
-    request["principal"] = found
+    request[PRINCIPAL] = found
     return found
 
 

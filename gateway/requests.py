@@ -17,12 +17,14 @@ from gateway.state import Folding
 from infra.kafka import producer_config
 from infra.settings import Settings
 from schemas.codec import Codec
+from streams.keys import user_key, user_partition
 
 
 class RequestBus:
     def __init__(self, settings: Settings, codec: Codec, folding: Folding,
                  timeout_s: float = 5.0) -> None:
         self.topic = settings.topic("requests")
+        self.partitions = settings.user_partitions
         self.codec = codec
         self.folding = folding
         self.timeout_s = timeout_s
@@ -40,6 +42,7 @@ class RequestBus:
         self._stop.set()
         self._poller.join(5)
         self.producer.flush(5)
+        del self.producer          # librdkafka's client goes now, not whenever GC runs
 
     @staticmethod
     def new_request_id() -> str:
@@ -60,7 +63,10 @@ class RequestBus:
                 loop.call_soon_threadsafe(_fail, delivered, err)
 
         try:
-            self.producer.produce(self.topic, value, key=str(user_id).encode(),
+            # accounts owns a user's funds on the murmur2 partition of the user id: the
+            # partition is chosen explicitly, never left to the client's partitioner.
+            self.producer.produce(self.topic, value, key=user_key(user_id),
+                                  partition=user_partition(user_id, self.partitions),
                                   on_delivery=on_delivery)
         except BufferError:
             self.folding.forget_reply(request_id)

@@ -5,7 +5,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.auth import check_api_key_format, check_signature, check_timestamp
-from gateway.context import CLOCK_MS, KEYS
+from gateway.context import CLOCK_MS, KEYS, PRINCIPAL
 from gateway.params import Params
 from gateway.users import Principal
 
@@ -27,8 +27,8 @@ async def read_body(request: web.Request) -> str:
 async def api_key_principal(request: web.Request) -> Principal:
     """The key's owner (no signature): for USER_STREAM endpoints such as listenKey."""
     key = check_api_key_format(request.headers.get("X-MBX-APIKEY"))
-    if "principal" in request:
-        found = request["principal"]
+    if PRINCIPAL in request:
+        found = request[PRINCIPAL]
     else:
         found = await request.app[KEYS].principal(key)
     if found is None:

@@ -1,0 +1,217 @@
+"""The whole real stack through the gateway's REST API: gateway -> keel.requests ->
+accounts -> keel.orders -> engine -> keel.events/keel.depth -> gateway (and settlement ->
+accounts -> keel.balances -> gateway)."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from gateway.config import GatewayConfig
+from gateway.ratelimit import Limits
+from tests.gateway.stack import Trader, serve_gateway
+
+WAIT = 90.0          # a safety net for a stuck stack, never a speed assertion
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _traders(http, base, stack):
+    u = stack.users
+    return {name: Trader(http, base, u[name].api_key, u[name].secret.reveal(), u[name].user_id)
+            for name in u}
+
+
+async def fund(stack, t: dict, name: str, asset: str, amount: str) -> None:
+    """Deposit through the admin endpoint; retried while the stack is still starting."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        stack.check()
+        r = await t["ops"].signed("POST", "/api/v3/admin/deposit", body=True,
+                                  userId=t[name].user_id, asset=asset, amount=amount)
+        if r.status == 200:
+            return
+        assert r.code == -1007, r.body           # only "not answered yet" is retried
+        assert time.monotonic() < deadline, stack.logs()
+
+
+async def eventually(stack, probe, what: str):
+    deadline = time.monotonic() + WAIT
+    while True:
+        stack.check()
+        value = await probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"gave up waiting for {what}\n{stack.logs()}"
+        await asyncio.sleep(0.05)
+
+
+def test_place_fill_cancel_and_full_fills(stack):
+    async def main():
+        async with serve_gateway(stack.settings, stack.markets) as (app, base), \
+                aiohttp.ClientSession() as http:
+            t = await _traders(http, base, stack)
+            await fund(stack, t, "alice", "BTC", "2")
+            await fund(stack, t, "bob", "USDT", "100000")
+            # alice rests two asks; bob's FULL buy takes the first and part of the second.
+            a1 = await t["alice"].signed("POST", "/api/v3/order", symbol="BTCUSDT",
+                                         side="SELL", type="LIMIT", timeInForce="GTC",
+                                         price="30000.00", quantity="0.1",
+                                         newClientOrderId="ask-1", newOrderRespType="RESULT")
+            assert a1.status == 200, a1.body
+            assert (a1.body["status"], a1.body["clientOrderId"]) == ("NEW", "ask-1")
+            # read-your-writes: the order is there the moment the POST returned
+            got = await t["alice"].signed("GET", "/api/v3/order", symbol="BTCUSDT",
+                                          origClientOrderId="ask-1")
+            assert got.status == 200 and got.body["orderId"] == a1.body["orderId"]
+            assert got.body["price"] == "30000.00" and got.body["origQty"] == "0.10000"
+            a2 = await t["alice"].signed("POST", "/api/v3/order", symbol="BTCUSDT",
+                                         side="SELL", type="LIMIT", timeInForce="GTC",
+                                         price="30001.00", quantity="0.2",
+                                         newOrderRespType="ACK")
+            assert a2.status == 200 and set(a2.body) >= {"orderId", "transactTime"}
+            b = await t["bob"].signed("POST", "/api/v3/order", symbol="BTCUSDT", side="BUY",
+                                      type="LIMIT", timeInForce="IOC", price="30001.00",
+                                      quantity="0.15", newOrderRespType="FULL")
+            assert b.status == 200, b.body
+            assert b.body["status"] == "FILLED" and b.body["executedQty"] == "0.15000"
+            fills = [(f["price"], f["qty"]) for f in b.body["fills"]]
+            assert fills == [("30000.00", "0.10000"), ("30001.00", "0.05000")]
+            assert b.body["cummulativeQuoteQty"] == "4500.0500000"
+            assert all(f["commissionAsset"] == "USDT" for f in b.body["fills"])
+            # alice's first ask is FILLED, the second PARTIALLY_FILLED and open
+            q1 = await t["alice"].signed("GET", "/api/v3/order", symbol="BTCUSDT",
+                                         orderId=a1.body["orderId"])
+            assert q1.body["status"] == "FILLED"
+            opens = await t["alice"].signed("GET", "/api/v3/openOrders", symbol="BTCUSDT")
+            assert [(o["orderId"], o["status"]) for o in opens.body] == [
+                (a2.body["orderId"], "PARTIALLY_FILLED")]
+            mine = await t["bob"].signed("GET", "/api/v3/myTrades", symbol="BTCUSDT")
+            assert [(x["price"], x["isBuyer"], x["isMaker"]) for x in mine.body] == [
+                ("30000.00", True, False), ("30001.00", True, False)]
+            # depth shows the rest of a2
+            depth = await t["bob"].public("/api/v3/depth", symbol="BTCUSDT")
+            assert ["30001.00", "0.15000"] in depth.body["asks"]
+            # cancel the rest
+            c = await t["alice"].signed("DELETE", "/api/v3/order", symbol="BTCUSDT",
+                                        orderId=a2.body["orderId"])
+            assert c.status == 200 and c.body["status"] == "CANCELED", c.body
+            again = await t["alice"].signed("DELETE", "/api/v3/order", symbol="BTCUSDT",
+                                            orderId=a2.body["orderId"])
+            assert (again.status, again.code) == (400, -2011)
+            # balances arrive from keel.balances after settlement
+            async def settled():
+                acct = await t["bob"].signed("GET", "/api/v3/account")
+                free = {x["asset"]: x["free"] for x in acct.body["balances"]}
+                return free["BTC"] == "0.15000000" and acct.body
+            acct = await eventually(stack, settled, "bob's BTC after settlement")
+            assert acct["uid"] == t["bob"].user_id
+    run(main())
+
+
+def test_error_codes_and_user_isolation(stack):
+    async def main():
+        async with serve_gateway(stack.settings, stack.markets) as (app, base), \
+                aiohttp.ClientSession() as http:
+            t = await _traders(http, base, stack)
+            alice, bob = t["alice"], t["bob"]
+            await fund(stack, t, "alice", "USDT", "1000")
+            order = {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT",
+                     "timeInForce": "GTC", "price": "100.00", "quantity": "1"}
+            cases = [
+                ("bad signature", dict(secret="x" * 64), 400, -1022),
+                ("unknown key", dict(api_key="A" * 64), 401, -2015),
+                ("malformed key", dict(api_key="nope"), 401, -2014),
+                ("clock skew", dict(ts=int(time.time() * 1000) - 600_000), 400, -1021),
+                ("unknown symbol", dict(symbol="DOGEUSDT"), 400, -1121),
+                ("tick", dict(price="100.001"), 400, -1013),
+                ("lot", dict(quantity="0.00001"), 400, -1013),
+                ("notional", dict(price="0.01", quantity="1"), 400, -1013),
+                ("missing", dict(timeInForce=None), 400, -1102),
+                ("illegal", dict(quantity="1e3"), 400, -1100),
+                ("bad side", dict(side="HOLD"), 400, -1117),
+                ("insufficient", dict(quantity="100"), 400, -2010),
+            ]
+            for name, change, status, code in cases:
+                params = {**order, **change}
+                r = await alice.signed("POST", "/api/v3/order", **params)
+                assert (r.status, r.code) == (status, code), (name, r.body)
+            r = await alice.signed("POST", "/api/v3/order", **{**order, "quantity": "100"})
+            assert r.body["msg"] == "Account has insufficient balance for requested action."
+            # alice's resting order is invisible and untouchable for bob
+            mine = await alice.signed("POST", "/api/v3/order", **order)
+            assert mine.status == 200 and mine.body["status"] == "NEW", mine.body
+            oid = mine.body["orderId"]
+            peek = await bob.signed("GET", "/api/v3/order", symbol="ETHUSDT", orderId=oid)
+            assert (peek.status, peek.code) == (400, -2013)
+            kill = await bob.signed("DELETE", "/api/v3/order", symbol="ETHUSDT", orderId=oid)
+            assert (kill.status, kill.code) == (400, -2011)
+            bob_open = await bob.signed("GET", "/api/v3/openOrders", symbol="ETHUSDT")
+            assert bob_open.status == 200 and oid not in [o["orderId"] for o in bob_open.body]
+            still = await alice.signed("GET", "/api/v3/order", symbol="ETHUSDT", orderId=oid)
+            assert still.body["status"] == "NEW"
+            # a non-admin key cannot fund anyone
+            dep = await bob.signed("POST", "/api/v3/admin/deposit", userId=bob.user_id,
+                                   asset="USDT", amount="1")
+            assert (dep.status, dep.code) == (401, -2015)
+            # cancel everything alice has on ETHUSDT
+            gone = await alice.signed("DELETE", "/api/v3/openOrders", symbol="ETHUSDT")
+            assert gone.status == 200 and [o["status"] for o in gone.body] == ["CANCELED"]
+            unknown = await alice.signed("GET", "/api/v3/order", symbol="ETHUSDT",
+                                         orderId=10**12)
+            assert (unknown.status, unknown.code) == (400, -2013)
+    run(main())
+
+
+def test_rate_limit_answers_429_with_retry_after(stack):
+    async def main():
+        config = GatewayConfig(limits=Limits(per_ip=30))
+        async with serve_gateway(stack.settings, stack.markets, config) as (app, base), \
+                aiohttp.ClientSession() as http:
+            t = await _traders(http, base, stack)
+            weights = []
+            for _ in range(30):
+                r = await t["alice"].public("/api/v3/ping")
+                assert r.status == 200
+                weights.append(int(r.headers["X-MBX-USED-WEIGHT-1M"]))
+            assert weights == list(range(1, 31))
+            r = await t["alice"].public("/api/v3/ping")
+            assert (r.status, r.code) == (429, -1003)
+            assert 1 <= int(r.headers["Retry-After"]) <= 60
+            heavy = await t["alice"].public("/api/v3/depth", symbol="BTCUSDT")
+            assert heavy.status == 429
+    run(main())
+
+
+def test_order_types_fok_maker_market_and_amend(stack):
+    async def main():
+        async with serve_gateway(stack.settings, stack.markets) as (app, base), \
+                aiohttp.ClientSession() as http:
+            t = await _traders(http, base, stack)
+            mm, bob = t["mm"], t["bob"]
+            await fund(stack, t, "mm", "SOL", "100")
+            await fund(stack, t, "bob", "USDT", "10000")
+            ask = await mm.signed("POST", "/api/v3/order", symbol="SOLUSDT", side="SELL",
+                                  type="LIMIT_MAKER", price="20.00", quantity="10")
+            assert ask.status == 200 and ask.body["status"] == "NEW", ask.body
+            cross = await mm.signed("POST", "/api/v3/order", symbol="SOLUSDT", side="BUY",
+                                    type="LIMIT_MAKER", price="20.00", quantity="1")
+            assert cross.code == -2010 or cross.status == 400, cross.body
+            fok = await bob.signed("POST", "/api/v3/order", symbol="SOLUSDT", side="BUY",
+                                   type="LIMIT", timeInForce="FOK", price="20.00",
+                                   quantity="11")
+            assert fok.status == 200 and fok.body["status"] == "EXPIRED", fok.body
+            mkt = await bob.signed("POST", "/api/v3/order", symbol="SOLUSDT", side="BUY",
+                                   type="MARKET", quoteOrderQty="50")
+            assert mkt.status == 200 and mkt.body["status"] == "FILLED", mkt.body
+            assert mkt.body["executedQty"] == "2.500"
+            amend = await mm.signed("PUT", "/api/v3/order/amend/keepPriority",
+                                    symbol="SOLUSDT", orderId=ask.body["orderId"], newQty="5")
+            assert amend.status == 200, amend.body
+            assert amend.body["amendedOrder"]["origQty"] == "5.000"
+            depth = await bob.public("/api/v3/depth", symbol="SOLUSDT")
+            assert depth.body["asks"][0] == ["20.00", "2.500"]
+    run(main())
