@@ -22,7 +22,7 @@ _QUIET = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART,
 
 class Source:
     def __init__(self, settings: Settings, group: str, topics: list[str], client_id: str,
-                 max_records: int = 5000, poll_timeout: float = 0.5,
+                 max_records: int = 5000, poll_timeout: float = 0.1,
                  on_assign: Callable[[Consumer, list[TopicPartition]], None] | None = None,
                  **overrides) -> None:
         conf = consumer_config(settings, group, client_id,

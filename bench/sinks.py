@@ -1,0 +1,221 @@
+"""Sink throughput and lag on the embedded stores: `python bench/sinks.py [--json]`.
+
+Starts its own tansu broker and PostgreSQL 18 (free ports, temp dir) and a chDB dir of
+its own, then measures, with the real sink code (SinkLoop + stores) in this process:
+  postgres_trades_per_s        engine events of the standard workload -> PostgreSQL
+                               (trades and orders), after the group join, until caught up
+  clickhouse_depth_rows_per_s  keel.depth records -> the ClickHouse depth table (one row per
+                               update; clickhouse_depth_levels_per_s counts price levels)
+  lag_p99_ms                   PostgreSQL sink at a steady produce rate: store commit time
+                               minus each event's ts (set at produce time), p99
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from confluent_kafka import TopicPartition  # noqa: E402
+
+from engine.domain import Trade  # noqa: E402
+from infra.embedded import free_port  # noqa: E402
+from infra.embedded import kafka as embedded_kafka  # noqa: E402
+from infra.embedded import postgres as embedded_postgres  # noqa: E402
+from infra.migrate import migrate  # noqa: E402
+from infra.postgres import ensure_database  # noqa: E402
+from infra.settings import Settings  # noqa: E402
+from schemas.codec import Codec  # noqa: E402
+from sinks.metrics import SinkMetrics  # noqa: E402
+from sinks.service import clickhouse_loop, postgres_loop  # noqa: E402
+from tests.sinks.feed import (  # noqa: E402
+    PAIRS,
+    create_topics,
+    depth_updates,
+    engine_events,
+    produce,
+)
+
+PARTITION = {pair: i for i, pair in enumerate(PAIRS)}
+
+
+def _wait_kafka(bootstrap: str) -> None:
+    from infra.health import HealthCheck
+
+    deadline = time.monotonic() + 60
+    while not HealthCheck("kafka", bootstrap).run(timeout=1.0).ok:
+        if time.monotonic() > deadline:
+            raise RuntimeError("tansu did not start")
+        time.sleep(0.1)
+
+
+def _drain(loop, ends: dict[tuple[str, int], int], timeout: float = 900) -> float:
+    """Run the loop until every partition's position reaches its end; returns the seconds
+    from the first batch written to the last commit (the group join is not counted)."""
+    first = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if loop.step() and first is None:
+            first = loop.first_started
+        positions = loop.source.consumer.position(
+            [TopicPartition(t, p) for (t, p) in ends])
+        if all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in positions):
+            return time.monotonic() - first
+    raise RuntimeError("the sink did not catch up in time")
+
+
+def _timed(loop) -> None:
+    """Remember when the first batch was polled (write timing starts there)."""
+    step, loop.first_started = loop.step, None
+
+    def timed_step():
+        started = time.monotonic()
+        done = step()
+        if done and loop.first_started is None:
+            loop.first_started = started
+        return done
+    loop.step = timed_step
+
+
+def bench_postgres(settings: Settings, ops: int) -> dict:
+    events = engine_events(ops, seed=21)
+    trades = sum(1 for e in events if type(e) is Trade)
+    codec = Codec()
+    topic = settings.topic("events")
+    ends = produce(settings.bootstrap, topic, [(e.pair, codec.encode_event(e)) for e in events],
+                   PARTITION)
+    loop, store = postgres_loop(settings, threading.Event(), SinkMetrics("postgres"))
+    _timed(loop)
+    try:
+        seconds = _drain(loop, {(topic, p): end for p, end in ends.items()})
+    finally:
+        loop.source.close()
+        store.close()
+    return {"postgres_trades_per_s": round(trades / seconds),
+            "postgres_events_per_s": round(len(events) / seconds),
+            "postgres_trades": trades, "postgres_events": len(events),
+            "postgres_seconds": round(seconds, 2)}
+
+
+def bench_clickhouse(settings: Settings, n: int) -> dict:
+    import clickhouse_connect
+
+    depth = depth_updates(n, seed=4)
+    levels = sum(len(d["bids"]) + len(d["asks"]) for d in depth)
+    codec = Codec()
+    topic = settings.topic("depth")
+    ends = produce(settings.bootstrap, topic,
+                   [(d["pair"], codec.encode("depth_update", d)) for d in depth], PARTITION)
+    client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+    loop, _ = clickhouse_loop(settings, client, threading.Lock(), threading.Event(),
+                              SinkMetrics("clickhouse"))
+    _timed(loop)
+    try:
+        seconds = _drain(loop, {(topic, p): end for p, end in ends.items()})
+    finally:
+        loop.source.close()
+        client.close()
+    return {"clickhouse_depth_rows_per_s": round(len(depth) / seconds),
+            "clickhouse_depth_levels_per_s": round(levels / seconds),
+            "clickhouse_depth_rows": len(depth), "clickhouse_depth_levels": levels,
+            "clickhouse_seconds": round(seconds, 2)}
+
+
+def bench_lag(settings: Settings, rate: int, seconds: float) -> dict:
+    """The PostgreSQL sink under a steady load well below its capacity."""
+    events = engine_events(int(rate * seconds) // len(PAIRS) + 1000, seed=5)
+    codec = Codec()
+    topic = settings.topic("events")
+    lags: list[float] = []
+    stop = threading.Event()
+    loop, store = postgres_loop(settings, stop, SinkMetrics("postgres"))
+    write = loop.write
+
+    def write_and_note(items):
+        report = write(items)
+        report.event_ts = [e.ts for e in items]
+        return report
+
+    def committed(report, now: float) -> None:
+        lags.extend(now * 1000 - ts for ts in getattr(report, "event_ts", ()))
+
+    loop.write, loop.on_written = write_and_note, committed
+    worker = threading.Thread(target=loop.run)
+    worker.start()
+    try:
+        time.sleep(6)                                   # group join
+        from confluent_kafka import Producer
+        producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 5})
+        tick, sent, began = 0.01, 0, time.monotonic()
+        while sent < len(events) and time.monotonic() - began < seconds:
+            due = int((time.monotonic() - began) * rate)
+            while sent < due and sent < len(events):
+                e = events[sent]._replace(ts=int(time.time() * 1000))
+                producer.produce(topic, key=e.pair.encode(), value=codec.encode_event(e),
+                                 partition=PARTITION[e.pair])
+                sent += 1
+            producer.poll(0)
+            time.sleep(tick)
+        producer.flush(30)
+        time.sleep(3)
+    finally:
+        stop.set()
+        worker.join(60)
+        loop.source.close()
+        store.close()
+    lags.sort()
+    p = (lambda q: round(lags[min(len(lags) - 1, int(q * len(lags)))], 1)) if lags else None
+    return {"lag_p50_ms": p(0.50) if p else None, "lag_p99_ms": p(0.99) if p else None,
+            "lag_events": len(lags), "lag_rate_per_s": rate}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--ops", type=int, default=100_000, help="workload ops per pair")
+    parser.add_argument("--depth", type=int, default=200_000, help="keel.depth records")
+    parser.add_argument("--rate", type=int, default=5_000, help="events/s for the lag run")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the lag run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="keel-bench-sinks-") as tmp:
+        tmp = Path(tmp)
+        kport, pport = free_port(), free_port()
+        broker = embedded_kafka.spawn(kport, tmp / "kafka.log")
+        log = open(tmp / "postgres.log", "ab")  # noqa: SIM115 - closed below
+        pg = embedded_postgres.spawn(tmp / "pg", pport, stdout=log)
+        try:
+            settings = Settings(data_dir=tmp / "keel", kafka_bootstrap=f"127.0.0.1:{kport}",
+                                postgres_url=f"postgresql://postgres@127.0.0.1:{pport}/keel")
+            _wait_kafka(settings.bootstrap)
+            embedded_postgres.wait_ready(settings.postgres_dsn, pg)
+            ensure_database(settings.postgres_dsn)
+            migrate(settings.postgres_dsn)
+            (tmp / "keel" / "clickhouse").mkdir(parents=True)
+            out: dict = {}
+            for i, (name, run) in enumerate((
+                    ("postgres", lambda s: bench_postgres(s, args.ops)),
+                    ("clickhouse", lambda s: bench_clickhouse(s, args.depth)),
+                    ("lag", lambda s: bench_lag(s, args.rate, args.seconds)))):
+                prefix = f"b{i}."
+                create_topics(settings.bootstrap, prefix)
+                out.update(run(settings.with_(topic_prefix=prefix)))
+                if not args.json:
+                    print(name, {k: v for k, v in out.items()}, flush=True)
+        finally:
+            embedded_postgres.stop(pg)
+            log.close()
+            broker.terminate()
+            broker.wait(15)
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
