@@ -101,3 +101,31 @@ def parse_new_order(params: Params, markets: MarketsConfig) -> NewOrder:
         raise errors.ApiError(-1013, "Filter failure: value too large.")
     return NewOrder(market, int(side), int(kind), int(tif), price, qty, quote_qty, int(stp),
                     client_order_id, resp)
+
+
+def protection_price(order: NewOrder, bids: list[tuple[int, int]],
+                     asks: list[tuple[int, int]]) -> NewOrder:
+    """A MARKET buy by quantity (or sell by quote amount) needs a price bound for accounts
+    to know the most it can spend (or sell); Binance clients send none. The bound is the
+    worst level of the current book that the order would reach (the whole side when the
+    book is too thin); with no opposite side at all there is nothing to trade against.
+    `bids`/`asks` are the gateway's local book, best first."""
+    if order.kind != OrderKind.MARKET or order.price:
+        return order
+    by_quote = order.quote_qty > 0
+    if order.side == Side.BUY and not by_quote:
+        levels, need, use_quote = asks, order.qty, False
+    elif order.side == Side.SELL and by_quote:
+        levels, need, use_quote = bids, order.quote_qty, True
+    else:
+        return order                      # bounded by its own amount already
+    if not levels:
+        raise errors.ApiError(-2010, "The order book has no liquidity for a market order.")
+    bound = levels[-1][0]
+    for price, lots in levels:
+        need -= price * lots if use_quote else lots
+        if need <= 0:
+            bound = price
+            break
+    return NewOrder(order.market, order.side, order.kind, order.tif, bound, order.qty,
+                    order.quote_qty, order.stp, order.client_order_id, order.resp_type)

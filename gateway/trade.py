@@ -16,7 +16,7 @@ from engine.domain import Rejected, ResultCode
 from gateway import errors
 from gateway import render as r
 from gateway.context import BUS, CLOCK_MS, CONFIG, FOLDING, MARKETS, METRICS
-from gateway.order_form import parse_new_order
+from gateway.order_form import parse_new_order, protection_price
 from gateway.orders import FINAL, OrderState
 from gateway.params import Params
 from gateway.public import json_response
@@ -58,6 +58,7 @@ async def new_order(request: web.Request) -> web.Response:
     folding = request.app[FOLDING]
     form = parse_new_order(params, request.app[MARKETS])
     pair = form.market.pair
+    form = protection_price(form, *folding.market.books[pair].depth(1000))
     client_id = form.client_order_id or f"keel{request.app[BUS].new_request_id()[:20]}"
     known = folding.orders.by_client.get((principal.user_id, client_id))
     if known is not None and not known.final:

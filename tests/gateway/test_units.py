@@ -196,3 +196,20 @@ def test_order_form_conversions_and_errors():
             _order(query)
         assert exc.value.code == code, query
         assert exc.value.status == 400
+
+
+def test_market_protection_price_from_the_book():
+    from gateway.order_form import protection_price
+
+    buy = _order("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.3")      # 30000 lots
+    asks = [(100, 10000), (101, 10000), (105, 50000)]
+    assert protection_price(buy, [], asks).price == 105
+    assert protection_price(buy, [], asks[:2]).price == 101, "thin book: its worst level"
+    with pytest.raises(errors.ApiError) as exc:
+        protection_price(buy, [(99, 1)], [])
+    assert exc.value.code == -2010
+    sell = _order("symbol=BTCUSDT&side=SELL&type=MARKET&quoteOrderQty=10")  # 10**8 units
+    bids = [(100, 500_000), (90, 1_000_000), (80, 1)]
+    assert protection_price(sell, bids, []).price == 90
+    limit = _order("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&price=7&quantity=1")
+    assert protection_price(limit, [], asks) is limit

@@ -1,0 +1,196 @@
+"""WebSocket streams on the real stack: a client rebuilding the book from the REST
+snapshot plus @depth diffs ends equal to the engine's own book (replayed from keel.orders
+with the pure engine), the user-data stream pushes order and balance updates, and the
+gateway's local book follows synthetic keel.depth messages through a gap."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from decimal import Decimal
+
+import aiohttp
+from confluent_kafka import Consumer, Producer
+
+from engine.engine import Engine
+from infra import topics
+from infra.kafka import admin_client, consumer_config, producer_config
+from schemas.codec import Codec
+from tests.gateway.stack import serve_gateway
+from tests.gateway.test_e2e import _traders, eventually, fund, run
+
+
+def engine_book(stack, pair: str, partition: int):
+    """The engine's book for `pair`: keel.orders replayed through the pure engine."""
+    codec = Codec()
+    consumer = Consumer(consumer_config(stack.settings, None, client_id="t-replay",
+                                        enable_partition_eof=True))
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    consumer.assign([TopicPartition(stack.settings.topic("orders"), partition,
+                                    OFFSET_BEGINNING)])
+    engine = Engine(stack.markets)
+    try:
+        while True:
+            msg = consumer.poll(5)
+            assert msg is not None, "keel.orders never reached its end"
+            if msg.error() is not None:
+                break                           # partition EOF
+            cmd, _ = codec.decode_command(msg.value())
+            engine.apply(cmd)
+    finally:
+        consumer.close()
+    return engine.book(pair)
+
+
+def test_ws_book_rebuild_equals_engine_book(stack):
+    market = stack.markets.market("BTCUSDT")
+
+    def ints(levels):
+        return {int(Decimal(p) / market.tick_size): int(Decimal(q) / market.lot_size)
+                for p, q in levels}
+
+    async def main():
+        async with serve_gateway(stack.settings, stack.markets) as (app, base), \
+                aiohttp.ClientSession() as http:
+            t = await _traders(http, base, stack)
+            mm, bob = t["mm"], t["bob"]
+            await fund(stack, t, "mm", "BTC", "10")
+            await fund(stack, t, "mm", "USDT", "1000000")
+            await fund(stack, t, "bob", "USDT", "100000")
+            diffs: list[dict] = []
+            async with http.ws_connect(f"{base}/ws/btcusdt@depth@100ms") as ws:
+                async def collect():
+                    async for msg in ws:
+                        diffs.append(json.loads(msg.data))
+                reader = asyncio.ensure_future(collect())
+                for i in range(5):
+                    for side, price in (("BUY", 29000 - 10 * i), ("SELL", 31000 + 10 * i)):
+                        r = await mm.signed("POST", "/api/v3/order", symbol="BTCUSDT", side=side,
+                                            type="LIMIT", timeInForce="GTC",
+                                            price=f"{price}.00", quantity="0.5",
+                                            newOrderRespType="RESULT")
+                        assert r.status == 200, r.body
+                snap = await bob.public("/api/v3/depth", symbol="BTCUSDT", limit=1000)
+                last = snap.body["lastUpdateId"]
+                book = {"bids": ints(snap.body["bids"]), "asks": ints(snap.body["asks"])}
+                # more activity after the snapshot: a taker, cancels, new levels
+                r = await bob.signed("POST", "/api/v3/order", symbol="BTCUSDT", side="BUY",
+                                     type="MARKET", quantity="0.7")
+                assert r.status == 200 and r.body["status"] == "FILLED", r.body
+                opens = await mm.signed("GET", "/api/v3/openOrders", symbol="BTCUSDT")
+                for o in opens.body[:3]:
+                    c = await mm.signed("DELETE", "/api/v3/order", symbol="BTCUSDT",
+                                        orderId=o["orderId"])
+                    assert c.status == 200, c.body
+                r = await mm.signed("POST", "/api/v3/order", symbol="BTCUSDT", side="BUY",
+                                    type="LIMIT", timeInForce="GTC", price="29500.00",
+                                    quantity="0.25", newOrderRespType="RESULT")
+                assert r.status == 200
+                final = await bob.public("/api/v3/depth", symbol="BTCUSDT", limit=999)
+                target = final.body["lastUpdateId"]
+                assert target > last
+
+                async def caught_up():
+                    return diffs and diffs[-1]["u"] >= target
+                await eventually(stack, caught_up, "WebSocket diffs up to the final id")
+                reader.cancel()
+            # Binance's recipe: drop diffs with u <= lastUpdateId; the first applied one
+            # straddles lastUpdateId + 1; each next one starts where the last ended.
+            applied = [d for d in diffs if d["u"] > last]
+            assert applied[0]["U"] <= last + 1 <= applied[0]["u"]
+            prev = None
+            for d in applied:
+                assert prev is None or d["U"] == prev + 1, "diffs are contiguous"
+                prev = d["u"]
+                for key, side in (("b", "bids"), ("a", "asks")):
+                    for price, lots in ints(d[key]).items():
+                        if lots == 0:
+                            book[side].pop(price, None)
+                        else:
+                            book[side][price] = lots
+                if prev >= target:
+                    break
+            engine = engine_book(stack, "BTCUSDT", market.partition)
+            assert engine.seq == target
+            bids, asks = engine.depth(1000)
+            assert sorted(book["bids"].items(), reverse=True) == [tuple(x) for x in bids]
+            assert sorted(book["asks"].items()) == [tuple(x) for x in asks]
+            assert bids and asks
+    run(main())
+
+
+def test_user_data_stream_pushes_orders_and_balances(stack):
+    async def main():
+        async with serve_gateway(stack.settings, stack.markets) as (app, base), \
+                aiohttp.ClientSession() as http:
+            t = await _traders(http, base, stack)
+            alice = t["alice"]
+            async with http.post(f"{base}/api/v3/userDataStream",
+                                 headers={"X-MBX-APIKEY": alice.api_key}) as resp:
+                key = (await resp.json())["listenKey"]
+            async with http.ws_connect(f"{base}/ws/{key}") as ws:
+                await fund(stack, t, "alice", "USDT", "100")
+                r = await alice.signed("POST", "/api/v3/order", symbol="ETHUSDT", side="BUY",
+                                       type="LIMIT", timeInForce="GTC", price="10.00",
+                                       quantity="1", newClientOrderId=f"u{uuid.uuid4().hex[:8]}")
+                assert r.status == 200, r.body
+                c = await alice.signed("DELETE", "/api/v3/order", symbol="ETHUSDT",
+                                       orderId=r.body["orderId"])
+                assert c.status == 200
+                seen: list[tuple] = []
+                while ("executionReport", "CANCELED") not in seen:
+                    msg = json.loads((await ws.receive(timeout=60)).data)
+                    if msg["e"] == "executionReport":
+                        assert msg["i"] == r.body["orderId"] and msg["c"] == r.body["clientOrderId"]
+                        seen.append((msg["e"], msg["X"]))
+                    else:
+                        assert msg["e"] == "outboundAccountPosition"
+                        assert msg["B"][0]["a"] == "USDT"
+                        seen.append((msg["e"], None))
+                assert ("executionReport", "NEW") in seen
+                assert ("outboundAccountPosition", None) in seen
+    run(main())
+
+
+def test_local_book_from_synthetic_depth_through_the_broker(stack):
+    settings = stack.settings.with_(topic_prefix=f"d{uuid.uuid4().hex[:8]}.")
+    outcomes = topics.ensure_topics(admin_client(settings, log_level=0),
+                                    topics.plan(settings, stack.markets))
+    assert all(o.ok for o in outcomes)
+    codec = Codec()
+    lv = lambda *pq: [{"price": p, "qty": q} for p, q in pq]  # noqa: E731
+
+    def rec(first, last, snap, bids=(), asks=()):
+        return {"pair": "ETHUSDT", "first_update_id": first, "last_update_id": last, "ts": 1,
+                "is_snapshot": snap, "bids": lv(*bids), "asks": lv(*asks)}
+
+    records = [
+        rec(1, 9, False, [(100, 1)]),                      # before any snapshot: ignored
+        rec(10, 10, True, [(100, 5), (99, 2)], [(101, 3)]),
+        rec(11, 12, False, [(100, 0)], [(102, 4)]),
+        rec(13, 13, False, [], [(101, 1)]),
+        rec(15, 16, False, [(98, 7)]),                     # a hole (14 missing): unsynced
+        rec(17, 17, False, [(97, 7)]),
+        rec(17, 17, True, [(99, 2), (97, 7)], [(101, 1), (102, 4)]),
+        rec(18, 18, False, [(96, 1)]),
+    ]
+    producer = Producer(producer_config(settings))
+    partition = stack.markets.market("ETHUSDT").partition
+    for r in records:
+        producer.produce(settings.topic("depth"), codec.encode("depth_update", r),
+                         key=b"ETHUSDT", partition=partition)
+    assert producer.flush(10) == 0
+
+    async def main():
+        async with serve_gateway(settings, stack.markets) as (app, base), \
+                aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/api/v3/depth", params={"symbol": "ETHUSDT"}) as resp:
+                body = await resp.json()
+                assert resp.headers["Cache-Control"] == "public, max-age=0"
+            assert body["lastUpdateId"] == 18
+            assert body["bids"] == [["0.99", "0.0002"], ["0.97", "0.0007"], ["0.96", "0.0001"]]
+            assert body["asks"] == [["1.01", "0.0001"], ["1.02", "0.0004"]]
+            from gateway.context import FOLDING
+            assert app[FOLDING].market.books["ETHUSDT"].gaps == 1
+    run(main())
+    assert Decimal("0.99") == stack.markets.market("ETHUSDT").ticks_to_price(99)
