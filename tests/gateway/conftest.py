@@ -76,7 +76,7 @@ def make_users(settings: Settings, names: dict[str, dict]) -> dict[str, NewUser]
 
 
 def spawn(settings: Settings, log_dir: Path, name: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "KEEL_KAFKA_BOOTSTRAP": settings.bootstrap,
+    env = {**os.environ, **settings.extra, "KEEL_KAFKA_BOOTSTRAP": settings.bootstrap,
            "KEEL_TOPIC_PREFIX": settings.topic_prefix, "KEEL_DATA_DIR": str(settings.data_dir),
            "KEEL_USER_PARTITIONS": str(settings.user_partitions), "KEEL_LOG_LEVEL": "INFO",
            "KEEL_POSTGRES_URL": settings.postgres_dsn}
