@@ -42,6 +42,8 @@ def request_weight(request: web.Request) -> int:
         if "symbol" in q:
             return ticker_weight(1)
         return ticker_weight(None)
+    if path == "/api/v3/order" and request.method != "GET":
+        return 1                    # placing and cancelling weigh 1; querying weighs more
     return WEIGHTS.get(path, 1)
 
 

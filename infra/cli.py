@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "streams": ("infra.commands.streams", "run a Faust streams worker: accounts, settlement or marketdata"),
     "gateway": ("infra.commands.gateway", "run the Binance-compatible REST/WebSocket gateway"),
     "users": ("infra.commands.users", "create gateway users and API keys"),
+    "demo": ("infra.commands.demo", "demo traders: a market maker and takers trading through the gateway"),
 }
 
 

@@ -72,6 +72,8 @@ def keel_processes(settings: Settings, demo: bool) -> list[ProcessSpec]:
     specs += engine_processes(settings)
     from infra.commands.sink import sink_processes
     specs += sink_processes(settings)
+    from infra.commands.gateway import gateway_processes
+    specs += gateway_processes(settings, demo)
     return specs + extra_processes(settings)
 
 

@@ -14,6 +14,20 @@ from engine.markets import MarketsConfigError, load_markets
 from infra.settings import Settings
 
 
+def gateway_processes(settings: Settings, demo: bool = False) -> list:
+    """Supervisor specs: the gateway (healthy once its feed has caught up) and, with
+    --demo, the demo traders that trade through it."""
+    from infra.health import HealthCheck
+    from infra.processes import ProcessSpec, keel_argv
+
+    health = HealthCheck("http", f"http://{settings.gateway_host}:{settings.gateway_port}/health")
+    specs = [ProcessSpec("gateway", keel_argv("gateway"), health=health,
+                         depends_on=("kafka", "postgres"))]
+    if demo:
+        specs.append(ProcessSpec("demo", keel_argv("demo"), depends_on=("gateway",)))
+    return specs
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="bind address (default KEEL_GATEWAY_HOST)")
     parser.add_argument("--port", type=int, default=None,

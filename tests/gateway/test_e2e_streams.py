@@ -13,6 +13,7 @@ import aiohttp
 from confluent_kafka import Consumer, Producer
 
 from engine.engine import Engine
+from gateway.context import FOLDING
 from infra import topics
 from infra.kafka import admin_client, consumer_config, producer_config
 from schemas.codec import Codec
@@ -190,7 +191,31 @@ def test_local_book_from_synthetic_depth_through_the_broker(stack):
             assert body["lastUpdateId"] == 18
             assert body["bids"] == [["0.99", "0.0002"], ["0.97", "0.0007"], ["0.96", "0.0001"]]
             assert body["asks"] == [["1.01", "0.0001"], ["1.02", "0.0004"]]
-            from gateway.context import FOLDING
             assert app[FOLDING].market.books["ETHUSDT"].gaps == 1
     run(main())
     assert Decimal("0.99") == stack.markets.market("ETHUSDT").ticks_to_price(99)
+
+
+def test_demo_traffic_trades_within_seconds(stack):
+    from gateway.demo import run_demo
+
+    async def main():
+        async with serve_gateway(stack.settings, stack.markets) as (app, base):
+            stop = asyncio.Event()
+            demo = asyncio.ensure_future(run_demo(stack.settings, stack.markets, base, stop))
+
+            folding = app[FOLDING]
+
+            async def traded_everywhere():
+                if demo.done():
+                    demo.result()                  # surface a crash
+                await asyncio.sleep(0.2)
+                books = folding.market.books.values()
+                return (all(b.bids and b.asks for b in books)
+                        and all(folding.market.trades[p] for p in folding.market.trades))
+            try:
+                await eventually(stack, traded_everywhere, "demo quotes on every pair and trades")
+            finally:
+                stop.set()
+                await asyncio.wait_for(demo, 30)
+    run(main())
