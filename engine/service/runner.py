@@ -17,10 +17,11 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from engine.markets import MarketsConfig
 from engine.service.config import EngineOptions, transactional_id
-from engine.service.heartbeat import Heartbeats, ensure_heartbeat_topic, live_primary
+from engine.service.heartbeat import Heartbeats, live_primary
 from engine.service.metrics import EngineMetrics
 from engine.service.partition import TXN_TIMEOUT, Fenced, PartitionWorker, Role, TransactionFailed
 from engine.service.reader import LogReader
+from engine.service.tools import ensure_engine_topics
 from infra.kafka import consumer_config, producer_config
 from infra.logs import event
 from infra.settings import Settings
@@ -75,7 +76,8 @@ class EngineService:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self.stop)
         opts = self.opts
-        ensure_heartbeat_topic(self.settings, opts.heartbeats_topic, self.markets.partitions)
+        # Idempotent: `keel up` provisions the catalog, a lone `keel engine` does it here.
+        ensure_engine_topics(self.settings, self.markets)
         self.reader = LogReader(self.settings, opts.group_id)
         self.consumer = self._consumer()
         self.beats = Heartbeats(self.settings, opts.heartbeats_topic, self.partitions)

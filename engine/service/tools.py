@@ -20,6 +20,10 @@ from schemas.codec import Codec
 HEARTBEATS = "engine.heartbeats"
 
 
+class TopicsNotReady(RuntimeError):
+    """A topic is missing and cannot be created, or has the wrong partition count."""
+
+
 def ensure_engine_topics(settings: Settings, markets: MarketsConfig) -> None:
     """Every catalog topic, plus the heartbeat topic (one partition per engine partition)."""
     from infra.topics import ensure_topics, plan
@@ -27,7 +31,8 @@ def ensure_engine_topics(settings: Settings, markets: MarketsConfig) -> None:
     admin = admin_client(settings)
     bad = [o for o in ensure_topics(admin, plan(settings, markets)) if not o.ok]
     if bad:
-        raise RuntimeError(f"topics not ready: {bad}")
+        raise TopicsNotReady("topics not ready: " + "; ".join(
+            f"{o.name} {o.status} {o.detail}".strip() for o in bad))
     ensure_heartbeat_topic(settings, settings.topic(HEARTBEATS), markets.partitions)
 
 

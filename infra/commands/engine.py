@@ -80,6 +80,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from engine.service.runner import EngineService
+    from engine.service.tools import TopicsNotReady
 
     try:
         markets = load_markets(settings.markets_file)
@@ -92,4 +93,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if port is None:
         port = metrics_port(settings, partitions[0], args.standby)
     service.metrics.serve(port)
-    return service.run()
+    try:
+        return service.run()
+    except TopicsNotReady as exc:
+        print(f"keel engine: {exc}")
+        return 2

@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="start", type=int, default=0,
                         help="first input offset whose events are compared (default 0)")
     parser.add_argument("--to", dest="end", type=int, default=None,
-                        help="input offset to stop before (default: the end of the log)")
+                        help="input offset to stop before (default: the engine's committed offset)")
     parser.add_argument("--compare", action="store_true",
                         help="compare events and state hashes with what the engine published")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -50,6 +50,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               f"(from snapshot at {report.loaded_snapshot})" if report.loaded_snapshot is not None
               else f"partition {report.partition}: replayed input offsets 0..{report.end}")
         print(f"events in range: {report.events}; state hash: {report.state_hash}")
+        for note in report.notes:
+            print(f"note: {note}")
         if args.compare:
             print(f"snapshots checked: {report.snapshots_checked}")
             print("MATCH" if report.ok else f"MISMATCH: {report.mismatch}")
