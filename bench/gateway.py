@@ -1,0 +1,307 @@
+"""Gateway benchmark on loopback, on the whole real stack (embedded tansu broker and
+PostgreSQL, `keel engine`, `keel streams accounts` and `settlement`, `keel gateway`), all
+started here on free ports in a temp dir and stopped at the end. Bounded: each phase
+runs a few seconds.
+
+    .venv/bin/python bench/gateway.py [--seconds 3] [--ws-clients 1000] [--json]
+
+Figures (the last line is JSON with --json):
+  public_rps      cached public GETs (/depth, /ticker/price) answered per second
+  order_rps       signed POST /api/v3/order (LIMIT, ACK) answered per second
+  e2e_p50_ms/p99  POST sent -> the fill's executionReport received on the user's
+                  WebSocket, for IOC takers crossing resting makers at --e2e-rate /s
+  ws_msgs_per_s   @trade + @depth messages received per second by --ws-clients clients
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp  # noqa: E402
+import psycopg  # noqa: E402
+
+from engine.markets import load_markets  # noqa: E402
+from gateway.users import create_user  # noqa: E402
+from gateway.vault import Vault  # noqa: E402
+from infra import topics  # noqa: E402
+from infra.embedded import free_port  # noqa: E402
+from infra.kafka import admin_client  # noqa: E402
+from infra.migrate import migrate  # noqa: E402
+from infra.postgres import ensure_database  # noqa: E402
+from infra.settings import Settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Stack:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[subprocess.Popen] = []
+        self.env: dict[str, str] = {}
+
+    def start(self) -> Settings:
+        from infra.embedded import kafka, postgres
+        from infra.health import HealthCheck
+
+        kport, pport, gport = free_port(), free_port(), free_port()
+        self.procs.append(kafka.spawn(kport, self.root / "kafka.log"))
+        pg_log = open(self.root / "postgres.log", "ab")  # noqa: SIM115
+        self.pg = postgres.spawn(self.root / "pg", pport, stdout=pg_log)
+        dsn = f"postgresql://postgres@127.0.0.1:{pport}/keel"
+        postgres.wait_ready(dsn, self.pg, 60)
+        ensure_database(dsn)
+        migrate(dsn)
+        while not HealthCheck("kafka", f"127.0.0.1:{kport}").run(timeout=1.0).ok:
+            time.sleep(0.1)
+        self.env = {
+            "KEEL_KAFKA_BOOTSTRAP": f"127.0.0.1:{kport}", "KEEL_POSTGRES_URL": dsn,
+            "KEEL_DATA_DIR": str(self.root / "keel"), "KEEL_GATEWAY_PORT": str(gport),
+            "KEEL_GATEWAY_MASTER_KEY": "bench-master-key-0123456789abcdef",
+            "KEEL_GATEWAY_IP_LIMIT": "1000000000", "KEEL_GATEWAY_VIP_LIMIT": "1000000000",
+            "KEEL_GATEWAY_STANDARD_LIMIT": "1000000000",
+            "KEEL_GATEWAY_GLOBAL_LIMIT": "1000000000", "KEEL_GATEWAY_WS_OUTBOX": "100000",
+            "KEEL_STREAMS_COMMIT_INTERVAL": os.environ.get("KEEL_STREAMS_COMMIT_INTERVAL",
+                                                           "0.005"),
+            "KEEL_LOG_LEVEL": "WARNING",
+        }
+        settings = Settings.from_env(self.env)
+        markets = load_markets(settings.markets_file)
+        outcomes = topics.ensure_topics(admin_client(settings, log_level=0),
+                                        topics.plan(settings, markets))
+        assert all(o.ok for o in outcomes), outcomes
+        for name, args in (("engine", ("engine", "--metrics-port", "0")),
+                           ("accounts", ("streams", "accounts", "--metrics-port", "0")),
+                           ("settlement", ("streams", "settlement", "--metrics-port", "0")),
+                           ("gateway", ("gateway",))):
+            log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "infra.cli", *args], cwd=REPO,
+                env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT))
+        return settings
+
+    def stop(self) -> None:
+        from infra.embedded import postgres
+
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        postgres.stop(self.pg)
+
+
+class Trader:
+    def __init__(self, http, base, key, secret) -> None:
+        self.http, self.base, self.key, self.secret = http, base, key, secret
+
+    async def call(self, method: str, path: str, **params):
+        params["timestamp"] = int(time.time() * 1000)
+        text = urlencode(params)
+        sig = hmac.new(self.secret.encode(), text.encode(), hashlib.sha256).hexdigest()
+        async with self.http.request(method, f"{self.base}{path}?{text}&signature={sig}",
+                                     headers={"X-MBX-APIKEY": self.key}) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+async def until_ok(coro_fn, what: str, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, body = await coro_fn()
+        except aiohttp.ClientError as exc:
+            status, body = 0, str(exc)
+        if status == 200:
+            return body
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: {status} {body}")
+        await asyncio.sleep(0.5)
+
+
+async def timed_loop(seconds: float, workers: int, one) -> tuple[int, float]:
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(i: int) -> None:
+        nonlocal done
+        n = 0
+        while time.perf_counter() < stop_at:
+            if await one(i, n):
+                done += 1
+            n += 1
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(workers)))
+    return done, time.perf_counter() - started
+
+
+async def bench(settings: Settings, users: dict, args) -> dict:
+    base = f"http://127.0.0.1:{settings.gateway_port}"
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        t = {n: Trader(http, base, k, s) for n, (k, s, _) in users.items()}
+        await until_ok(lambda: t["mm"].call("GET", "/api/v3/account"), "gateway ready")
+        for name in ("mm", "taker"):
+            for asset, amount in (("USDT", "100000000"), ("BTC", "100000")):
+                await until_ok(lambda n=name, a=asset, x=amount: t["ops"].call(
+                    "POST", "/api/v3/admin/deposit", userId=users[n][2], asset=a, amount=x),
+                    "deposit")
+        out: dict[str, float] = {}
+
+        async def public(i, n):
+            path = "/api/v3/depth?symbol=BTCUSDT&limit=5" if n % 2 else \
+                "/api/v3/ticker/price?symbol=BTCUSDT"
+            async with http.get(base + path) as resp:
+                await resp.read()
+                return resp.status == 200
+        done, elapsed = await timed_loop(args.seconds, 32, public)
+        out["public_rps"] = round(done / elapsed)
+
+        async def order(i, n):
+            status, _ = await t["mm"].call("POST", "/api/v3/order", symbol="ETHUSDT",
+                                           side="BUY", type="LIMIT", timeInForce="GTC",
+                                           price=f"{1000 + (n % 50)}.00", quantity="0.01",
+                                           newOrderRespType="ACK")
+            return status == 200
+        done, elapsed = await timed_loop(args.seconds, 32, order)
+        out["order_rps"] = round(done / elapsed)
+        await t["mm"].call("DELETE", "/api/v3/openOrders", symbol="ETHUSDT")
+
+        out.update(await e2e(http, base, t, args))
+        out.update(await ws_fanout(http, base, t, args))
+        return out
+
+
+async def e2e(http, base, t, args) -> dict:
+    """Maker rests, taker IOC crosses; latency = POST sent -> taker's TRADE report."""
+    status, body = await t["taker"].call("POST", "/api/v3/userDataStream")
+    async with http.post(f"{base}/api/v3/userDataStream",
+                         headers={"X-MBX-APIKEY": t["taker"].key}) as resp:
+        key = (await resp.json())["listenKey"]
+    sent: dict[str, float] = {}
+    lat: list[float] = []
+    async with http.ws_connect(f"{base}/ws/{key}") as ws:
+        async def read():
+            async for msg in ws:
+                m = json.loads(msg.data)
+                if m.get("e") == "executionReport" and m["x"] == "TRADE" and m["c"] in sent:
+                    lat.append((time.perf_counter() - sent.pop(m["c"])) * 1000)
+        reader = asyncio.ensure_future(read())
+        n = int(args.e2e_rate * args.seconds)
+        # resting liquidity first (sells the taker will lift)
+        for i in range(0, n, 50):
+            await t["mm"].call("POST", "/api/v3/order", symbol="BTCUSDT", side="SELL",
+                               type="LIMIT", timeInForce="GTC", price="30000.00",
+                               quantity=f"{min(50, n - i) * 0.001:.3f}",
+                               newOrderRespType="ACK")
+        await asyncio.sleep(0.5)
+        gap = 1.0 / args.e2e_rate
+        start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            cid = f"e2e{i}"
+
+            async def one(cid=cid):
+                sent[cid] = time.perf_counter()
+                await t["taker"].call("POST", "/api/v3/order", symbol="BTCUSDT", side="BUY",
+                                      type="LIMIT", timeInForce="IOC", price="30000.00",
+                                      quantity="0.001", newClientOrderId=cid,
+                                      newOrderRespType="ACK")
+            tasks.append(asyncio.ensure_future(one()))
+            await asyncio.sleep(max(0.0, start + (i + 1) * gap - time.perf_counter()))
+        await asyncio.gather(*tasks)
+        deadline = time.monotonic() + 10
+        while sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        reader.cancel()
+    lat.sort()
+    if not lat:
+        return {"e2e_p50_ms": None, "e2e_p99_ms": None, "e2e_samples": 0}
+    return {"e2e_p50_ms": round(statistics.median(lat), 2),
+            "e2e_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2),
+            "e2e_samples": len(lat), "e2e_rate": args.e2e_rate}
+
+
+async def ws_fanout(http, base, t, args) -> dict:
+    received = 0
+    socks = []
+    for _ in range(args.ws_clients):
+        socks.append(await http.ws_connect(f"{base}/stream?streams=btcusdt@trade/btcusdt@depth",
+                                           compress=0))
+
+    async def drain(ws):
+        nonlocal received
+        async for _msg in ws:
+            received += 1
+    readers = [asyncio.ensure_future(drain(ws)) for ws in socks]
+    await asyncio.sleep(0.5)
+    stop_at = time.perf_counter() + args.seconds
+
+    async def churn(i):
+        # maker re-quotes and a taker lifts it: each pair of orders makes trades and diffs
+        n = 0
+        while time.perf_counter() < stop_at:
+            await t["mm"].call("POST", "/api/v3/order", symbol="BTCUSDT", side="SELL",
+                               type="LIMIT", timeInForce="GTC", price="30000.00",
+                               quantity="0.005", newOrderRespType="ACK")
+            await t["taker"].call("POST", "/api/v3/order", symbol="BTCUSDT", side="BUY",
+                                  type="LIMIT", timeInForce="IOC", price="30000.00",
+                                  quantity="0.005", newOrderRespType="ACK")
+            n += 1
+    before = received
+    started = time.perf_counter()
+    await asyncio.gather(*(churn(i) for i in range(8)))
+    await asyncio.sleep(0.5)
+    elapsed = time.perf_counter() - started
+    got = received - before
+    for r in readers:
+        r.cancel()
+    for ws in socks:
+        await ws.close()
+    return {"ws_msgs_per_s": round(got / elapsed), "ws_clients": args.ws_clients}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--ws-clients", type=int, default=1000)
+    parser.add_argument("--e2e-rate", type=float, default=100.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="keel-bench-gw-") as tmp:
+        stack = Stack(Path(tmp))
+        try:
+            settings = stack.start()
+            vault = Vault.from_settings(settings)
+            with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+                users = {}
+                for name, tier, admin in (("ops", "standard", True), ("mm", "vip", False),
+                                          ("taker", "vip", False)):
+                    u = create_user(conn, vault, name, tier, admin)
+                    users[name] = (u.api_key, u.secret.reveal(), u.user_id)
+            result = asyncio.run(bench(settings, users, args))
+        finally:
+            stack.stop()
+    for k, v in result.items():
+        print(f"{k:>16}: {v}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
