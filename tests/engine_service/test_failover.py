@@ -91,3 +91,25 @@ def test_frozen_primary_is_fenced_when_it_wakes(engine_env, spawn_engine):
     _check_clean(env, expected)
     standby.terminate()
     assert standby.wait(30) == 0
+
+
+def test_a_second_plain_start_waits_as_standby_while_the_primary_beats(engine_env, spawn_engine):
+    """What a supervisor restart looks like: no --standby, but a live primary exists."""
+    env = engine_env
+    commands = list(to_commands(operations(20_000, seed=19), "BTCUSDT"))
+    expected, _ = clean_run(env.markets, 0, commands, env.codec)
+    first = spawn_engine("--partitions", "0")
+    wait_for(lambda: "partition is primary" in log_of(first), 60, "the first to go live", 0.05)
+    second = spawn_engine("--partitions", "0")
+    wait_for(lambda: "starting as standby" in log_of(second), 60, "the second to wait", 0.05)
+    produce_commands(env.settings, env.codec, 0, commands[:10_000])
+    wait_for(lambda: len(published_events(env, 0)) >= 10_000, 120, "the first half")
+    assert first.poll() is None                     # not fenced: nobody took over
+    assert "partition is primary" not in log_of(second)
+    first.terminate()                               # a clean stop: the standby takes over
+    assert first.wait(30) == 0
+    wait_for(lambda: "partition is primary" in log_of(second), 60, "the takeover", 0.05)
+    produce_commands(env.settings, env.codec, 0, commands[10_000:])
+    _check_clean(env, expected)
+    second.terminate()
+    assert second.wait(30) == 0
