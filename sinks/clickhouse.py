@@ -18,12 +18,14 @@ from confluent_kafka import TopicPartition
 
 from engine.domain import Trade
 from infra.logs import event
+from schemas.codec import CodecError
 from sinks.clickhouse_schema import (
     DEPTH_COLUMNS,
     INSERT_SETTINGS,
     TRADE_COLUMNS,
     statements,
 )
+from sinks.depth_avro import HEADER_LEN, current_header, insert_file, read_head
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,13 @@ class _Replay:
 
 class ClickHouseStore:
     def __init__(self, client, events_topic: str, depth_topic: str,
-                 lock: threading.Lock | None = None, depth_ttl_days: int = 30) -> None:
+                 lock: threading.Lock | None = None, depth_ttl_days: int = 30,
+                 raw_depth: bool = False, dead_letter=None) -> None:
         self.client = client
+        # Embedded chDB only: depth bodies go to ClickHouse undecoded (sinks/depth_avro.py).
+        self.raw_depth = raw_depth
+        self.dead_letter = dead_letter           # (topic, partition, offset, value, CodecError)
+        self._codec = None
         self.lock = lock or threading.Lock()
         self.events_topic = events_topic
         self.depth_topic = depth_topic
@@ -115,13 +122,18 @@ class ClickHouseStore:
     def decode(self, codec):
         """A message -> (topic kind, partition, offset, value) decoder for SinkLoop."""
         events, depth = self.events_topic, self.depth_topic
+        self._codec = codec
+        raw_header = current_header() if self.raw_depth else None
 
         def decode(m):
             topic = m.topic()
             if topic == events:
                 return (0, m.partition(), m.offset(), codec.decode_event(m.value()))
             if topic == depth:
-                return (1, m.partition(), m.offset(), codec.decode("depth_update", m.value()))
+                value = m.value()
+                if raw_header is not None and value[:HEADER_LEN] == raw_header:
+                    return (2, m.partition(), m.offset(), value)
+                return (1, m.partition(), m.offset(), codec.decode("depth_update", value))
             raise ValueError(f"unexpected topic {topic}")
         return decode
 
@@ -129,13 +141,17 @@ class ClickHouseStore:
         out = Written()
         trades: dict[int, list] = {}
         depth: dict[int, list] = {}
+        raw: dict[int, list] = {}
         replay = self._replay
+        items = self._one_depth_path(items)
         for kind, p, offset, value in items:
             if kind == 0:
                 if type(value) is Trade:
                     self._trade(p, offset, value, trades, out)
                 if replay and p in replay and offset >= replay[p].last:
                     replay[p].complete = True
+            elif kind == 2:
+                self._raw_depth(p, offset, value, raw, out)
             else:
                 self._depth(p, offset, value, depth, out)
         with self.lock:
@@ -153,7 +169,73 @@ class ClickHouseStore:
             for p, rows in depth.items():
                 for block in _blocks(rows, 1, DAY_MS):
                     self._insert("depth", DEPTH_COLUMNS, p, block)
+            for p, rows in raw.items():
+                for block in _blocks(rows, 2, DAY_MS):
+                    self._insert_raw(p, block)
         return out
+
+    def _one_depth_path(self, items: list) -> list:
+        """A partition whose batch mixes raw and decoded depth goes all decoded: its rows
+        must reach the table in offset order (resuming trusts max(_offset))."""
+        mixed = {p for kind, p, _, _ in items if kind == 1}
+        if not mixed or not any(kind == 2 for kind, _, _, _ in items):
+            return items
+        out = []
+        for item in items:
+            kind, p, offset, value = item
+            if kind == 2 and p in mixed:
+                decoded = self._decode_depth(p, offset, value)
+                if decoded is not None:
+                    out.append((1, p, offset, decoded))
+            else:
+                out.append(item)
+        return out
+
+    def _decode_depth(self, p: int, offset: int, value: bytes):
+        try:
+            return self._codec.decode("depth_update", value)
+        except CodecError as exc:
+            if self.dead_letter is None:
+                raise
+            self.dead_letter(self.depth_topic, p, offset, value, exc)
+            return None
+
+    def _raw_depth(self, p: int, offset: int, value: bytes, raw: dict, out: Written) -> None:
+        try:
+            pair, _, last, ts, snapshot = read_head(value)
+        except (IndexError, ValueError):
+            # A body whose first fields do not parse cannot decode: the codec says why and
+            # the record goes to keel.dlq.
+            if self._decode_depth(p, offset, value) is not None:
+                raise RuntimeError("depth head unreadable but the record decodes") from None
+            return
+        mark = (last, int(snapshot))
+        if mark <= self._depth_marks.get(pair, (0, 0)):
+            return
+        self._depth_marks[pair] = mark
+        raw.setdefault(p, []).append((offset, value, ts))
+        out.depth_rows += 1
+        if ts > out.max_ts:
+            out.max_ts = ts
+
+    def _insert_raw(self, p: int, block: list) -> None:
+        token = f"depth:{p}:{block[0][0]}:{block[-1][0]}"
+        try:
+            insert_file(self.client, [(o, v) for o, v, _ in block], p, token)
+        except self.transient:
+            raise
+        except Exception as exc:
+            # ClickHouse could not read a body: decode them here, set the bad ones aside
+            # and insert the rest the ordinary way.
+            event(log, "depth block unreadable by ClickHouse, decoding in Python",
+                  logging.WARNING, partition=p, error=str(exc)[:300])
+            rows = []
+            for offset, value, _ in block:
+                d = self._decode_depth(p, offset, value)
+                if d is not None:
+                    rows.append(_depth_row(d, p, offset))
+            if rows:
+                self._insert("depth", DEPTH_COLUMNS, p, rows)
 
     def _trade(self, p: int, offset: int, e: Trade, trades: dict, out: Written) -> None:
         if e.seq <= self._trade_marks.get(e.pair, 0):
@@ -177,13 +259,9 @@ class ClickHouseStore:
         if mark <= self._depth_marks.get(d["pair"], (0, 0)):
             return
         self._depth_marks[d["pair"]] = mark
-        bids, asks = d["bids"], d["asks"]
-        depth.setdefault(p, []).append((
-            d["pair"], d["ts"], d["first_update_id"], d["last_update_id"], d["is_snapshot"],
-            [lv["price"] for lv in bids], [lv["qty"] for lv in bids],
-            [lv["price"] for lv in asks], [lv["qty"] for lv in asks], p, offset))
+        depth.setdefault(p, []).append(_depth_row(d, p, offset))
         out.depth_rows += 1
-        out.depth_levels += len(bids) + len(asks)
+        out.depth_levels += len(d["bids"]) + len(d["asks"])
         if d["ts"] > out.max_ts:
             out.max_ts = d["ts"]
 
@@ -195,6 +273,13 @@ class ClickHouseStore:
     def counts(self) -> dict[str, int]:
         with self.lock:
             return {t: self._rows(f"SELECT count() FROM {t}")[0][0] for t in ("trades", "depth")}
+
+
+def _depth_row(d: dict, p: int, offset: int) -> tuple:
+    bids, asks = d["bids"], d["asks"]
+    return (d["pair"], d["ts"], d["first_update_id"], d["last_update_id"], d["is_snapshot"],
+            [lv["price"] for lv in bids], [lv["qty"] for lv in bids],
+            [lv["price"] for lv in asks], [lv["qty"] for lv in asks], p, offset)
 
 
 def _blocks(rows: list, ts_index: int, span_ms: int) -> list[list]:

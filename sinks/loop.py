@@ -73,7 +73,7 @@ class SinkLoop:
         for msg, error in dead:
             self.dlq.send(msg, error)
             self.metrics.dead_letters.labels(self.name, str(error.code)).inc()
-        if dead:
+        if self.dlq.pending:                 # ours, and any the store set aside
             self.dlq.flush()
         self.source.commit(msgs)
         self.batches += 1

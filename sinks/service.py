@@ -71,8 +71,11 @@ def clickhouse_loop(settings: Settings, client, lock, stop: threading.Event,
 
     codec = Codec.from_settings(settings)
     ttl = int(settings.extra.get("KEEL_CLICKHOUSE_DEPTH_TTL_DAYS", "30"))
+    dlq = DeadLetters(settings, codec, "clickhouse-sink")
     store = ClickHouseStore(client, settings.topic("events"), settings.topic("depth"),
-                            lock=lock, depth_ttl_days=ttl)
+                            lock=lock, depth_ttl_days=ttl,
+                            raw_depth=settings.embedded_clickhouse,
+                            dead_letter=lambda t, p, o, v, e: dlq.send_raw(t, p, o, None, v, e))
     store.ensure_schema()
 
     def assigned(consumer, partitions):
@@ -84,7 +87,7 @@ def clickhouse_loop(settings: Settings, client, lock, stop: threading.Event,
                     [settings.topic("events"), settings.topic("depth")],
                     client_id="sink-clickhouse", max_records=max_records, on_assign=assigned)
     loop = SinkLoop("clickhouse", source, store.decode(codec), store.write, store.transient,
-                    DeadLetters(settings, codec, "clickhouse-sink"), metrics, stop)
+                    dlq, metrics, stop)
     return loop, store
 
 

@@ -170,3 +170,40 @@ def test_sigkill_repeatedly_loses_and_doubles_nothing_views_included(
         assert stop(proc) == 0
     assert kills >= 3, f"only {kills} kills landed before the sink finished"
     assert seen == sorted(seen) and seen[-1] < want   # each kill landed mid-load
+
+
+def test_bad_depth_records_go_to_the_dlq_and_the_rest_loads(kafka_bootstrap, prefix, tmp_path):
+    from confluent_kafka import Consumer
+
+    from sinks.depth_avro import current_header
+
+    codec = Codec()
+    depth = depth_updates(201)
+    good = [(d["pair"], codec.encode("depth_update", d)) for d in depth]
+    late = good.pop()                  # a newer update of its pair: not a replay
+    depth.pop()
+    # One that fails the codec at once, one whose header is right but whose body is cut
+    # short (only ClickHouse's reader finds out: the block falls back to Python).
+    bad = [("BTCUSDT", b"\x00\x01garbage"), (late[0], current_header() + late[1][10:40])]
+    produce(kafka_bootstrap, prefix + "depth", good + bad, PARTITION)
+    env = _ch_env(kafka_bootstrap, prefix, tmp_path)
+    proc = sink_process("clickhouse", env, tmp_path / "ch.log")
+    try:
+        wait_for(lambda: _counts(env) == (0, len(depth)), what="the good depth rows")
+    finally:
+        assert stop(proc) == 0
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"{prefix}dlq",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([prefix + "dlq"])
+    letters = []
+    try:
+        def read():
+            m = consumer.poll(0.5)
+            if m is not None and m.error() is None:
+                letters.append(codec.decode("dead_letter", m.value()))
+            return len(letters) >= 2
+        wait_for(read, timeout=60, every=0)
+    finally:
+        consumer.close()
+    assert sorted(d["value"] for d in letters) == sorted(v for _, v in bad)
+    assert {d["source_topic"] for d in letters} == {prefix + "depth"}
