@@ -50,6 +50,7 @@ class Stack:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.procs: list[subprocess.Popen] = []
+        self.names: dict[int, str] = {}
         self.env: dict[str, str] = {}
 
     def start(self) -> Settings:
@@ -90,7 +91,22 @@ class Stack:
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "infra.cli", *args], cwd=REPO,
                 env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT))
+            self.names[self.procs[-1].pid] = name
         return settings
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time each Keel process used so far: where the bottleneck is."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for proc in self.procs:
+            name = self.names.get(proc.pid)
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if name:
+                out[name] = round((int(fields[11]) + int(fields[12])) / tick, 1)
+        return out
 
     def stop(self) -> None:
         from infra.embedded import postgres
@@ -182,7 +198,7 @@ async def bench(settings: Settings, users: dict, args) -> dict:
         await t["mm"].call("DELETE", "/api/v3/openOrders", symbol="ETHUSDT")
 
         out.update(await e2e(http, base, t, args))
-        out.update(await ws_fanout(http, base, t, args))
+        out.update(await ws_fanout(http, base, settings, args))
         return out
 
 
@@ -236,12 +252,18 @@ async def e2e(http, base, t, args) -> dict:
             "e2e_samples": len(lat), "e2e_rate": args.e2e_rate}
 
 
-async def ws_fanout(http, base, t, args) -> dict:
+async def ws_fanout(http, base, settings, args) -> dict:
+    """Fan-out capacity: synthetic depth diffs produced straight to keel.depth at full
+    speed (the order pipeline is measured above), each delivered to every client."""
+    from confluent_kafka import Producer
+
+    from infra.kafka import producer_config
+    from schemas.codec import Codec
+
     received = 0
     socks = []
     for _ in range(args.ws_clients):
-        socks.append(await http.ws_connect(f"{base}/stream?streams=btcusdt@trade/btcusdt@depth",
-                                           compress=0))
+        socks.append(await http.ws_connect(f"{base}/ws/solusdt@depth", compress=0))
 
     async def drain(ws):
         nonlocal received
@@ -249,30 +271,34 @@ async def ws_fanout(http, base, t, args) -> dict:
             received += 1
     readers = [asyncio.ensure_future(drain(ws)) for ws in socks]
     await asyncio.sleep(0.5)
+    codec = Codec()
+    producer = Producer(producer_config(settings, linger_ms=5))
+    partition = load_markets(settings.markets_file).market("SOLUSDT").partition
     stop_at = time.perf_counter() + args.seconds
-
-    async def churn(i):
-        # maker re-quotes and a taker lifts it: each pair of orders makes trades and diffs
-        n = 0
-        while time.perf_counter() < stop_at:
-            await t["mm"].call("POST", "/api/v3/order", symbol="BTCUSDT", side="SELL",
-                               type="LIMIT", timeInForce="GTC", price="30000.00",
-                               quantity="0.005", newOrderRespType="ACK")
-            await t["taker"].call("POST", "/api/v3/order", symbol="BTCUSDT", side="BUY",
-                                  type="LIMIT", timeInForce="IOC", price="30000.00",
-                                  quantity="0.005", newOrderRespType="ACK")
-            n += 1
-    before = received
     started = time.perf_counter()
-    await asyncio.gather(*(churn(i) for i in range(8)))
-    await asyncio.sleep(0.5)
+    n = 0
+    while time.perf_counter() < stop_at:
+        for _ in range(50):
+            n += 1
+            rec = {"pair": "SOLUSDT", "first_update_id": 10**9 + n, "last_update_id": 10**9 + n,
+                   "ts": n, "is_snapshot": False, "bids": [{"price": 2000 + n % 7, "qty": n}],
+                   "asks": []}
+            producer.produce(settings.topic("depth"), codec.encode("depth_update", rec),
+                             key=b"SOLUSDT", partition=partition)
+        producer.poll(0)
+        await asyncio.sleep(0.005)
+    producer.flush(10)
+    expected = n * args.ws_clients
+    deadline = time.monotonic() + 10
+    while received < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
-    got = received - before
     for r in readers:
         r.cancel()
     for ws in socks:
         await ws.close()
-    return {"ws_msgs_per_s": round(got / elapsed), "ws_clients": args.ws_clients}
+    return {"ws_msgs_per_s": round(received / elapsed), "ws_clients": args.ws_clients,
+            "ws_diffs_produced": n, "ws_delivered_fraction": round(received / expected, 3)}
 
 
 def main() -> int:
@@ -294,6 +320,7 @@ def main() -> int:
                     u = create_user(conn, vault, name, tier, admin)
                     users[name] = (u.api_key, u.secret.reveal(), u.user_id)
             result = asyncio.run(bench(settings, users, args))
+            result["cpu_s"] = stack.cpu_seconds()
         finally:
             stack.stop()
     for k, v in result.items():

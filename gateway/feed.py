@@ -83,9 +83,12 @@ class Feed:
     def _run(self, consumer: Consumer) -> None:
         try:
             while not self._stop.is_set():
-                msgs = consumer.consume(1000, 0.05)
-                if not msgs:
+                # consume() waits for the whole batch or the timeout, so block on the first
+                # record only and take whatever else is already fetched without waiting.
+                first = consumer.poll(0.05)
+                if first is None:
                     continue
+                msgs = [first, *consumer.consume(1000, 0)]
                 done = asyncio.run_coroutine_threadsafe(self._deliver(msgs), self._loop)
                 while not self._stop.is_set():
                     try:
