@@ -83,7 +83,9 @@ class EngineService:
         self.beats = Heartbeats(self.settings, opts.heartbeats_topic, self.partitions)
         try:
             return self._run()
-        except Fenced:
+        except Fenced as exc:
+            event(log, "fenced: another instance owns the partition; writing nothing more",
+                  logging.ERROR, reason=str(exc), exit_code=EXIT_FENCED)
             return EXIT_FENCED
         finally:
             self._close()
@@ -94,6 +96,7 @@ class EngineService:
         take_now = []
         for p in self.partitions:
             worker = PartitionWorker(p, self.markets, opts, self.codec, self.metrics)
+            worker.stale = lambda p=p: self._other_live(p)
             worker.recover(reader, reader.committed(opts.orders_topic, p))
             self.workers[p] = worker
             if self.standby or live_primary(reader, opts.heartbeats_topic, p, opts.takeover_s):
@@ -173,13 +176,16 @@ class EngineService:
         try:
             worker.step(self.reader)
         except TransactionFailed:
-            self.beats.watch()
-            if self.beats.other_live(worker.partition, self.opts.takeover_s):
+            if self._other_live(worker.partition):
                 # Someone else is beating for this partition: we are the stale one.
                 raise Fenced("transaction failed while another instance is live") from None
             offset = worker.rebuild(self.reader)
             self.consumer.seek(TopicPartition(self.opts.orders_topic, worker.partition, offset))
         self._flow_control(worker)
+
+    def _other_live(self, partition: int) -> bool:
+        self.beats.watch()
+        return self.beats.other_live(partition, self.opts.takeover_s)
 
     def _flow_control(self, worker: PartitionWorker) -> None:
         """A standby holds records past the committed offset; pause rather than hoard."""
