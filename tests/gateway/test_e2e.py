@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import aiohttp
 
@@ -215,3 +216,46 @@ def test_order_types_fok_maker_market_and_amend(stack):
             depth = await bob.public("/api/v3/depth", symbol="SOLUSDT")
             assert depth.body["asks"][0] == ["20.00", "2.500"]
     run(main())
+
+
+def test_timeout_answers_minus_1007_and_the_order_can_be_queried_later(stack):
+    from infra import topics
+    from infra.kafka import admin_client
+    from tests.gateway.conftest import spawn, stop
+
+    # Same users and database, but topics of its own where accounts is not running yet.
+    settings = stack.settings.with_(topic_prefix=f"x{uuid.uuid4().hex[:8]}.")
+    outcomes = topics.ensure_topics(admin_client(settings, log_level=0),
+                                    topics.plan(settings, stack.markets))
+    assert all(o.ok for o in outcomes)
+    procs = []
+
+    async def main():
+        config = GatewayConfig(order_timeout_s=0.5)
+        async with serve_gateway(settings, stack.markets, config) as (app, base), \
+                aiohttp.ClientSession() as http:
+            t = await _traders(http, base, stack)
+            dep = await t["ops"].signed("POST", "/api/v3/admin/deposit",
+                                        userId=t["bob"].user_id, asset="USDT", amount="100")
+            assert (dep.status, dep.code) == (503, -1007)
+            r = await t["bob"].signed("POST", "/api/v3/order", symbol="ETHUSDT", side="BUY",
+                                      type="LIMIT", timeInForce="GTC", price="10.00",
+                                      quantity="1", newClientOrderId="late-1")
+            assert (r.status, r.code) == (503, -1007)
+            assert "unknown" in r.body["msg"]
+            procs.append(spawn(settings, stack.log_dir, "late-engine", "engine",
+                               "--metrics-port", "0"))
+            procs.append(spawn(settings, stack.log_dir, "late-accounts", "streams", "accounts",
+                               "--metrics-port", "0"))
+
+            async def fate():
+                q = await t["bob"].signed("GET", "/api/v3/order", symbol="ETHUSDT",
+                                          origClientOrderId="late-1")
+                return q.status == 200 and q.body["status"] == "NEW" and q.body
+            order = await eventually(stack, fate, "the timed-out order to show up")
+            assert order["price"] == "10.00" and order["clientOrderId"] == "late-1"
+    try:
+        run(main())
+    finally:
+        for proc in procs:
+            stop(proc)

@@ -13,7 +13,7 @@ import aiohttp
 from confluent_kafka import Consumer, Producer
 
 from engine.engine import Engine
-from gateway.context import FOLDING
+from gateway.context import FOLDING, HUB
 from infra import topics
 from infra.kafka import admin_client, consumer_config, producer_config
 from schemas.codec import Codec
@@ -218,4 +218,81 @@ def test_demo_traffic_trades_within_seconds(stack):
             finally:
                 stop.set()
                 await asyncio.wait_for(demo, 30)
+    run(main())
+
+
+def test_tickers_and_candles_from_their_topics_rest_and_ws(stack):
+    """keel.tickers / keel.candles (market data's output) fed synthetically through the
+    broker: REST /ticker/*, /klines and the @ticker, @miniTicker, @kline_1m streams."""
+    settings = stack.settings.with_(topic_prefix=f"m{uuid.uuid4().hex[:8]}.")
+    outcomes = topics.ensure_topics(admin_client(settings, log_level=0),
+                                    topics.plan(settings, stack.markets))
+    assert all(o.ok for o in outcomes)
+    codec = Codec()
+    partition = stack.markets.market("BTCUSDT").partition
+    producer = Producer(producer_config(settings))
+
+    def ticker(ts, last):
+        return {"pair": "BTCUSDT", "ts": ts, "window_ms": 86_400_000,
+                "open_time": ts - 86_400_000, "last_price": last, "last_qty": 100,
+                "best_bid_price": last - 1, "best_bid_qty": 5, "best_ask_price": last + 1,
+                "best_ask_qty": 6, "open_price": 3_000_000, "high_price": last,
+                "low_price": 2_900_000, "price_change": last - 3_000_000,
+                "price_change_bp": (last - 3_000_000) * 10_000 // 3_000_000,
+                "base_volume": 20_000, "quote_volume": 20_000 * 3_000_000, "trade_count": 7,
+                "first_trade_id": 1, "last_trade_id": 7}
+
+    def candle(open_time, close, closed):
+        return {"pair": "BTCUSDT", "interval": "1m", "open_time": open_time,
+                "close_time": open_time + 60_000, "open": 3_000_000, "high": close,
+                "low": 2_999_000, "close": close, "base_volume": 300, "quote_volume": 9 * 10**8,
+                "trade_count": 3, "closed": closed}
+
+    def send(name, rec):
+        topic = {"ticker": "tickers", "candle": "candles"}[name]
+        producer.produce(settings.topic(topic), codec.encode(name, rec), key=b"BTCUSDT",
+                         partition=partition)
+        assert producer.flush(10) == 0
+
+    send("ticker", ticker(1_000, 3_100_000))
+    send("candle", candle(0, 3_050_000, True))
+    send("candle", candle(60_000, 3_100_000, False))
+
+    async def main():
+        async with serve_gateway(settings, stack.markets) as (app, base), \
+                aiohttp.ClientSession() as http:
+            async def get(path, **params):
+                async with http.get(base + path, params=params) as r:
+                    return r.status, await r.json(), r.headers
+            status, t24, headers = await get("/api/v3/ticker/24hr", symbol="BTCUSDT")
+            assert status == 200 and headers["Cache-Control"] == "public, max-age=1"
+            assert (t24["lastPrice"], t24["priceChange"], t24["priceChangePercent"]) == (
+                "31000.00", "1000.00", "3.33")
+            assert (t24["volume"], t24["count"], t24["firstId"]) == ("0.20000", 7, 1)
+            status, price, _ = await get("/api/v3/ticker/price", symbol="BTCUSDT")
+            assert price == {"symbol": "BTCUSDT", "price": "31000.00"}
+            status, every, _ = await get("/api/v3/ticker/price")
+            assert [p["symbol"] for p in every] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+            status, bad, _ = await get("/api/v3/ticker/price", symbol="NOPE")
+            assert (status, bad["code"]) == (400, -1121)
+            status, rows, _ = await get("/api/v3/klines", symbol="BTCUSDT", interval="1m")
+            assert [(r[0], r[4], r[6]) for r in rows] == [(0, "30500.00", 59_999),
+                                                         (60_000, "31000.00", 119_999)]
+            status, bad, _ = await get("/api/v3/klines", symbol="BTCUSDT", interval="7m")
+            assert (status, bad["code"]) == (400, -1120)
+            url = f"{base}/stream?streams=btcusdt@ticker/btcusdt@miniTicker/btcusdt@kline_1m"
+            async with http.ws_connect(url) as ws:
+                hub = app[HUB]
+                while not hub.has("btcusdt@kline_1m"):
+                    await asyncio.sleep(0.01)
+                send("ticker", ticker(2_000, 3_200_000))
+                send("candle", candle(60_000, 3_200_000, True))
+                got = {}
+                while len(got) < 3:
+                    msg = await ws.receive_json(timeout=30)
+                    got[msg["stream"]] = msg["data"]
+            assert got["btcusdt@ticker"]["c"] == "32000.00"
+            assert got["btcusdt@miniTicker"]["e"] == "24hrMiniTicker"
+            assert got["btcusdt@kline_1m"]["k"]["x"] is True
+            assert got["btcusdt@kline_1m"]["k"]["c"] == "32000.00"
     run(main())
