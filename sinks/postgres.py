@@ -73,9 +73,12 @@ FROM stage_order_updates s
 WHERE o.pair = s.pair AND o.order_id = s.order_id AND s.last_seq > o.last_seq
 """
 
-# Errors that mean "the database is not there right now": retry the same batch.
+# Errors that mean "the database is not there right now": retry the same batch. A
+# missing table is one of them: `keel up` migrates when PostgreSQL turns healthy, which
+# may be a moment after the sink starts (the log names the table meanwhile).
 TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout,
-             psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+             psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
+             psycopg.errors.UndefinedTable)
 
 
 @dataclass
