@@ -28,6 +28,7 @@ from gateway.context import (
 )
 from gateway.fanout import Hub
 from gateway.feed import Feed
+from gateway.listen_keys import ListenKeys
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import edge
 from gateway.ratelimit import RateLimiter
@@ -59,7 +60,6 @@ def build_app(settings: Settings, markets: MarketsConfig, config: GatewayConfig 
     app[LIMITER] = RateLimiter(config.limits)
     app[CACHE] = ResponseCache()
     app[CLOCK_MS] = clock_ms
-    app[LISTEN_KEYS] = {}
 
     async def keys_ctx(app: web.Application):
         from psycopg_pool import AsyncConnectionPool
@@ -67,7 +67,9 @@ def build_app(settings: Settings, markets: MarketsConfig, config: GatewayConfig 
         pool = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=4, open=False,
                                    kwargs={"autocommit": True})
         await pool.open()
-        app[KEYS] = KeyStore(pool, Vault.from_settings(settings))
+        vault = Vault.from_settings(settings)
+        app[KEYS] = KeyStore(pool, vault)
+        app[LISTEN_KEYS] = ListenKeys(vault.derive(b"listen-keys"))
         yield
         await pool.close()
 

@@ -10,6 +10,7 @@ from gateway.cache import ResponseCache
 from gateway.config import GatewayConfig
 from gateway.fanout import Hub
 from gateway.feed import Feed
+from gateway.listen_keys import ListenKeys
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
 from gateway.requests import RequestBus
@@ -27,5 +28,5 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 CACHE = web.AppKey("cache", ResponseCache)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 CLOCK_MS = web.AppKey("clock_ms", Callable[[], int])
-LISTEN_KEYS = web.AppKey("listen_keys", dict)
+LISTEN_KEYS = web.AppKey("listen_keys", ListenKeys)
 PRINCIPAL = web.RequestKey("principal", object)      # Principal | None, set by the edge

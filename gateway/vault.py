@@ -41,6 +41,10 @@ class Vault:
         path = settings.data_dir / "gateway.key"
         return cls(_key_file(path))
 
+    def derive(self, label: bytes) -> bytes:
+        """A key for another purpose (e.g. listen keys), independent of the sealing keys."""
+        return hmac.new(self._mac, b"derive:" + label, hashlib.sha256).digest()
+
     def _stream(self, nonce: bytes, length: int) -> bytes:
         out = bytearray()
         counter = 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 import time
 
 from aiohttp import WSMsgType, web
@@ -23,7 +22,6 @@ from gateway.market import INTERVALS
 from gateway.public import json_response
 from gateway.signed import api_key_principal
 
-LISTEN_KEY_TTL_S = 3600
 _STREAM = re.compile(r"^([a-z0-9]+)@(trade|depth|depth@100ms|ticker|miniTicker|kline_(\w+))$")
 
 
@@ -136,12 +134,11 @@ async def raw_ws(request: web.Request) -> web.StreamResponse:
 async def raw_ws_path(request: web.Request) -> web.StreamResponse:
     """/ws/<stream>[/<stream>...] or /ws/<listenKey>."""
     tail = request.match_info["tail"]
-    keys = request.app[LISTEN_KEYS]
-    owner = keys.get(tail)
-    if owner is not None:
-        if owner[1] < time.monotonic():
+    if "@" not in tail:
+        owner = request.app[LISTEN_KEYS].owner(tail, time.time())
+        if owner is None:
             raise errors.invalid_listen_key()
-        return await _serve(request, False, [], user_id=owner[0])
+        return await _serve(request, False, [], user_id=owner)
     return await _serve(request, False, [s for s in tail.split("/") if s])
 
 
@@ -152,12 +149,7 @@ async def combined(request: web.Request) -> web.StreamResponse:
 
 async def listen_key_new(request: web.Request) -> web.Response:
     principal = await api_key_principal(request)
-    keys = request.app[LISTEN_KEYS]
-    now = time.monotonic()
-    for key in [k for k, (_, exp) in keys.items() if exp < now]:
-        del keys[key]
-    key = secrets.token_urlsafe(45)
-    keys[key] = (principal.user_id, now + LISTEN_KEY_TTL_S)
+    key = request.app[LISTEN_KEYS].issue(principal.user_id, time.time())
     return json_response({"listenKey": key})
 
 
@@ -165,13 +157,10 @@ async def listen_key_keepalive(request: web.Request) -> web.Response:
     principal = await api_key_principal(request)
     keys = request.app[LISTEN_KEYS]
     key = request.query.get("listenKey", "")
-    owner = keys.get(key)
-    if owner is None or owner[0] != principal.user_id:
+    if keys.owner(key, time.time()) != principal.user_id:
         raise errors.invalid_listen_key()
     if request.method == "DELETE":
-        del keys[key]
-    else:
-        keys[key] = (owner[0], time.monotonic() + LISTEN_KEY_TTL_S)
+        keys.revoke(key, time.time())
     return json_response({})
 
 

@@ -16,6 +16,7 @@ from gateway import ws
 from gateway.config import GatewayConfig
 from gateway.context import CONFIG, HUB, LISTEN_KEYS, MARKETS, METRICS
 from gateway.fanout import Hub
+from gateway.listen_keys import ListenKeys
 from gateway.metrics import GatewayMetrics
 from infra.settings import DEFAULT_MARKETS
 
@@ -28,7 +29,7 @@ async def _serve(outbox: int):
     app[METRICS] = metrics
     app[HUB] = Hub(on_drop=lambda _sub: metrics.ws_dropped.inc(),
                    on_sent=lambda pair, n: metrics.ws_sent.labels(pair).inc(n))
-    app[LISTEN_KEYS] = {}
+    app[LISTEN_KEYS] = ListenKeys(b"k" * 32)
     ws.add_routes(app)
     runner = web.AppRunner(app)
     await runner.setup()

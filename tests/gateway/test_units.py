@@ -213,3 +213,18 @@ def test_market_protection_price_from_the_book():
     assert protection_price(sell, bids, []).price == 90
     limit = _order("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&price=7&quantity=1")
     assert protection_price(limit, [], asks) is limit
+
+
+def test_listen_keys_are_verifiable_anywhere_and_expire():
+    from gateway.listen_keys import LIFETIME_S, ListenKeys
+
+    issuer, other = ListenKeys(b"m" * 32), ListenKeys(b"m" * 32)
+    key = issuer.issue(1234, now_s=1000)
+    assert other.owner(key, 1001) == 1234, "another instance with the same master accepts it"
+    assert other.owner(key, 1000 + LIFETIME_S + 1) is None
+    assert ListenKeys(b"n" * 32).owner(key, 1001) is None
+    uid, exp, nonce, mac = key.split(".")
+    assert other.owner(f"999.{exp}.{nonce}.{mac}", 1001) is None, "the user id is signed"
+    assert other.owner("garbage", 1001) is None
+    other.revoke(key, 1001)
+    assert other.owner(key, 1002) is None and issuer.owner(key, 1002) == 1234
