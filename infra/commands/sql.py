@@ -21,7 +21,9 @@ from infra.settings import Settings
 FORMATS = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow"}
 READ_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
 EXIT_FAILED, EXIT_REFUSED = 1, 2
-_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+# Comments and quoted literals are blanked before the checks: a ';' or a keyword inside
+# a string is data, not a statement.
+_NOISE = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|--[^\n]*|/\*.*?\*/", re.S)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def refusal(sql: str) -> str | None:
     """Why `sql` is not a single read-only statement, or None when it is."""
-    text = _COMMENTS.sub(" ", sql).strip().rstrip(";").strip()
+    text = _NOISE.sub(lambda m: " " if m.group()[0] in "-/" else "''", sql)
+    text = text.strip().rstrip(";").strip()
     if not text:
         return "empty query"
     if ";" in text:
