@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp  # noqa: E402
 import psycopg  # noqa: E402
 
+from engine.domain import Trade  # noqa: E402
 from engine.markets import load_markets  # noqa: E402
 from gateway.users import create_user  # noqa: E402
 from gateway.vault import Vault  # noqa: E402
@@ -253,8 +254,8 @@ async def e2e(http, base, t, args) -> dict:
 
 
 async def ws_fanout(http, base, settings, args) -> dict:
-    """Fan-out capacity: synthetic depth diffs produced straight to keel.depth at full
-    speed (the order pipeline is measured above), each delivered to every client."""
+    """Fan-out capacity: synthetic trades produced straight to keel.events at full speed
+    (the order pipeline is measured above), each pushed to every @trade subscriber."""
     from confluent_kafka import Producer
 
     from infra.kafka import producer_config
@@ -263,7 +264,7 @@ async def ws_fanout(http, base, settings, args) -> dict:
     received = 0
     socks = []
     for _ in range(args.ws_clients):
-        socks.append(await http.ws_connect(f"{base}/ws/solusdt@depth", compress=0))
+        socks.append(await http.ws_connect(f"{base}/ws/solusdt@trade", compress=0))
 
     async def drain(ws):
         nonlocal received
@@ -280,10 +281,10 @@ async def ws_fanout(http, base, settings, args) -> dict:
     while time.perf_counter() < stop_at:
         for _ in range(50):
             n += 1
-            rec = {"pair": "SOLUSDT", "first_update_id": 10**9 + n, "last_update_id": 10**9 + n,
-                   "ts": n, "is_snapshot": False, "bids": [{"price": 2000 + n % 7, "qty": n}],
-                   "asks": []}
-            producer.produce(settings.topic("depth"), codec.encode("depth_update", rec),
+            # seq far above the real pair's: the gateway takes them as new events
+            trade = Trade("SOLUSDT", 10**9 + n, n, 10**9 + n, 2000 + n % 7, 1000, n % 2,
+                          1, 1, 2, 2, 0, 0)
+            producer.produce(settings.topic("events"), codec.encode_event(trade),
                              key=b"SOLUSDT", partition=partition)
         producer.poll(0)
         await asyncio.sleep(0.005)
@@ -298,7 +299,7 @@ async def ws_fanout(http, base, settings, args) -> dict:
     for ws in socks:
         await ws.close()
     return {"ws_msgs_per_s": round(received / elapsed), "ws_clients": args.ws_clients,
-            "ws_diffs_produced": n, "ws_delivered_fraction": round(received / expected, 3)}
+            "ws_trades_produced": n, "ws_delivered_fraction": round(received / expected, 3)}
 
 
 def main() -> int:

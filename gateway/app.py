@@ -3,6 +3,7 @@
 handlers through typed AppKeys (gateway.context)."""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -77,7 +78,9 @@ def build_app(settings: Settings, markets: MarketsConfig, config: GatewayConfig 
         app[FEED] = Feed(settings, codec, app[FOLDING])
         app[FEED].start()
         app[BUS] = RequestBus(settings, codec, app[FOLDING], config.order_timeout_s)
+        pacer = asyncio.get_running_loop().create_task(app[FOLDING].run_depth_pacer())
         yield
+        pacer.cancel()
         app[BUS].close()
         app[FEED].stop()
 

@@ -17,6 +17,39 @@ from gateway.market import MarketState
 from gateway.orders import OrderBookkeeper, OrderState
 from gateway.render import Units, build_units, fixed
 
+
+class DepthBatches:
+    """Diffs merged per stream between pushes: U of the first, u of the last, each level at
+    its latest quantity — still contiguous with the REST lastUpdateId sequence."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, dict] = {}
+
+    def add(self, stream: str, rec: dict) -> None:
+        merged = self.pending.get(stream)
+        if merged is None:
+            merged = self.pending[stream] = {
+                "pair": rec["pair"], "first_update_id": rec["first_update_id"],
+                "bid_map": {}, "ask_map": {}}
+        merged["last_update_id"] = rec["last_update_id"]
+        merged["ts"] = rec["ts"]
+        for lv in rec["bids"]:
+            merged["bid_map"][lv["price"]] = lv["qty"]
+        for lv in rec["asks"]:
+            merged["ask_map"][lv["price"]] = lv["qty"]
+
+    def take(self, suffix: str | None = None) -> list[tuple[str, dict]]:
+        ready = [s for s in self.pending if suffix is None or s.endswith(suffix)]
+        out = []
+        for stream in ready:
+            m = self.pending.pop(stream)
+            m["bids"] = [{"price": p, "qty": q} for p, q in sorted(m.pop("bid_map").items(),
+                                                                   reverse=True)]
+            m["asks"] = [{"price": p, "qty": q} for p, q in sorted(m.pop("ask_map").items())]
+            out.append((stream, m))
+        return out
+
+
 # A waiter's test: given the order (None if unknown) and the event, is it satisfied?
 Check = Callable[[OrderState | None, object], bool]
 
@@ -29,6 +62,7 @@ class Folding:
         self.orders = OrderBookkeeper()
         self.hub = hub
         self.depth_seen: dict[str, int] = {}
+        self.depth_batches = DepthBatches()
         self.replies: dict[str, asyncio.Future] = {}
         self.order_waiters: dict[tuple[str, int], list[tuple[Check, asyncio.Future]]] = {}
         self.orders.listeners.append(self._order_changed)
@@ -55,7 +89,7 @@ class Folding:
             low = pair.lower()
             for stream in (f"{low}@depth", f"{low}@depth@100ms"):
                 if self.hub.has(stream):
-                    self.hub.publish(stream, se.depth_diff(self.units[pair], rec), pair)
+                    self.depth_batches.add(stream, rec)
             self._check_completion(pair)
 
     def on_ticker(self, rec: dict) -> None:
@@ -89,6 +123,21 @@ class Folding:
                                      client_order_id=rec["client_order_id"])
         if future is not None and not future.done():
             future.set_result(rec)
+
+    def flush_depth(self, streams_ending: str | None = None) -> None:
+        """Publish the merged diffs of the @depth streams whose interval has ended."""
+        for stream, rec in self.depth_batches.take(streams_ending):
+            self.hub.publish(stream, se.depth_diff(self.units[rec["pair"]], rec), rec["pair"])
+
+    async def run_depth_pacer(self) -> None:
+        """@depth@100ms every 100 ms and @depth every second, as Binance paces them."""
+        tick = 0
+        while True:
+            await asyncio.sleep(0.1)
+            tick += 1
+            self.flush_depth("@100ms")
+            if tick % 10 == 0:
+                self.flush_depth("@depth")
 
     # ---- waiting ----
     def expect_reply(self, request_id: str) -> asyncio.Future:

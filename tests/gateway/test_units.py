@@ -228,3 +228,21 @@ def test_listen_keys_are_verifiable_anywhere_and_expire():
     assert other.owner("garbage", 1001) is None
     other.revoke(key, 1001)
     assert other.owner(key, 1002) is None and issuer.owner(key, 1002) == 1234
+
+
+def test_depth_batches_merge_contiguously():
+    from gateway.state import DepthBatches
+
+    b = DepthBatches()
+    lv = lambda *pq: [{"price": p, "qty": q} for p, q in pq]  # noqa: E731
+    b.add("x@depth@100ms", {"pair": "X", "first_update_id": 5, "last_update_id": 6, "ts": 1,
+                            "bids": lv((10, 1), (9, 2)), "asks": lv((11, 1))})
+    b.add("x@depth@100ms", {"pair": "X", "first_update_id": 7, "last_update_id": 9, "ts": 2,
+                            "bids": lv((10, 0)), "asks": lv((12, 3))})
+    b.add("x@depth", {"pair": "X", "first_update_id": 7, "last_update_id": 9, "ts": 2,
+                      "bids": [], "asks": []})
+    [(stream, m)] = b.take("@100ms")
+    assert stream == "x@depth@100ms"
+    assert (m["first_update_id"], m["last_update_id"], m["ts"]) == (5, 9, 2)
+    assert m["bids"] == lv((10, 0), (9, 2)) and m["asks"] == lv((11, 1), (12, 3))
+    assert b.take("@100ms") == [] and [s for s, _ in b.take("@depth")] == ["x@depth"]
