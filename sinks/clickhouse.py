@@ -138,6 +138,19 @@ class ClickHouseStore:
         return decode
 
     def write(self, items: list) -> Written:
+        """Insert a batch; on any failure the in-memory marks and the block being replayed
+        are as before, so a retry of the same items builds the same blocks (same tokens:
+        whatever of them did reach the tables is dropped as a repeat)."""
+        saved = (dict(self._trade_marks), dict(self._depth_marks),
+                 {p: _Replay(r.first, r.last, list(r.rows), r.complete)
+                  for p, r in self._replay.items()})
+        try:
+            return self._write(items)
+        except BaseException:
+            self._trade_marks, self._depth_marks, self._replay = saved
+            raise
+
+    def _write(self, items: list) -> Written:
         out = Written()
         trades: dict[int, list] = {}
         depth: dict[int, list] = {}
