@@ -9,7 +9,7 @@ fresh topics (its own KEEL_TOPIC_PREFIX). Phases:
   orders_per_s  --orders standard-workload commands preloaded on one partition, then one
                 engine (in this process, transactions on) drains them: records / time
                 from its first to its last commit.
-  p50_ms/p99ms  consume -> commit latency per order while a separate feeder process
+  p50_ms/p99_ms consume -> commit latency per order while a separate feeder process
                 offers 10,000 orders/s for --latency-s seconds (weighted by records).
   recovery_s    --history orders in keel.orders, a snapshot at history-100k (written
                 the way the engine writes it) and the group's offset at history: time

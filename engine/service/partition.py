@@ -113,18 +113,22 @@ class PartitionWorker:
               snapshot_offset=None if snap is None else snap.input_offset,
               committed=committed, seconds=round(self.clock() - t0, 3))
 
-    def take_over(self, producer, reader, group_metadata) -> None:
-        """Become the writer: `producer` has just fenced the previous one (init_transactions)."""
+    def take_over(self, producer, reader, group_metadata) -> int | None:
+        """Become the writer: `producer` has just fenced the previous one (init_transactions).
+        Returns an offset the consumer must seek to, if the state had to be rebuilt."""
         self.producer = producer
         self.group_metadata = group_metadata
         self.started_at = self.clock()
         committed = reader.committed(self.opts.orders_topic, self.partition)
+        seek = None
         if committed < self.next_offset:
             # Never expected (a standby stops at the committed offset); rebuild to be safe.
             self.recover(reader, committed)
+            seek = self.next_offset
         self.target = committed
         self.role = Role.TAKING_OVER
         self.metrics.role.labels(self.partition).set(0)
+        return seek
 
     def _go_live(self, reader) -> None:
         """Caught up to the committed offset: start publishing where the log ends.
@@ -158,6 +162,8 @@ class PartitionWorker:
                 self.feed.resume(pair, max(self.feed.next_first(pair), rec["last_update_id"] + 1))
         self.role = Role.PRIMARY
         self.live_at = self.clock()
+        # Records held while standing by count their latency from now, not from arrival.
+        self.pending = deque((msg, self.live_at) for msg, _ in self.pending)
         self.metrics.role.labels(self.partition).set(1)
         self.metrics.recovery.labels(self.partition).set(self.live_at - self.started_at)
         event(log, "partition is primary", partition=self.partition, offset=self.next_offset,

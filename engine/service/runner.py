@@ -142,7 +142,9 @@ class EngineService:
         worker = self.workers[p]
         producer = self._warm.pop(p, None) or self._producer(p)
         producer.init_transactions(TXN_TIMEOUT)     # fences any earlier writer, aborts its txn
-        worker.take_over(producer, self.reader, self.consumer.consumer_group_metadata())
+        seek = worker.take_over(producer, self.reader, self.consumer.consumer_group_metadata())
+        if seek is not None:
+            self.consumer.seek(TopicPartition(self.opts.orders_topic, p, seek))
         self.beats.mark_alive(p)
         self._step(worker)
 
