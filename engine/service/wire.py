@@ -134,14 +134,26 @@ class FastWire:
         if branch == 0:
             vals = []
             append = vals.append
-            for _ in range(10):
+            for _ in range(10):         # varints inline: this loop is the hot path
                 byte = b[pos]
+                pos += 1
                 if byte < 0x80:         # most fields (side, kind, tif, stp...) are one byte
                     append((byte >> 1) ^ -(byte & 1))
+                    continue
+                z = byte & 0x7F
+                shift = 7
+                while True:
+                    byte = b[pos]
                     pos += 1
-                else:
-                    v, pos = _long(b, pos)
-                    append(v)
+                    z |= (byte & 0x7F) << shift
+                    if byte < 0x80:
+                        break
+                    shift += 7
+                    if shift > 63:
+                        raise ValueError("varint too long")
+                if z >> 64:
+                    raise ValueError("varint beyond 64 bits")
+                append((z >> 1) ^ -(z & 1))
             return (Place(pair, *vals), rid), pos
         if branch == 1:
             a, pos = _long(b, pos)
@@ -193,4 +205,6 @@ def _long(b: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise ValueError("varint too long")
+    if result >> 64:
+        raise ValueError("varint beyond 64 bits")     # fastavro would wrap; let it explain
     return (result >> 1) ^ -(result & 1), pos

@@ -90,3 +90,19 @@ def test_bad_bytes_raise_the_codecs_error(data):
     with pytest.raises(CodecError) as slow:
         CODEC.decode_command(data)
     assert fast.value.code == slow.value.code
+
+
+def test_an_oversized_varint_gets_the_codecs_answer():
+    good = CODEC.encode_command(Place("BQ", 1, 2, 0, 0, 0, 10, 1, 0, 0, 5))
+    # Replace order_id (the byte after the pair) with a 10-byte varint beyond 64 bits.
+    head = good.index(b"BQ") + 2
+    data = good[:head] + b"\xff" * 9 + b"\x7f" + good[head + 1:]
+    try:
+        want = CODEC.decode_command(data)
+    except CodecError as exc:
+        with pytest.raises(CodecError) as fast:
+            WIRE.decode_command(data)
+        assert fast.value.code == exc.code
+    else:
+        assert WIRE.decode_command(data) == want
+        assert -2**63 <= want[0].order_id < 2**63
