@@ -98,7 +98,10 @@ def ensure_heartbeat_topic(settings: Settings, topic: str, partitions: int) -> N
     admin = admin_client(settings)
     if topic in admin.list_topics(timeout=10).topics:
         return
-    future = admin.create_topics([NewTopic(topic, partitions, settings.replication_factor)])[topic]
+    # Beats are only worth their last second: keep a minute, in small segments.
+    config = {"cleanup.policy": "delete", "retention.ms": "60000", "segment.ms": "60000"}
+    future = admin.create_topics([NewTopic(topic, partitions, settings.replication_factor,
+                                           config=config)])[topic]
     try:
         future.result(10)
     except KafkaException as exc:
