@@ -1,0 +1,1 @@
+"""Observability: metrics catalogue, alert rules, dashboards, keel top, keel loadgen."""
