@@ -1,6 +1,7 @@
 """A writer that died mid-transaction: whatever the broker does with its open transaction
-(Apache Kafka aborts it when the next writer fences; tansu 0.6 exposes it as if
-committed), the restarted engine publishes every event exactly once."""
+(Apache Kafka aborts it when the next writer fences and hides it from read_committed
+readers; tansu 0.6.0 aborts it but keeps its records visible), the restarted engine
+publishes every event exactly once."""
 from __future__ import annotations
 
 from confluent_kafka import Producer
