@@ -68,7 +68,7 @@ class EngineService:
     def _consumer(self) -> Consumer:
         return Consumer(consumer_config(
             self.settings, self.opts.group_id, "keel-engine",
-            fetch_wait_max_ms=5, fetch_min_bytes=1, queued_max_messages_kbytes=262_144,
+            fetch_wait_max_ms=5, fetch_min_bytes=1, queued_max_messages_kbytes=65_536,
             max_partition_fetch_bytes=8 * 1024 * 1024))
 
     def run(self) -> int:
