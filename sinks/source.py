@@ -103,17 +103,25 @@ class Source:
     def lag(self) -> dict[tuple[str, int], int]:
         """(topic, partition) -> high watermark - position, for the assigned partitions.
 
-        The high watermark is the one the last fetch response carried (no extra request;
-        tansu 0.6 also answers ListOffsets with a wrong end offset). A partition not
-        fetched yet is left out.
+        The high watermark is asked of the broker; when the answer is impossible (below
+        our own position: tansu 0.6 answers ListOffsets with a wrong end offset) the one
+        the last fetch response carried is used instead. A partition with neither is left
+        out.
         """
         out = {}
         assignment = self.consumer.assignment()
         if not assignment:
             return out
         for tp in self.consumer.position(assignment):
-            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0 or tp.offset < 0:
+            if tp.offset < 0:
+                continue
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=0.5, cached=False)
+            except KafkaException:
+                high = -1
+            if high < tp.offset:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
                 continue
             out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
         return out

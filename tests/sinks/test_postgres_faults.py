@@ -40,6 +40,15 @@ def _one(dsn: str, sql: str):
         return conn.execute(sql).fetchone()
 
 
+def _metrics(port: int) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 def _check_store(dsn: str, events) -> None:
     trades = [e for e in events if type(e) is Trade]
     assert _one(dsn, "SELECT count(*), count(DISTINCT (pair, trade_id)), sum(qty) FROM trades") \
@@ -100,8 +109,10 @@ def test_postgres_down_for_30s_under_load_catches_up_with_nothing_lost(
         events = engine_events(60_000, seed=3)
         encoded = _encoded(events)
         topic, group = prefix + "events", prefix.rstrip(".") + "-sink-postgres"
+        metrics_port = free_port()
         env = {"KEEL_KAFKA_BOOTSTRAP": kafka_bootstrap, "KEEL_POSTGRES_URL": dsn,
-               "KEEL_TOPIC_PREFIX": prefix, "KEEL_LOG_LEVEL": "INFO"}
+               "KEEL_TOPIC_PREFIX": prefix, "KEEL_LOG_LEVEL": "INFO",
+               "KEEL_METRICS_PORT_BASE": str(metrics_port)}
         proc = sink_process("postgres", env, tmp_path / "sink.log")
         ends: dict[int, int] = {}
         third = len(encoded) // 3
@@ -117,8 +128,12 @@ def test_postgres_down_for_30s_under_load_catches_up_with_nothing_lost(
         stop_postgres(pg)
         down_at = time.monotonic()
         loader.start()
-        time.sleep(30)
+        time.sleep(20)
+        during = _metrics(metrics_port)
+        time.sleep(10)
         assert proc.poll() is None, "the sink must wait for the database, not die"
+        assert during['keel_sink_store_up{sink="postgres"}'] == 0
+        assert during['keel_sink_retries_total{sink="postgres"}'] >= 1
         pg = spawn(data_dir, port, stdout=log)
         wait_ready(dsn, pg)
         loader.join()
@@ -128,6 +143,11 @@ def test_postgres_down_for_30s_under_load_catches_up_with_nothing_lost(
         _check_store(dsn, events)
         retried = (tmp_path / "sink.log").read_text().count("store unavailable, retrying")
         assert retried >= 1
+        after = wait_for(lambda: (m := _metrics(metrics_port)) and all(
+            v == 0 for k, v in m.items() if k.startswith("keel_sink_lag_records")) and m,
+            what="the lag metric back to 0")
+        assert after['keel_sink_store_up{sink="postgres"}'] == 1
+        assert any(k.startswith("keel_sink_lag_records") for k in after)
     finally:
         if proc is not None:
             assert stop(proc) == 0
