@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("infra.commands.gateway", "run the Binance-compatible REST/WebSocket gateway"),
     "users": ("infra.commands.users", "create gateway users and API keys"),
     "demo": ("infra.commands.demo", "demo traders: a market maker and takers trading through the gateway"),
+    "top": ("infra.commands.top", "live terminal view of the running stack, from its metrics endpoints"),
 }
 
 
