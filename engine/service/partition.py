@@ -94,11 +94,15 @@ class PartitionWorker:
 
     # ---- recovery ----
 
-    def recover(self, reader, committed: int) -> None:
-        """Load the newest snapshot at or before `committed`; input resumes at its offset."""
+    def recover(self, reader, committed: int, on_offset=None) -> None:
+        """Load the newest snapshot at or before `committed`; input resumes at its offset.
+        `on_offset(offset)` hears where input resumes before the books are restored, so
+        the consumer can start fetching while they are."""
         t0 = self.clock()
         snap = find_latest(reader, self.codec, self.opts.snapshots_topic, self.partition,
                            committed)
+        if on_offset is not None:
+            on_offset(0 if snap is None else snap.input_offset)
         if snap is None:
             self._reset_engine(Engine(self.market_list, self.opts.impl))
             self.next_offset = 0

@@ -97,14 +97,14 @@ class EngineService:
         for p in self.partitions:
             worker = PartitionWorker(p, self.markets, opts, self.codec, self.metrics)
             worker.stale = lambda p=p: self._other_live(p)
-            worker.recover(reader, reader.committed(opts.orders_topic, p))
+            worker.recover(reader, reader.committed(opts.orders_topic, p), lambda offset, p=p:
+                           self.consumer.incremental_assign(
+                               [TopicPartition(opts.orders_topic, p, offset)]))
             self.workers[p] = worker
             if self.standby or live_primary(reader, opts.heartbeats_topic, p, opts.takeover_s):
                 event(log, "starting as standby", partition=p, asked=self.standby)
             else:
                 take_now.append(p)
-        self.consumer.assign([TopicPartition(opts.orders_topic, p, w.next_offset)
-                              for p, w in self.workers.items()])
         for p in take_now:
             self._take_over(p)
         committed_at = lag_at = 0.0
