@@ -27,6 +27,7 @@ PENDING, NEW, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED, EXPIRED = (
     "PENDING_NEW", "NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED")
 FINAL = frozenset((FILLED, CANCELED, REJECTED, EXPIRED))
 TRADES_PER_USER = 2000
+FINISHED_KEPT = 200_000      # final orders remembered; older ones are forgotten first
 
 
 @dataclass
@@ -83,7 +84,9 @@ Listener = Callable[[OrderState, object], None]
 
 
 class OrderBookkeeper:
-    def __init__(self) -> None:
+    def __init__(self, finished_kept: int = FINISHED_KEPT) -> None:
+        self.finished_kept = finished_kept
+        self.finished: deque[tuple[str, int]] = deque()
         self.orders: dict[tuple[str, int], OrderState] = {}
         self.by_user: dict[int, dict[tuple[str, int], OrderState]] = {}
         self.by_client: dict[tuple[int, str], OrderState] = {}
@@ -198,6 +201,26 @@ class OrderBookkeeper:
     def _notify(self, state: OrderState | None, ev) -> None:
         for listener in self.listeners:
             listener(state, ev)
+        if state is not None and state.final and type(ev) is not Trade:
+            self._retire(state)
+
+    def _retire(self, state: OrderState) -> None:
+        """Memory follows open orders plus a bounded tail of finished ones: the oldest
+        finished order is forgotten (GET answers -2013 for it) once the tail is full."""
+        self.finished.append((state.pair, state.order_id))
+        while len(self.finished) > self.finished_kept:
+            key = self.finished.popleft()
+            old = self.orders.get(key)
+            if old is None or not old.final:
+                continue
+            del self.orders[key]
+            mine = self.by_user.get(old.user_id)
+            if mine is not None:
+                mine.pop(key, None)
+                if not mine:
+                    del self.by_user[old.user_id]
+            if old.client_order_id and self.by_client.get((old.user_id, old.client_order_id)) is old:
+                del self.by_client[(old.user_id, old.client_order_id)]
 
     # ---- balances ----
     def apply_balance(self, rec: dict) -> bool:

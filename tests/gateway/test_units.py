@@ -246,3 +246,25 @@ def test_depth_batches_merge_contiguously():
     assert (m["first_update_id"], m["last_update_id"], m["ts"]) == (5, 9, 2)
     assert m["bids"] == lv((10, 0), (9, 2)) and m["asks"] == lv((11, 1), (12, 3))
     assert b.take("@100ms") == [] and [s for s, _ in b.take("@depth")] == ["x@depth"]
+
+
+def test_bookkeeper_forgets_the_oldest_finished_orders_only():
+    from engine.domain import Accepted, Cancelled, Done, Trade
+    from gateway.orders import OrderBookkeeper
+
+    book = OrderBookkeeper(finished_kept=3)
+    seq = iter(range(1, 100))
+    for oid in (1, 2, 3, 4):
+        book.register("BTCUSDT", oid, 7, 0, client_order_id=f"c{oid}")
+        book.apply_event(Accepted("BTCUSDT", next(seq), 0, oid, 7, 0, 0, 0, 100, 5, 0))
+    book.apply_event(Trade("BTCUSDT", next(seq), 0, 1, 100, 5, 1, 1, 7, 9, 8, 0, 0))
+    book.apply_event(Done("BTCUSDT", next(seq), 0, 1, 7))
+    book.apply_event(Done("BTCUSDT", next(seq), 0, 9, 8))
+    book.apply_event(Cancelled("BTCUSDT", next(seq), 0, 2, 7, 5, 0))
+    assert book.find(7, "BTCUSDT", 1).status == "FILLED"
+    book.apply_event(Cancelled("BTCUSDT", next(seq), 0, 3, 7, 5, 0))
+    assert book.find(7, "BTCUSDT", 1) is None, "the oldest finished order is forgotten"
+    assert book.find(7, "BTCUSDT", client_order_id="c1") is None
+    assert book.find(7, "BTCUSDT", 4).status == "NEW", "open orders are never forgotten"
+    assert [o.order_id for o in book.user_orders(7)] == [2, 3, 4]
+    assert len(book.trades[7]) == 1, "trade history has its own bound"
