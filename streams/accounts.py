@@ -13,7 +13,7 @@ from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
-from streams.app import app, keel_topic, table
+from streams.app import app, keel_topic, run_batches, table
 from streams.dlq import dead_letter
 from streams.keys import user_key, user_partition
 from streams.ledger import Accounts, AccountsState, Outcome
@@ -55,25 +55,31 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
                        value=dead_letter(codec, message, reason, code, "accounts"))
         metrics.dead_letters.inc()
 
+    async def handle(event) -> None:
+        message = event.message
+        try:
+            if message.topic == requests_name:
+                request = codec.decode("order_request", message.value)
+                if user_partition(request["user_id"], n) != message.partition:
+                    # Its owner's state lives on another partition: applying it here
+                    # would split the user's funds in two.
+                    await reject(message, ResultCode.INVALID_REQUEST,
+                                 f"user {request['user_id']} belongs to partition "
+                                 f"{user_partition(request['user_id'], n)}")
+                    return
+                out = accounts.handle_request(request, message.partition)
+            else:
+                out = accounts.apply_settlement(codec.decode("settlement", message.value))
+        except CodecError as exc:
+            await reject(message, exc.code, exc.reason)
+            return
+        if out.invalid:
+            log.error("settlement set aside: %s", out.invalid)
+            await reject(message, ResultCode.INSUFFICIENT_BALANCE, out.invalid)
+            return
+        await publish(out)
+        metrics.inputs.inc()
+
     @app.agent(source, name="accounts")
     async def gate(stream):
-        async for event in stream.events():
-            message = event.message
-            try:
-                if message.topic == requests_name:
-                    request = codec.decode("order_request", message.value)
-                    if user_partition(request["user_id"], n) != message.partition:
-                        # Its owner's state lives on another partition: applying it here
-                        # would split the user's funds in two.
-                        await reject(message, ResultCode.INVALID_REQUEST,
-                                     f"user {request['user_id']} belongs to partition "
-                                     f"{user_partition(request['user_id'], n)}")
-                        continue
-                    out = accounts.handle_request(request, message.partition)
-                else:
-                    out = accounts.apply_settlement(codec.decode("settlement", message.value))
-            except CodecError as exc:
-                await reject(message, exc.code, exc.reason)
-                continue
-            await publish(out)
-            metrics.inputs.inc()
+        await run_batches(stream, handle)

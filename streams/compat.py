@@ -1,4 +1,4 @@
-"""Two client fixes that make aiokafka (under Faust) work well on the embedded tansu broker.
+"""Client fixes that make aiokafka and Faust work on the embedded tansu broker.
 
 1. InitProducerId. aiokafka only speaks version 0 of it, which has no producer_id /
    producer_epoch fields; tansu 0.6 reads them as absent and answers UNKNOWN (-1), so an
@@ -18,11 +18,32 @@
    partition being processed (`current_event()`), keeping its explicit partition, so it
    commits or aborts together with that input's offset and changelog writes.
 
-3. Fetch wait. Faust creates its consumer with fetch_max_wait_ms=1500, and tansu holds a
+3. The changelog buffer. Faust queues table changelog writes in a ProducerBuffer of 100
+   messages; when it overflows, stream intake waits for it to "ebb". Under exactly_once
+   on tansu, every run that hit that path (a few table writes per record at a few
+   thousand records/s) left transactions open for good: read_committed readers of the
+   outputs and changelogs saw nothing past them (reproduced with a 30-line Faust app:
+   6 table writes per record, 20k records). With the bound raised out of reach, the same
+   runs commit everything. streams.app.run_batches drains the buffer before each commit,
+   so its size stays bounded by one batch's writes and a batch's changelog records
+   commit with its offsets.
+
+4. Table recovery. Under exactly_once Faust takes each changelog's end from the
+   consumer's cached last-stable-offset, which is unknown (None -> "empty") for a
+   partition not fetched yet: a restarted worker recovered *nothing* and started from
+   empty tables (found as a negative held balance after a kill -9). And tansu answers
+   ListOffsets(latest) with the last batch's base offset + 1, not its end. The end of each
+   changelog is now confirmed by reading its committed tail (read_committed, with EOF
+   events) before recovery starts.
+
+5. Fetch wait. Faust creates its consumer with fetch_max_wait_ms=1500, and tansu holds a
    fetch for the whole wait even when records arrive meanwhile, so each hop through a
    Faust agent took ~0.75 s on average. The wait becomes a setting (default 10 ms).
 """
 from __future__ import annotations
+
+import asyncio
+from contextvars import ContextVar
 
 from aiokafka.protocol import transaction as _txn
 from aiokafka.protocol.api import RequestStruct, Response
@@ -30,6 +51,10 @@ from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, Schema, 
 
 _applied = False
 fetch_max_wait_ms = 10
+PRODUCER_BUFFER_MAX = 10_000_000
+# The input partition whose record is being processed (set by streams.app.run_batches);
+# a send to a non-co-partitioned topic joins that partition's transaction.
+source_tp: ContextVar = ContextVar("keel_source_tp", default=None)
 
 
 class InitProducerIdResponse_v3(Response):
@@ -47,6 +72,41 @@ class InitProducerIdRequest_v3(RequestStruct):
     SCHEMA = Schema(("transactional_id", CompactString("utf-8")),
                     ("transaction_timeout_ms", Int32), ("producer_id", Int64),
                     ("producer_epoch", Int16), ("tags", TaggedFields))
+
+
+def committed_ends(bootstrap: str, tps: list, listed: dict) -> dict:
+    """For each partition, 1 + the offset of its last committed record (None if empty),
+    found by reading: a window before the listed end, widened until a record shows."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "keel-streams-ends",
+                         "isolation.level": "read_committed", "enable.auto.commit": False,
+                         "enable.partition.eof": True})
+    ends: dict = {}
+    try:
+        for tp in tps:
+            top = listed.get(tp) or 0
+            window, last = 1_000, None
+            while top > 0 and last is None:
+                start = max(0, top - window)
+                consumer.assign([TopicPartition(tp.topic, tp.partition, start)])
+                while True:
+                    msg = consumer.poll(5.0)
+                    if msg is None:
+                        raise TimeoutError(f"{tp}: no fetch answer while finding its end")
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            break
+                        raise RuntimeError(f"{tp}: {err}")
+                    last = msg.offset()
+                if start == 0:
+                    break
+                window *= 8
+            ends[tp] = None if last is None else last + 1
+    finally:
+        consumer.close()
+    return ends
 
 
 def apply(fetch_wait_ms: int = 10) -> None:
@@ -79,6 +139,19 @@ def apply(fetch_wait_ms: int = 10) -> None:
 
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
 
+    from faust.transport.producer import ProducerBuffer
+
+    ProducerBuffer.max_messages = PRODUCER_BUFFER_MAX
+
+    async def highwaters(self, partitions):
+        consumer = self._ensure_consumer()
+        listed = await consumer.end_offsets(partitions)
+        bootstrap = ",".join(driver.server_list(self.transport.url, self.transport.default_port))
+        return await asyncio.get_running_loop().run_in_executor(
+            None, committed_ends, bootstrap, list(partitions), listed)
+
+    driver.AIOKafkaConsumerThread._highwaters = highwaters
+
     from faust import current_event
     from faust.transport.consumer import TransactionManager
 
@@ -91,9 +164,11 @@ def apply(fetch_wait_ms: int = 10) -> None:
             if partition is not None:
                 tid = f"{group_id}-{groups[topic]}-{partition}"
         else:
-            event = current_event()
-            if event is not None and event.message.topic in groups:
-                tp = event.message.tp
+            tp = source_tp.get()
+            if tp is None:
+                event = current_event()
+                tp = event.message.tp if event is not None else None
+            if tp is not None and tp.topic in groups:
                 tid = f"{group_id}-{groups[tp.topic]}-{tp.partition}"
         return await self.producer.send(topic, key, value, partition, timestamp, headers,
                                         transactional_id=tid)

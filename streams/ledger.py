@@ -47,6 +47,7 @@ class Outcome:
     commands: list = field(default_factory=list)    # (engine command, request id)
     replies: list = field(default_factory=list)     # keel.Reply records
     balances: list = field(default_factory=list)    # keel.Balance records
+    invalid: str | None = None                      # why the record was not applied (DLQ)
 
 
 class Accounts:
@@ -223,6 +224,18 @@ class Accounts:
 
     # ---- settlements (keel.settlements) ----
 
+    def _shortfall(self, uid: int, entries: list) -> str | None:
+        delta: dict[str, list[int]] = {}
+        for e in entries:
+            d = delta.setdefault(e["asset"], [0, 0])
+            d[0] += e["available_delta"]
+            d[1] += e["held_delta"]
+        for asset, (d_avail, d_held) in delta.items():
+            avail, held = self.balance(uid, asset)
+            if avail + d_avail < 0 or held + d_held < 0:
+                return f"{uid}:{asset} ({avail}{d_avail:+}/{held}{d_held:+})"
+        return None
+
     def apply_settlement(self, record: dict) -> Outcome:
         """Apply one settlement at most once: records of one (user, pair) arrive in seq order."""
         out = Outcome()
@@ -241,6 +254,12 @@ class Accounts:
                 del self.state.orders[str(order_id)]
                 if entry[4]:
                     self._change(out, uid, entry[3], entry[4], -entry[4], ts)
+            return out
+        short = self._shortfall(uid, record["entries"])
+        if short:
+            # Only possible if an order executed twice (a duplicated Place reached the
+            # engine): never let a balance go negative, set the record aside instead.
+            out.invalid = f"would make {short} negative"
             return out
         for e in record["entries"]:
             self._change(out, uid, e["asset"], e["available_delta"], e["held_delta"], ts)

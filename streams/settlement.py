@@ -10,7 +10,7 @@ from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
-from streams.app import app, keel_topic, table
+from streams.app import app, keel_topic, run_batches, table
 from streams.dlq import dead_letter
 from streams.keys import user_key, user_partition
 from streams.metrics import StreamMetrics
@@ -33,21 +33,22 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
                        value=dead_letter(codec, message, reason, code, "settlement"))
         metrics.dead_letters.inc()
 
+    async def handle(event) -> None:
+        message = event.message
+        try:
+            engine_event = codec.decode_event(message.value)
+        except CodecError as exc:
+            return await reject(message, exc.code, exc.reason)
+        if engine_event.pair not in units.pairs:
+            return await reject(message, ResultCode.UNKNOWN_PAIR,
+                                f"unknown pair {engine_event.pair}")
+        for record in rules.settle(engine_event):
+            uid = record["user_id"]
+            await settlements.send(key=user_key(uid), value=codec.encode("settlement", record),
+                                   partition=user_partition(uid, n_users))
+            metrics.outputs.inc()
+        metrics.inputs.inc()
+
     @app.agent(events, name="settlement")
     async def settle(stream):
-        async for event in stream.events():
-            message = event.message
-            try:
-                engine_event = codec.decode_event(message.value)
-            except CodecError as exc:
-                await reject(message, exc.code, exc.reason)
-                continue
-            if engine_event.pair not in units.pairs:
-                await reject(message, ResultCode.UNKNOWN_PAIR, f"unknown pair {engine_event.pair}")
-                continue
-            for record in rules.settle(engine_event):
-                uid = record["user_id"]
-                await settlements.send(key=user_key(uid), value=codec.encode("settlement", record),
-                                       partition=user_partition(uid, n_users))
-                metrics.outputs.inc()
-            metrics.inputs.inc()
+        await run_batches(stream, handle)

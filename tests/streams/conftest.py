@@ -136,8 +136,9 @@ class Client:
         return self.readers[short]
 
     def read(self, short: str, decode: Callable[[bytes], object], until: Callable[[list], bool],
-             wait: float = WAIT) -> list:
-        """Records of `short` (from the start) until `until(records)` holds."""
+             wait: float = WAIT, quiet: float = 0.0) -> list:
+        """Records of `short` (from the start) until `until(records)` holds; then, with
+        `quiet`, on until nothing more arrives for that many seconds."""
         got: list = getattr(self, f"_got_{short.replace('.', '_')}", [])
         setattr(self, f"_got_{short.replace('.', '_')}", got)
         reader = self.reader(short)
@@ -150,6 +151,11 @@ class Client:
             for msg in reader.consume(10_000, 0.2):
                 if msg.error() is None:
                     got.append(decode(msg.value()))
+        while quiet:
+            batch = [m for m in reader.consume(10_000, quiet) if m.error() is None]
+            if not batch:
+                break
+            got += [decode(m.value()) for m in batch]
         return got
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """accounts as a real `keel streams accounts` worker on the embedded broker."""
 from __future__ import annotations
 
+import signal
 from collections import Counter
 
 from engine.domain import Place, ResultCode
@@ -43,3 +44,43 @@ def test_a_user_funded_for_one_order_gets_exactly_one_forwarded(workers, client)
                            lambda got: any(b["held"] for b in got))
     last = max(balances, key=lambda b: b["version"])
     assert (last["available"], last["held"]) == (funded - holds[cmd.pair], holds[cmd.pair])
+
+
+def test_a_killed_worker_recovers_its_state_from_the_changelog(workers, client):
+    codec = client.codec
+    decode = lambda v: codec.decode("reply", v)  # noqa: E731
+    first = workers.start("accounts")
+    uid, amount = 9, 10**9
+    client.send_request(request("d1", uid, "Deposit", asset="USDT", amount=amount,
+                                reference=None))
+    client.send_request(place("p1", uid, "BTCUSDT", 0, 6_500_000, 10, cid="c1"))
+    client.flush()
+    replies = client.read("replies", decode, lambda got: len(got) >= 2)
+    order_id = [r for r in replies if r["request_id"] == "p1"][0]["order_id"]
+    held = hold_for(UNITS.pairs["BTCUSDT"], 0, 0, 6_500_000, 10, 0)[1]
+    workers.stop(first, signal.SIGKILL)
+    workers.start("accounts")
+    client.send_request(request("d1", uid, "Deposit", asset="USDT", amount=amount,
+                                reference=None))                       # a retry
+    client.send_request(place("p2", uid, "BTCUSDT", 0, 6_500_000, 10, cid="c1"))
+    client.send_request(request("w1", uid, "Withdraw", asset="USDT", amount=amount - held + 1,
+                                destination=None))
+    client.send_request(request("w2", uid, "Withdraw", asset="USDT", amount=amount - held,
+                                destination=None))
+    client.send_request(place("p3", uid, "BTCUSDT", 1, 6_600_000, 10))   # no BTC
+    client.send_request(request("d2", uid, "Deposit", asset="BTC", amount=10**6,
+                                reference=None))
+    client.send_request(place("p4", uid, "BTCUSDT", 1, 6_600_000, 10))
+    client.send_request(request("x", uid, "CancelOrder", pair="BTCUSDT", order_id=None,
+                                client_order_id="c1"))
+    client.flush()
+    replies = client.read("replies", decode, lambda got: len(got) >= 10)
+    code = {r["request_id"]: r["code"] for r in replies[2:]}
+    assert code == {"d1": ResultCode.DUPLICATE_REQUEST,
+                    "p2": ResultCode.DUPLICATE_CLIENT_ORDER_ID,
+                    "w1": ResultCode.INSUFFICIENT_BALANCE, "w2": 0,
+                    "p3": ResultCode.INSUFFICIENT_BALANCE, "d2": 0, "p4": 0, "x": 0}
+    new_id = [r for r in replies if r["request_id"] == "p4"][0]["order_id"]
+    assert new_id != order_id                       # the order counter came back too
+    [cancel] = [r for r in replies if r["request_id"] == "x"]
+    assert cancel["order_id"] == order_id           # and the client order id map

@@ -158,3 +158,17 @@ def test_redelivered_settlements_change_nothing():
         return dict(ex.accounts.state.balances)
 
     assert run(True) == run(False)
+
+
+def test_a_settlement_that_would_go_negative_is_set_aside_not_applied():
+    ex = Exchange()
+    fund(ex, 1, "AAA", 500)
+    record = {"user_id": 1, "pair": "AAAQQQ", "seq": 9, "ts": 5, "reason": 0, "order_id": 77,
+              "trade_id": 1, "entries": [{"asset": "AAA", "available_delta": 0,
+                                          "held_delta": -300},
+                                         {"asset": "QQQ", "available_delta": 900,
+                                          "held_delta": 0}]}
+    out = ex.accounts.apply_settlement(record)
+    assert out.invalid and "1:AAA" in out.invalid and not out.balances
+    assert ex.accounts.balance(1, "AAA") == (500, 0)
+    assert ex.accounts.balance(1, "QQQ") == (0, 0)

@@ -1,0 +1,276 @@
+"""Streams benchmark on a real broker: the accounts risk gate and market data workers.
+
+    .venv/bin/python bench/streams.py [--json] [--bootstrap HOST:PORT]
+                                      [--requests 20000] [--rate 2000] [--seconds 10]
+
+Starts its own in-memory tansu broker unless --bootstrap is given; each phase uses fresh
+topics (its own KEEL_TOPIC_PREFIX) and real `keel streams ROLE` worker processes.
+  accounts_msgs_per_s    --requests requests (deposits, then limit orders of 200 users)
+                         preloaded on keel.requests, then one accounts worker drains them:
+                         requests / time from its first to its last committed reply.
+  added_latency_p99_ms   a running accounts worker offered --rate orders/s for --seconds:
+                         per order, time from producing the request to reading its Place on
+                         keel.orders (read_committed, i.e. after the worker's commit).
+  marketdata_msgs_per_s  engine events (accepts and trades on 3 pairs) preloaded on
+                         keel.events, one marketdata worker drains them: events / time
+                         from its first to its last committed ticker.
+With --json the last line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+if __package__ in (None, ""):        # run as a script: import keel from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from confluent_kafka import Consumer, Producer
+
+from engine.domain import Accepted, Trade
+from engine.markets import load_markets
+from infra import topics
+from infra.kafka import admin_client, consumer_config, producer_config
+from infra.settings import DEFAULT_MARKETS, Settings
+from schemas.codec import Codec
+from streams.keys import user_key, user_partition
+
+MARKETS = load_markets(DEFAULT_MARKETS)
+MIDS = {"BTCUSDT": 6_500_000, "ETHUSDT": 350_000, "SOLUSDT": 15_000}
+QTY = {"BTCUSDT": 10, "ETHUSDT": 20, "SOLUSDT": 40}
+USERS = 200
+
+
+def fresh(bootstrap: str, data: Path) -> Settings:
+    settings = Settings(data_dir=data / uuid.uuid4().hex[:6], kafka_bootstrap=bootstrap,
+                        topic_prefix=f"b{uuid.uuid4().hex[:8]}.", user_partitions=4)
+    outcomes = topics.ensure_topics(admin_client(settings, log_level=0),
+                                    topics.plan(settings, MARKETS))
+    assert all(o.ok for o in outcomes), outcomes
+    return settings
+
+
+def worker(settings: Settings, role: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "KEEL_KAFKA_BOOTSTRAP": settings.bootstrap,
+           "KEEL_TOPIC_PREFIX": settings.topic_prefix, "KEEL_DATA_DIR": str(settings.data_dir),
+           "KEEL_USER_PARTITIONS": str(settings.user_partitions)}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "infra.cli", "streams", role,
+                                 "--metrics-port", "0"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, process_group=0)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def request(rid: str, uid: int, ts: int, kind: str, **body) -> dict:
+    return {"request_id": rid, "user_id": uid, "ts": ts, "body": (f"keel.{kind}", body)}
+
+
+def order(n: int, ts: int) -> dict:
+    pair = ("BTCUSDT", "ETHUSDT", "SOLUSDT")[n % 3]
+    side = n // 3 % 2
+    price = MIDS[pair] + (n % 7 - 3) * (1 if side == 0 else -1)
+    return request(f"o{n}", n % USERS + 1, ts, "PlaceOrder", pair=pair, side=side, kind=0,
+                   tif=0, price=price, qty=QTY[pair], quote_qty=0, stp=0,
+                   client_order_id=None)
+
+
+def deposits(ts: int) -> list[dict]:
+    return [request(f"d{uid}{a}", uid, ts, "Deposit", asset=a, amount=10**16, reference=None)
+            for uid in range(1, USERS + 1) for a in ("USDT", "BTC", "ETH", "SOL")]
+
+
+def produce_requests(producer: Producer, settings: Settings, codec: Codec, reqs) -> None:
+    topic, n = settings.topic("requests"), settings.user_partitions
+    for req in reqs:
+        uid = req["user_id"]
+        while True:
+            try:
+                producer.produce(topic, key=user_key(uid), partition=user_partition(uid, n),
+                                 value=codec.encode("order_request", req))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+
+
+def reader(settings: Settings, short: str) -> Consumer:
+    c = Consumer(consumer_config(settings, f"bench-{uuid.uuid4().hex[:8]}"))
+    c.subscribe([settings.topic(short)])
+    return c
+
+
+def drain(consumer: Consumer, count: int, deadline_s: float) -> tuple[float, float]:
+    """Read `count` records; (wall time of the first, of the last)."""
+    first = last = 0.0
+    seen = 0
+    deadline = time.monotonic() + deadline_s
+    while seen < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {seen} of {count} records within {deadline_s} s")
+        msgs = [m for m in consumer.consume(10_000, 0.2) if m.error() is None]
+        if msgs:
+            now = time.monotonic()
+            first = first or now
+            last = now
+            seen += len(msgs)
+    return first, last
+
+
+def bench_accounts(bootstrap: str, data: Path, n: int) -> float:
+    settings = fresh(bootstrap, data)
+    codec = Codec()
+    producer = Producer(producer_config(settings, "bench", linger_ms=20))
+    ts = int(time.time() * 1000)
+    reqs = deposits(ts) + [order(i, ts) for i in range(n)]
+    produce_requests(producer, settings, codec, reqs)
+    assert producer.flush(60) == 0
+    replies = reader(settings, "replies")
+    proc = worker(settings, "accounts", data / "accounts-throughput.log")
+    try:
+        first, last = drain(replies, len(reqs), 600)
+    finally:
+        stop(proc)
+        replies.close()
+    # the first poll that returned replies already held a whole committed batch
+    return len(reqs) / max(last - first, 1e-9)
+
+
+def bench_latency(bootstrap: str, data: Path, rate: int, seconds: float) -> dict:
+    settings = fresh(bootstrap, data)
+    codec = Codec()
+    producer = Producer(producer_config(settings, "bench", linger_ms=0))
+    orders = reader(settings, "orders")
+    proc = worker(settings, "accounts", data / "accounts-latency.log")
+    try:
+        ts = int(time.time() * 1000)
+        produce_requests(producer, settings, codec, deposits(ts))
+        producer.flush(30)
+        replies = reader(settings, "replies")
+        drain(replies, USERS * 4, 300)            # the worker is up and funded
+        replies.close()
+        sent_at: dict[str, float] = {}
+        latencies: list[float] = []
+        total = int(rate * seconds)
+        start = time.monotonic()
+        i = 0
+        while i < total or len(latencies) < total:
+            now = time.monotonic()
+            due = min(total, int((now - start) * rate))
+            while i < due:
+                req = order(i, int(time.time() * 1000))
+                sent_at[req["request_id"]] = time.monotonic()
+                produce_requests(producer, settings, codec, [req])
+                i += 1
+            for m in orders.consume(10_000, 0.001):
+                if m.error() is None:
+                    _, rid = codec.decode_command(m.value())
+                    latencies.append(time.monotonic() - sent_at[rid])
+            if now - start > seconds + 120:
+                break
+        latencies.sort()
+        def pct(p):  # noqa: E306
+            return round(1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))], 2)
+        return {"added_latency_p50_ms": pct(0.50), "added_latency_p99_ms": pct(0.99),
+                "latency_orders": len(latencies), "offered_orders_per_s": rate}
+    finally:
+        stop(proc)
+        orders.close()
+
+
+def bench_marketdata(bootstrap: str, data: Path, n: int) -> float:
+    settings = fresh(bootstrap, data)
+    codec = Codec()
+    producer = Producer(producer_config(settings, "bench", linger_ms=20))
+    topic = settings.topic("events")
+    ts = 1_700_000_000_000
+    seqs = {p: 0 for p in MIDS}
+    trades = 0
+    for i in range(n // 2):
+        pair = ("BTCUSDT", "ETHUSDT", "SOLUSDT")[i % 3]
+        ts += 50
+        seqs[pair] += 1
+        acc = Accepted(pair, seqs[pair], ts, 2 * i + 2, 2, 0, 0, 0, MIDS[pair], 5, 0)
+        seqs[pair] += 1
+        trades += 1
+        trade = Trade(pair, seqs[pair], ts, trades, MIDS[pair] + i % 11, 5, 0, 2 * i + 1, 1,
+                      2 * i + 2, 2, 1, 1)
+        for ev in (acc, trade):
+            while True:
+                try:
+                    producer.produce(topic, key=pair.encode(), value=codec.encode_event(ev),
+                                     partition=MARKETS.markets[pair].partition)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+    assert producer.flush(60) == 0
+    tickers = reader(settings, "tickers")
+    proc = worker(settings, "marketdata", data / "marketdata.log")
+    try:
+        first, last = drain(tickers, trades, 600)
+    finally:
+        stop(proc)
+        tickers.close()
+    return 2 * trades / max(last - first, 1e-9)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--bootstrap")
+    ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--events", type=int, default=40_000)
+    ap.add_argument("--rate", type=int, default=2_000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    args = ap.parse_args()
+    broker = None
+    with tempfile.TemporaryDirectory(prefix="keel-bench-streams-") as tmp:
+        data = Path(tmp)
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            from infra.embedded import free_port
+            from infra.embedded.kafka import spawn
+            from infra.health import HealthCheck
+
+            port = free_port()
+            broker = spawn(port, data / "kafka.log")
+            bootstrap = f"127.0.0.1:{port}"
+            while not HealthCheck("kafka", bootstrap).run(timeout=1.0).ok:
+                time.sleep(0.1)
+        try:
+            result = {"accounts_msgs_per_s": round(bench_accounts(bootstrap, data,
+                                                                  args.requests))}
+            print(f"accounts: {result['accounts_msgs_per_s']} requests/s per worker",
+                  flush=True)
+            result |= bench_latency(bootstrap, data, args.rate, args.seconds)
+            print(f"latency at {args.rate}/s: p50 {result['added_latency_p50_ms']} ms, "
+                  f"p99 {result['added_latency_p99_ms']} ms", flush=True)
+            result["marketdata_msgs_per_s"] = round(bench_marketdata(bootstrap, data,
+                                                                     args.events))
+            print(f"marketdata: {result['marketdata_msgs_per_s']} events/s", flush=True)
+        finally:
+            if broker is not None:
+                broker.send_signal(signal.SIGTERM)
+                broker.wait(15)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""market data: rolling 24 h tickers and 1-minute candles (`keel streams marketdata`).
+
+Reads keel.events (read_committed) by pair partition; streams.market holds the rules.
+Each pair's state is checkpointed in a changelog table once per batch (not per trade),
+in the same transaction as the batch's outputs and offsets, so a restarted worker
+resumes exactly where the committed output stopped.
+"""
+from __future__ import annotations
+
+from engine.domain import ResultCode
+from engine.markets import MarketsConfig
+from infra.settings import Settings
+from schemas.codec import Codec, CodecError
+from streams.app import app, keel_topic, processing, run_batches, table
+from streams.dlq import dead_letter
+from streams.market import PairStats
+from streams.metrics import StreamMetrics
+
+
+def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics) -> None:
+    codec = Codec.from_settings(settings)
+    home = {m.pair: m.partition for m in markets.markets.values()}
+    events = keel_topic(settings, "events", markets.partitions)
+    tickers = keel_topic(settings, "tickers", markets.partitions)
+    candles = keel_topic(settings, "candles", markets.partitions)
+    dlq = keel_topic(settings, "dlq", 1)
+    checkpoints = table("pairs", markets.partitions)
+    stats: dict[str, PairStats] = {}
+    touched: dict[str, object] = {}          # pair -> an event of it in this batch
+
+    def stats_for(pair: str) -> PairStats:
+        s = stats.get(pair)
+        if s is None:
+            saved = checkpoints.get(pair)
+            s = stats[pair] = PairStats.load(pair, saved) if saved else PairStats(pair)
+        return s
+
+    async def reject(message, code: int, reason: str) -> None:
+        await dlq.send(key=message.topic.encode(),
+                       value=dead_letter(codec, message, reason, code, "marketdata"))
+        metrics.dead_letters.inc()
+
+    async def handle(event) -> None:
+        message = event.message
+        try:
+            ev = codec.decode_event(message.value)
+        except CodecError as exc:
+            return await reject(message, exc.code, exc.reason)
+        if ev.pair not in home:
+            return await reject(message, ResultCode.UNKNOWN_PAIR, f"unknown pair {ev.pair}")
+        ticker, new_candles = stats_for(ev.pair).apply(ev)
+        key, partition = ev.pair.encode(), home[ev.pair]
+        if ticker is not None:
+            await tickers.send(key=key, value=codec.encode("ticker", ticker), partition=partition)
+        for candle in new_candles:
+            await candles.send(key=key, value=codec.encode("candle", candle), partition=partition)
+        touched[ev.pair] = event
+        metrics.inputs.inc()
+
+    async def checkpoint() -> None:
+        for pair, event in touched.items():
+            with processing(event):          # the pair's partition's changelog
+                checkpoints[pair] = stats[pair].dump()
+        touched.clear()
+
+    @app.on_partitions_revoked.connect
+    async def forget(sender, revoked, **kwargs) -> None:
+        # Another worker may own these pairs next: reload from the table when they return.
+        stats.clear()
+
+    @app.agent(events, name="marketdata")
+    async def follow(stream):
+        await run_batches(stream, handle, after_batch=checkpoint)

@@ -1,0 +1,139 @@
+"""Helpers for the end-to-end streams tests: random traffic, quiescence, balance views."""
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections import Counter
+
+from confluent_kafka import Consumer, TopicPartition
+
+from infra.kafka import consumer_config
+from infra.settings import Settings
+from tests.streams.sim import place, request
+
+MIDS = {"BTCUSDT": (6_500_000, 8, 40), "ETHUSDT": (350_000, 15, 60), "SOLUSDT": (15_000, 34, 120)}
+OPENING = {"USDT": 10_000 * 10**8, "BTC": 10**8, "ETH": 10 * 10**8, "SOL": 100 * 10**8}
+
+
+class Traffic:
+    """Seeded requests of many users: deposits, withdrawals and their results, orders."""
+
+    def __init__(self, seed: int, users: int) -> None:
+        self.rnd = random.Random(seed)
+        self.users = list(range(1, users + 1))
+        self.n = 0
+        self.withdrawals: dict[str, tuple[int, str, int]] = {}
+
+    def rid(self, what: str) -> str:
+        self.n += 1
+        return f"{what}-{self.n}"
+
+    def opening(self) -> list[dict]:
+        return [request(self.rid("dep"), uid, "Deposit", asset=a, amount=amt, reference=None)
+                for uid in self.users for a, amt in OPENING.items()]
+
+    def order(self) -> dict:
+        rnd = self.rnd
+        pair = rnd.choice(list(MIDS))
+        mid, lo, hi = MIDS[pair]
+        side = rnd.randint(0, 1)
+        price = mid + rnd.randint(-mid // 200, mid // 200)
+        qty = rnd.randint(lo, hi)
+        uid = rnd.choice(self.users)
+        roll = rnd.random()
+        if roll < 0.1:          # IOC limit
+            return place(self.rid("o"), uid, pair, side, price, qty, tif=1)
+        if roll < 0.15:         # market with a protection price
+            return place(self.rid("o"), uid, pair, side, price, qty, kind=1)
+        return place(self.rid("o"), uid, pair, side, price, qty)
+
+    def funding(self) -> dict:
+        rnd, uid = self.rnd, self.rnd.choice(self.users)
+        asset = rnd.choice(list(OPENING))
+        if rnd.random() < 0.5:
+            return request(self.rid("dep"), uid, "Deposit", asset=asset,
+                           amount=rnd.randint(1, OPENING[asset] // 10), reference=None)
+        rid = self.rid("wd")
+        amount = rnd.randint(1, OPENING[asset] // 3)
+        self.withdrawals[rid] = (uid, asset, amount)
+        return request(rid, uid, "Withdraw", asset=asset, amount=amount, destination=None)
+
+    def results(self) -> list[dict]:
+        out = []
+        for wid, (uid, asset, amount) in self.withdrawals.items():
+            out.append(request(self.rid("res"), uid, "WithdrawalResult",
+                               withdrawal_request_id=wid, asset=asset, amount=amount,
+                               completed=self.rnd.random() < 0.6, reference=None))
+        return out
+
+    def cancel_all(self) -> list[dict]:
+        return [request(self.rid("end"), uid, "CancelAllOrders", pair=pair)
+                for uid in self.users for pair in MIDS]
+
+
+def expected_totals(requests: list[dict], replies: list[dict]) -> Counter:
+    """deposits - completed withdrawals, counting only requests answered OK."""
+    ok = {r["request_id"] for r in replies if r["code"] == 0}
+    total: Counter = Counter()
+    for req in requests:
+        kind, body = req["body"]
+        if req["request_id"] not in ok:
+            continue
+        if kind.endswith("Deposit"):
+            total[body["asset"]] += body["amount"]
+        elif kind.endswith("WithdrawalResult") and body["completed"]:
+            total[body["asset"]] -= body["amount"]
+    return total
+
+
+def latest(balances: list[dict]) -> dict[tuple[int, str], dict]:
+    out: dict[tuple[int, str], dict] = {}
+    for b in balances:
+        key = (b["user_id"], b["asset"])
+        if key not in out or b["version"] > out[key]["version"]:
+            out[key] = b
+    return out
+
+
+def totals(balances: list[dict]) -> tuple[Counter, Counter]:
+    avail_held: Counter = Counter()
+    held: Counter = Counter()
+    for b in latest(balances).values():
+        avail_held[b["asset"]] += b["available"] + b["held"]
+        held[b["asset"]] += b["held"]
+    return avail_held, held
+
+
+def lags(settings: Settings, group: str, topic: str, partitions: int) -> list[int]:
+    c = Consumer(consumer_config(settings, group, f"lag-{uuid.uuid4().hex[:6]}"))
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = c.committed(tps, timeout=10)
+        out = []
+        for tp in committed:
+            high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)[1]
+            out.append(high - max(tp.offset, 0))
+        return out
+    finally:
+        c.close()
+
+
+def wait_quiescent(settings: Settings, markets_partitions: int, check=lambda: None,
+                   wait: float = 300.0) -> None:
+    """Every stage has consumed its whole input: lag 0 on keel.requests (plain writes), at
+    most 1 on the transactionally written topics (the commit marker after the last record,
+    which a consumer never 'processes'). Seen twice in a row, a second apart."""
+    n_users = settings.user_partitions
+    plan = [(f"{settings.topic_prefix}streams-accounts", "requests", n_users, 0),
+            (f"{settings.topic_prefix}streams-accounts", "settlements", n_users, 1),
+            ("keel-engine", "orders", markets_partitions, 1),
+            (f"{settings.topic_prefix}streams-settlement", "events", markets_partitions, 1)]
+    deadline, calm = time.monotonic() + wait, 0
+    while calm < 2:
+        check()
+        if time.monotonic() > deadline:
+            raise AssertionError("the pipeline never caught up")
+        ok = all(max(lags(settings, g, settings.topic(t), n)) <= slack for g, t, n, slack in plan)
+        calm = calm + 1 if ok else 0
+        time.sleep(1.0)
