@@ -79,6 +79,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from confluent_kafka import KafkaException
+
     from engine.service.runner import EngineService
     from engine.service.tools import TopicsNotReady
 
@@ -98,3 +100,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except TopicsNotReady as exc:
         print(f"keel engine: {exc}")
         return 2
+    except KafkaException as exc:
+        # The broker went away or refused us: exit and let the supervisor restart us.
+        print(f"keel engine: Kafka error: {exc}")
+        return 1
