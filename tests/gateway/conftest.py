@@ -52,7 +52,7 @@ def make_settings(kafka_bootstrap: str, dsn: str, data_dir: Path, **extra: str) 
 
     env = {"KEEL_GATEWAY_MASTER_KEY": MASTER, **extra}
     settings = Settings(data_dir=data_dir, kafka_bootstrap=kafka_bootstrap, postgres_url=dsn,
-                        topic_prefix=f"g{uuid.uuid4().hex[:8]}.", user_partitions=2,
+                        topic_prefix=f"g{uuid.uuid4().hex[:8]}.", user_partitions=4,
                         log_level="INFO", extra=env)
     outcomes = topics.ensure_topics(admin_client(settings, log_level=0),
                                     topics.plan(settings, load_markets(DEFAULT_MARKETS)))
