@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "users": ("infra.commands.users", "create gateway users and API keys"),
     "demo": ("infra.commands.demo", "demo traders: a market maker and takers trading through the gateway"),
     "top": ("infra.commands.top", "live terminal view of the running stack, from its metrics endpoints"),
+    "loadgen": ("infra.commands.loadgen", "drive the gateway with a realistic trader mix: baseline, ramp, spike, soak"),
 }
 
 

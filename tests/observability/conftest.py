@@ -9,10 +9,19 @@ import sys
 
 import pytest
 
-from infra.embedded import free_port
+from infra.embedded import free_port, port_in_use
 from tests.infra.test_up import Stack
 
 MASTER_KEY = "observability-test-master-key-0123456789"
+
+
+def _metrics_base() -> int:
+    """A base whose derived ports (engine +10.., streams +30.., sinks +40.., standby +60..)
+    are free too: a free base alone can put the engine on someone else's port."""
+    while True:
+        base = free_port()
+        if base + 70 < 65536 and not any(port_in_use(base + k) for k in range(0, 70)):
+            return base
 
 
 def _streams_extras(env: dict[str, str]) -> list[dict]:
@@ -35,9 +44,14 @@ def _streams_extras(env: dict[str, str]) -> list[dict]:
 @pytest.fixture(scope="session")
 def keel_stack(tmp_path_factory) -> Stack:
     data_dir = tmp_path_factory.mktemp("keel-obs")
-    env = {"KEEL_GATEWAY_PORT": str(free_port()), "KEEL_GATEWAY_MASTER_KEY": MASTER_KEY,
+    env = {"KEEL_GATEWAY_PORT": str(free_port()), "KEEL_METRICS_PORT_BASE": str(_metrics_base()), "KEEL_GATEWAY_MASTER_KEY": MASTER_KEY,
            "KEEL_STREAMS_COMMIT_INTERVAL": "0.005", "KEEL_LOG_LEVEL": "WARNING",
-           "KEEL_DATA_DIR": str(data_dir)}
+           "KEEL_DATA_DIR": str(data_dir),
+           # Load from one loopback IP: the per-IP and VIP limits must allow it (standard
+           # keys keep the default, so the bots' probing meets its limit). A slow shared
+           # machine must not turn into order timeouts: tests never depend on speed.
+           "KEEL_GATEWAY_IP_LIMIT": "1000000000", "KEEL_GATEWAY_VIP_LIMIT": "1000000000",
+           "KEEL_GATEWAY_ORDER_TIMEOUT_MS": "60000"}
     probe = {**os.environ, **env}
     for name in ("KEEL_KAFKA_BOOTSTRAP", "KEEL_POSTGRES_URL", "KEEL_CLICKHOUSE_URL"):
         probe.pop(name, None)

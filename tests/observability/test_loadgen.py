@@ -1,0 +1,142 @@
+"""`keel loadgen`: the population model, outcome classification, ramp verdicts and the
+report writer on their own, then short real runs against the live stack (conftest.py):
+a baseline that must finish with zero errors and a report, and a two-step ramp whose
+last line is the benchmark's JSON."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.loadgen.population import headcount, order_shares, phases, population, user_shares
+from infra.loadgen.record import Recorder, classify, percentile
+from infra.loadgen.report import write
+from infra.loadgen.runner import Config, Limits, check_host, step_broken, verdict
+
+
+def test_population_follows_the_seed_mix():
+    plan = population(100, 400.0)
+    assert headcount(100) == {"mm": 5, "retail": 80, "bot": 15}
+    assert user_shares(plan) == {"mm": 0.05, "retail": 0.80, "bot": 0.15}
+    shares = order_shares(plan)
+    assert shares["mm"] == pytest.approx(0.60) and shares["retail"] == pytest.approx(0.20)
+    mm = [t for t in plan if t.kind == "mm"]
+    assert all(10 <= t.orders_per_s <= 50 for t in mm)          # 240/s over 5 makers
+    assert all(t.public_streams > 0 for t in plan if t.kind == "retail")
+    assert all(0 < t.balance_checks_per_s <= 0.2 for t in plan if t.kind == "retail")
+    # Small runs keep one of each kind.
+    assert headcount(3) == {"mm": 1, "retail": 1, "bot": 1}
+    with pytest.raises(ValueError):
+        headcount(2)
+
+
+def test_mode_shapes():
+    assert [p.multiplier for p in phases("ramp", 40, 10)] == [1, 2, 4, 8]
+    assert [p.multiplier for p in phases("spike", 30)] == [1, 10, 1]
+    assert [(p.seconds, p.multiplier) for p in phases("soak", 60)] == [(60, 1)]
+    with pytest.raises(ValueError):
+        phases("storm", 10)
+
+
+def test_outcomes():
+    assert classify(200, {}) == ("ok", "")
+    limited = {"code": -1003, "msg": "Too many requests; current limit of API key request"}
+    assert classify(429, limited, probing=True)[0] == "refused"
+    assert classify(429, limited)[0] == "error"                       # nobody was probing
+    ip = {"code": -1003, "msg": "Too many requests; current limit of IP request weight"}
+    assert classify(429, ip, probing=True)[0] == "error"              # stack set too low
+    assert classify(400, {"code": -2011, "msg": "Unknown order sent."},
+                    cancelling=True)[0] == "rejected"
+    assert classify(400, {"code": -2011, "msg": "Unknown order sent."})[0] == "error"
+    assert classify(400, {"code": -2010, "msg": "The order book has no liquidity"})[0] \
+        == "rejected"
+    assert classify(400, {"code": -2010, "msg": "Account has insufficient balance"})[0] \
+        == "error"
+    assert classify(503, {"code": -1007, "msg": "Timeout"})[0] == "error"
+
+
+def test_only_loopback_unless_allowed():
+    for url in ("http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:8080"):
+        check_host(url, ())
+    with pytest.raises(ValueError, match="not loopback"):
+        check_host("http://exchange.example.com", ())
+    check_host("http://exchange.example.com", ("exchange.example.com",))
+
+
+def _recorded(latency_ms: float, errors: int = 0) -> Recorder:
+    rec = Recorder(0.0)
+    for sec in range(4):
+        rec.target(sec, 100.0, "x1")
+        for _ in range(100):
+            rec.request(sec + 0.5, "ok", order=True, ack_ms=latency_ms / 2)
+            rec.fill(sec + 0.5, latency_ms)
+        for _ in range(errors):
+            rec.request(sec + 0.5, "error", "503 -1007")
+    rec.samples = [{"t": s, "phase": "x1", "lag": {"engine": 0.0}, "rss_mb": {"engine": 50.0},
+                    "ws_connections": 3} for s in range(4)]
+    return rec
+
+
+def test_ramp_step_verdicts():
+    from infra.loadgen.population import Phase
+
+    step = (Phase("x1", 4, 1.0), 0, 4)
+    assert step_broken(Limits(), _recorded(10.0), step) is None
+    assert step_broken(Limits(), _recorded(80.0), step) == "p99_order_to_fill"
+    assert step_broken(Limits(), _recorded(10.0, errors=5), step) == "error_rate"
+    slow = _recorded(10.0)
+    for s in slow.seconds:
+        s.target_orders_per_s = 200.0                  # asked twice what was answered
+    assert step_broken(Limits(), slow, step) == "throughput"
+    lagging = _recorded(10.0)
+    lagging.samples[-1]["lag"]["engine"] = 10_000.0
+    assert step_broken(Limits(), lagging, step) == "lag"
+    assert percentile([5, 1, 3, 2, 4], 0.5) == 3
+
+
+def test_report_is_markdown_with_charts(tmp_path):
+    rec = _recorded(12.0)
+    cfg = Config("baseline", "http://127.0.0.1:1", users=10, rate=100.0)
+    from infra.loadgen.population import Phase
+    result = verdict(cfg, rec, [(Phase("baseline", 4, 1.0), 0, 4)], None, 1.0, {}, 400)
+    assert result["orders"] == 400 and result["requests"]["error"] == 0
+    path = write(tmp_path, result, rec, "keel loadgen baseline")
+    text = path.read_text()
+    assert "| orders answered | 400 (100.0 /s) |" in text
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    pytest.importorskip("matplotlib")
+    assert pngs == ["errors.png", "lag.png", "latency_ack.png", "latency_fill.png",
+                    "memory.png", "throughput.png"]
+    for name in pngs:
+        assert f"![{name}]({name})" in text
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baseline_against_the_live_stack_has_no_errors(keel_stack, tmp_path):
+    out = tmp_path / "report"
+    result = keel_stack.keel("loadgen", "baseline", "--users", "10", "--rate", "20",
+                             "--seconds", "6", "--report", str(out), "--json",
+                             "--request-timeout", "90", timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert r["requests"]["error"] == 0, r["errors"]
+    assert r["orders"] > 0 and r["requests"]["ok"] > 0
+    assert r["fills"] > 0, "no fill reached a user's WebSocket"
+    assert r["ws"].get("ws_messages", 0) > 0
+    text = (out / "report.md").read_text()
+    assert "| error rate | 0.0000% |" in text
+    assert (out / "throughput.png").exists() and (out / "report.json").exists()
+    # The stack's metrics were sampled from the running processes.
+    samples = json.loads((out / "report.json").read_text())["samples"]
+    assert samples and "engine" in samples[-1]["lag"] and samples[-1]["rss_mb"]
+
+
+def test_ramp_prints_the_benchmark_line(keel_stack):
+    result = keel_stack.keel("loadgen", "ramp", "--users", "10", "--rate", "10",
+                             "--step-seconds", "3", "--seconds", "6", "--json",
+                             "--request-timeout", "90", timeout=400)
+    assert result.returncode in (0, 1), result.stderr
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"max_sustained_orders_per_s", "p99_order_to_fill_ms", "breaking_point"} <= set(last)
+    assert isinstance(last["max_sustained_orders_per_s"], float)
+    assert [p["multiplier"] for p in last["phases"]][0] == 1.0
