@@ -96,6 +96,8 @@ def test_frozen_primary_is_fenced_when_it_wakes(engine_env, spawn_engine):
 def test_a_second_plain_start_waits_as_standby_while_the_primary_beats(engine_env, spawn_engine):
     """What a supervisor restart looks like: no --standby, but a live primary exists."""
     env = engine_env
+    # A generous silence limit: a starved CPU must not pass for a dead primary here.
+    env.env["KEEL_ENGINE_TAKEOVER_MS"] = "5000"
     commands = list(to_commands(operations(20_000, seed=19), "BTCUSDT"))
     expected, _ = clean_run(env.markets, 0, commands, env.codec)
     first = spawn_engine("--partitions", "0")
