@@ -1,5 +1,5 @@
 """One `keel up` for the observability tests: the embedded stack on free ports in a temp
-dir, with the accounts and settlement workers added through KEEL_EXTRA_PROCESSES while the
+dir, with the accounts and settlement workers added through KEEL_EXTRA_PROCESSES if the
 process registry does not run them itself. Stopped at the end of the session."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _streams_extras(env: dict[str, str]) -> list[dict]:
     registered = {s.name for s in all_processes(Settings.from_env(env))}
     extras = []
     for role in ("accounts", "settlement"):
-        if role in registered:
+        if any(name.split("-")[-1] == role for name in registered):   # streams-accounts
             continue
         port = free_port()
         extras.append({"name": role, "depends_on": ["kafka"],

@@ -109,8 +109,9 @@ def live_series(endpoints: dict[str, str]) -> set[str]:
 def live(keel_stack) -> set[str]:
     endpoints = metrics_endpoints(keel_stack.state())
     # The processes whose metrics the dashboards chart must all be in the scrape.
-    assert {"engine", "gateway", "sink-postgres", "clickhouse", "accounts",
-            "settlement"} <= set(endpoints), endpoints
+    roles = {name.split("-")[-1] for name in endpoints}              # streams-accounts
+    assert {"engine", "gateway", "postgres", "clickhouse", "accounts",
+            "settlement"} <= roles, endpoints
     return live_series(endpoints)
 
 
