@@ -29,8 +29,9 @@ import time
 import uuid
 from pathlib import Path
 
-if __package__ in (None, ""):        # run as a script: import keel from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):
+    # Run as a script: import keel from the repo root, and not this file as `streams`.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from confluent_kafka import Consumer, Producer
 

@@ -70,6 +70,8 @@ def keel_processes(settings: Settings, demo: bool) -> list[ProcessSpec]:
     specs: list[ProcessSpec] = []
     from infra.commands.engine import engine_processes
     specs += engine_processes(settings)
+    from infra.commands.streams import streams_processes
+    specs += streams_processes(settings)
     from infra.commands.sink import sink_processes
     specs += sink_processes(settings)
     from infra.commands.gateway import gateway_processes

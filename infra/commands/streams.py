@@ -20,6 +20,16 @@ ROLES = ("accounts", "settlement", "marketdata")
 METRICS_OFFSET = {"accounts": 30, "settlement": 31, "marketdata": 32}
 
 
+def streams_processes(settings: Settings) -> list:
+    """Supervisor specs: one worker per role, healthy while its metrics port answers."""
+    from infra.processes import keel_process
+
+    return [keel_process(f"streams-{role}", "streams", role, "--metrics-port",
+                         str(port), metrics_port=port, depends_on=("kafka",))
+            for role in ROLES
+            for port in [settings.metrics_port_base + METRICS_OFFSET[role]]]
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("role", choices=ROLES)
     parser.add_argument("--metrics-port", type=int, default=None,

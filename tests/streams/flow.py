@@ -129,11 +129,12 @@ def wait_quiescent(settings: Settings, markets_partitions: int, check=lambda: No
             (f"{settings.topic_prefix}streams-accounts", "settlements", n_users, 1),
             ("keel-engine", "orders", markets_partitions, 1),
             (f"{settings.topic_prefix}streams-settlement", "events", markets_partitions, 1)]
-    deadline, calm = time.monotonic() + wait, 0
+    deadline, calm, seen = time.monotonic() + wait, 0, {}
     while calm < 2:
         check()
         if time.monotonic() > deadline:
-            raise AssertionError("the pipeline never caught up")
-        ok = all(max(lags(settings, g, settings.topic(t), n)) <= slack for g, t, n, slack in plan)
+            raise AssertionError(f"the pipeline never caught up: lags {seen}")
+        seen = {t: lags(settings, g, settings.topic(t), n) for g, t, n, _ in plan}
+        ok = all(max(seen[t]) <= slack for _, t, _, slack in plan)
         calm = calm + 1 if ok else 0
         time.sleep(1.0)

@@ -58,8 +58,9 @@ def test_conservation_with_10k_orders_and_workers_restarted_mid_run(workers, cli
     replies = client.read("replies", decode_reply, lambda got: len(got) >= len(sent))
     answered = {r["request_id"] for r in replies}
     assert answered == {r["request_id"] for r in sent}
-    events = client.read("events", codec.decode_event, lambda got: True, wait=5)
-    balances = client.read("balances", lambda v: codec.decode("balance", v), lambda got: True)
+    events = client.read("events", codec.decode_event, lambda got: True, quiet=3.0)
+    balances = client.read("balances", lambda v: codec.decode("balance", v),
+                           lambda got: len(got) >= len(traffic.users) * 4, quiet=3.0)
 
     trades = sum(isinstance(e, Trade) for e in events)
     assert trades > 500, "the run must really exchange funds"
