@@ -49,6 +49,29 @@ async def withdraw(request: web.Request) -> web.Response:
     return await _funding(request, "keel.Withdraw", "destination")
 
 
+async def withdrawal_result(request: web.Request) -> web.Response:
+    """The payment side's outcome of a withdrawal (its `id` from /admin/withdraw):
+    completed=true settles the held funds, false releases them."""
+    _principal, params = await authenticate(request, admin=True)
+    user_id = params.integer("userId", required=True, low=1, high=2 ** 62)
+    withdrawal_id = params.text("withdrawalId", required=True)
+    asset_name = params.text("asset", required=True)
+    asset = request.app[MARKETS].assets.get(asset_name)
+    if asset is None:
+        raise errors.ApiError(-1100, f"Unknown asset '{asset_name}'.")
+    completed = params.choice("completed", ("true", "false"), required=True) == "true"
+    body = {"withdrawal_request_id": withdrawal_id, "asset": asset.name,
+            "amount": _amount(params, asset.decimals), "completed": completed,
+            "reference": params.text("reference")}
+    reply = await request.app[BUS].ask(user_id, request.app[CLOCK_MS](),
+                                       ("keel.WithdrawalResult", body))
+    if reply["code"] != 0:
+        raise errors.from_result(reply["code"])
+    return json_response({"id": withdrawal_id, "userId": user_id,
+                          "status": "COMPLETED" if completed else "FAILED"})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v3/admin/deposit", deposit)
     app.router.add_post("/api/v3/admin/withdraw", withdraw)
+    app.router.add_post("/api/v3/admin/withdrawalResult", withdrawal_result)

@@ -79,6 +79,11 @@ def _endpoints(markets: MarketsConfig) -> list[tuple[str, str, str, str, list]]:
         ("post", "/api/v3/admin/withdraw", "ADMIN", "Withdraw for a user (admin key)", [
             ("userId", _I, True), ("asset", _S, True), ("amount", _DEC, True),
             ("destination", _S, False)] + _SIGNED),
+        ("post", "/api/v3/admin/withdrawalResult", "ADMIN",
+         "Settle (completed=true) or release (false) a withdrawal (admin key)", [
+            ("userId", _I, True), ("withdrawalId", _S, True), ("asset", _S, True),
+            ("amount", _DEC, True), ("completed", {"type": "string", "enum": ["true", "false"]},
+                                     True), ("reference", _S, False)] + _SIGNED),
     ]
 
 

@@ -290,3 +290,38 @@ def test_timeout_answers_minus_1007_and_the_order_can_be_queried_later(stack):
     finally:
         for proc in procs:
             stop(proc)
+
+
+def test_admin_withdraw_holds_and_a_failed_result_releases(stack):
+    async def main():
+        async with serve_gateway(stack.settings, stack.markets) as (app, base), \
+                aiohttp.ClientSession() as http:
+            t = await _traders(http, base, stack)
+            carol = t["mm"]
+            await fund(stack, t, "mm", "ETH", "3")
+            folding = app[FOLDING]
+
+            def eth_held():
+                return folding.orders.balances.get(carol.user_id, {}).get("ETH", (0, 0))[1]
+            w = await t["ops"].signed("POST", "/api/v3/admin/withdraw", userId=carol.user_id,
+                                      asset="ETH", amount="1", destination="0xabc")
+            assert w.status == 200, w.body
+            too_much = await t["ops"].signed("POST", "/api/v3/admin/withdraw",
+                                             userId=carol.user_id, asset="ETH",
+                                             amount="1000")
+            assert (too_much.status, too_much.code) == (400, -2010)
+            async def holding():
+                return eth_held() == 10**8
+            await eventually(stack, holding, "the withdrawal hold")
+            r = await t["ops"].signed("POST", "/api/v3/admin/withdrawalResult",
+                                      userId=carol.user_id, withdrawalId=w.body["id"],
+                                      asset="ETH", amount="1", completed="false")
+            assert r.status == 200 and r.body["status"] == "FAILED", r.body
+            again = await t["ops"].signed("POST", "/api/v3/admin/withdrawalResult",
+                                          userId=carol.user_id, withdrawalId=w.body["id"],
+                                          asset="ETH", amount="1", completed="false")
+            assert (again.status, again.code) == (400, -1100), "a result applies once"
+            async def released():
+                return eth_held() == 0
+            await eventually(stack, released, "the hold released")
+    run(main())
