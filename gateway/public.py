@@ -30,14 +30,19 @@ def cached(compute: Callable[[web.Request, Params], object]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         path = request.path
         ttl = TTL_S[path]
-        params = Params(request.rel_url.raw_query_string)
-        key = path + "?" + urlencode(sorted(params.values.items()))
         cache = request.app[CACHE]
         now = time.monotonic()
-        body = cache.get(key, now)
+        # Fast path on the exact query text: only answers to valid queries are cached.
+        raw_key = path + "?" + request.rel_url.raw_query_string
+        body = cache.get(raw_key, now)
         if body is None:
-            body = json.dumps(compute(request, params), separators=(",", ":")).encode()
-            cache.put(key, body, now, ttl)
+            params = Params(request.rel_url.raw_query_string)
+            key = path + "?" + urlencode(sorted(params.values.items()))
+            body = cache.get(key, now)
+            if body is None:
+                body = json.dumps(compute(request, params), separators=(",", ":")).encode()
+                cache.put(key, body, now, ttl)
+            cache.put(raw_key, body, now, ttl)
         return web.Response(body=body, content_type="application/json",
                             headers={"Cache-Control": cache_control(ttl)})
     return handler

@@ -268,3 +268,19 @@ def test_bookkeeper_forgets_the_oldest_finished_orders_only():
     assert book.find(7, "BTCUSDT", 4).status == "NEW", "open orders are never forgotten"
     assert [o.order_id for o in book.user_orders(7)] == [2, 3, 4]
     assert len(book.trades[7]) == 1, "trade history has its own bound"
+
+
+def test_response_cache_ttl_and_bound():
+    from gateway.cache import TTL_S, ResponseCache, cache_control
+
+    cache = ResponseCache(max_entries=2)
+    cache.put("a", b"1", now=10.0, ttl_s=0.1)
+    assert cache.get("a", 10.05) == b"1"
+    assert cache.get("a", 10.1) is None, "expired at its TTL"
+    cache.put("b", b"2", 20.0, 60)
+    cache.put("c", b"3", 20.0, 60)
+    cache.put("d", b"4", 20.0, 60)            # full of live entries: starts afresh
+    assert cache.get("d", 20.0) == b"4" and len(cache._entries) <= 2
+    assert (TTL_S["/api/v3/ticker/24hr"], TTL_S["/api/v3/depth"], TTL_S["/api/v3/trades"],
+            TTL_S["/api/v3/exchangeInfo"]) == (1.0, 0.1, 0.5, 60.0)
+    assert cache_control(60.0) == "public, max-age=60"
