@@ -4,6 +4,7 @@ accounts -> keel.balances -> gateway)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from decimal import Decimal
@@ -324,4 +325,43 @@ def test_admin_withdraw_holds_and_a_failed_result_releases(stack):
             async def released():
                 return eth_held() == 0
             await eventually(stack, released, "the hold released")
+    run(main())
+
+
+def test_two_gateway_instances_share_orders_and_listen_keys(stack):
+    """Gateways are stateless: an order placed through one is queryable (by its client
+    order id too) and cancellable through another, and a listen key from one opens a
+    user-data stream on the other."""
+    async def main():
+        async with serve_gateway(stack.settings, stack.markets) as (app_a, base_a), \
+                serve_gateway(stack.settings, stack.markets) as (app_b, base_b), \
+                aiohttp.ClientSession() as http:
+            t_a = await _traders(http, base_a, stack)
+            t_b = await _traders(http, base_b, stack)
+            await fund(stack, t_a, "alice", "USDT", "100")
+            async with http.post(f"{base_a}/api/v3/userDataStream",
+                                 headers={"X-MBX-APIKEY": t_a["alice"].api_key}) as resp:
+                key = (await resp.json())["listenKey"]
+            async with http.ws_connect(f"{base_b}/ws/{key}") as ws:
+                cid = f"two-{uuid.uuid4().hex[:8]}"
+                placed = await t_a["alice"].signed(
+                    "POST", "/api/v3/order", symbol="ETHUSDT", side="BUY", type="LIMIT",
+                    timeInForce="GTC", price="11.00", quantity="1", newClientOrderId=cid)
+                assert placed.status == 200, placed.body
+
+                async def seen_on_b():
+                    r = await t_b["alice"].signed("GET", "/api/v3/order", symbol="ETHUSDT",
+                                                  origClientOrderId=cid)
+                    return r.status == 200 and r.body
+                got = await eventually(stack, seen_on_b, "the order on the other instance")
+                assert got["orderId"] == placed.body["orderId"] and got["status"] == "NEW"
+                gone = await t_b["alice"].signed("DELETE", "/api/v3/order", symbol="ETHUSDT",
+                                                 origClientOrderId=cid)
+                assert gone.status == 200 and gone.body["status"] == "CANCELED", gone.body
+                statuses = []
+                while "CANCELED" not in statuses:
+                    msg = json.loads((await ws.receive(timeout=60)).data)
+                    if msg["e"] == "executionReport" and msg["c"] == cid:
+                        statuses.append(msg["X"])
+                assert statuses[0] == "NEW"
     run(main())
