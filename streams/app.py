@@ -13,6 +13,7 @@ Settings that matter on the embedded broker (measured, see streams/compat.py too
 """
 from __future__ import annotations
 
+import os
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,42 @@ def configure(role: str, settings: Settings) -> faust.App:
     return app
 
 
+class Shutdown:
+    """A SIGTERM/SIGINT ends the process right after the batch in hand has committed.
+
+    Faust's own stop stops the transactional producers before its final commit, which
+    then fails and leaves the last transaction open; tansu later commits such an open
+    transaction together with the next owner's first one, so its outputs would appear
+    twice. Exiting between batches leaves nothing open: records fetched but not yet
+    processed are uncommitted and go to the partition's next owner.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.busy = False
+
+    def request(self) -> None:
+        self.requested = True
+        if not self.busy:
+            os._exit(0)
+
+    def batch_committed(self) -> None:
+        self.busy = False
+        if self.requested:
+            os._exit(0)
+
+
+shutdown = Shutdown()
+
+
+class Worker(faust.Worker):
+    def _on_sigterm(self) -> None:
+        shutdown.request()
+
+    def _on_sigint(self) -> None:
+        shutdown.request()
+
+
 @contextmanager
 def processing(event):
     """Make `event` current: table writes go to its partition's changelog and sends to
@@ -87,6 +124,7 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
     A batch is up to `max_batch` records or what arrived within `within` seconds.
     """
     async for events in stream.take_events(max_batch, within=within):
+        shutdown.busy = True
         for event in events:
             with processing(event):
                 await handle(event)
@@ -97,6 +135,7 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
         while buffer.size:                  # the batch's changelog writes join its commit
             await buffer.flush()
         await app.consumer.commit()
+        shutdown.batch_committed()
 
 
 def keel_topic(settings: Settings, short: str, partitions: int):

@@ -46,8 +46,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not ensure_topics(settings, markets):
         return 1
 
-    import faust
-
+    from streams.app import Worker
     from streams.app import configure as configure_app
     from streams.metrics import StreamMetrics
 
@@ -56,8 +55,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     port = args.metrics_port
     metrics.serve(settings.metrics_port_base + METRICS_OFFSET[args.role] if port is None else port)
     importlib.import_module(f"streams.{args.role}").register(settings, markets, metrics)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,
-                          redirect_stdouts=False)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
