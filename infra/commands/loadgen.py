@@ -83,7 +83,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                  limits=Limits(args.max_error_rate, args.p99_fill_ms, args.max_lag))
     # The stack's metrics (lag, memory) when a keel up runs on this data dir.
     state = read_state(settings) if supervisor_running(settings) else None
-    result, recorder = asyncio.run(run_load(cfg, settings, markets, state))
+    try:
+        result, recorder = asyncio.run(run_load(cfg, settings, markets, state))
+    except (RuntimeError, TimeoutError) as exc:   # setup never got through: say why
+        print(f"keel loadgen: setup failed: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
     if args.report:
         command = "keel loadgen " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         path = report.write(args.report, result, recorder, command)
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(result if args.mode != "ramp" else {
             k: result[k] for k in ("max_sustained_orders_per_s", "p99_order_to_fill_ms",
                                    "breaking_point", "mode", "users", "base_rate",
-                                   "error_rate", "phases")}))
+                                   "error_rate", "loadgen_cpu_s", "phases")}))
     if args.mode == "ramp":
         return 0 if result["max_sustained_orders_per_s"] > 0 else 1
     return 0 if result["requests"]["error"] == 0 else 1

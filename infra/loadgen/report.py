@@ -88,6 +88,7 @@ def markdown(result: dict, pngs: list[str], command: str) -> str:
              f"| seconds measured | {r['seconds']} (setup {r['setup_s']} s before) |",
              f"| orders answered | {r['orders']} ({r['orders_per_s']} /s) |",
              f"| requests sent | {r['requests_sent']} |",
+             f"| load generator CPU | {r.get('loadgen_cpu_s', '-')} s (same machine) |",
              f"| outcomes | {', '.join(f'{k} {v}' for k, v in r['requests'].items())} |",
              f"| error rate | {r['error_rate']:.4%} |",
              f"| order -> ack p50/p95/p99 ms | {_ms(r['ack_ms'])} |",

@@ -84,6 +84,20 @@ def create_accounts(settings: Settings, plan: list[Trader], tag: str) -> tuple:
     return admin, out
 
 
+def _with_retry(fn, *args, timeout: float = 60.0):
+    """PostgreSQL may still be starting when a run is launched right after `keel up`."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn(*args)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 async def fund(floor: traders.Floor, admin: traders.Account, accounts, markets: MarketsConfig,
                timeout: float = 120.0) -> None:
     """Deposit through the admin API; retried while accounts is still starting."""
@@ -172,7 +186,7 @@ async def run_load(cfg: Config, settings: Settings, markets: MarketsConfig,
     plan = population(cfg.users, cfg.rate)
     shape = phases(cfg.mode, cfg.seconds, cfg.step_seconds)
     tag = f"{int(time.time())}{rng.randrange(1000):03d}"
-    admin, accounts = await asyncio.to_thread(create_accounts, settings, plan, tag)
+    admin, accounts = await asyncio.to_thread(_with_retry, create_accounts, settings, plan, tag)
     endpoints = metrics_endpoints(state) if state else {}
     counter: dict = {}
     connector = aiohttp.TCPConnector(limit=0)
@@ -187,6 +201,7 @@ async def run_load(cfg: Config, settings: Settings, markets: MarketsConfig,
         background = await _open_sockets(floor, plan, accounts, rng, counter)
         setup_s = time.monotonic() - setup_started
         recorder.started = time.perf_counter()
+        cpu_started = time.process_time()
         workers = [asyncio.ensure_future(_trade(floor, t, accounts[(t.kind, t.index)],
                                                 random.Random(rng.random())))
                    for t in plan]
@@ -200,7 +215,10 @@ async def run_load(cfg: Config, settings: Settings, markets: MarketsConfig,
             if floor.tasks:  # answers still on their way belong to the run
                 await asyncio.wait(floor.tasks, timeout=cfg.request_timeout)
             await _cancel_quotes(floor, plan, accounts)
-    return verdict(cfg, recorder, played, broke, setup_s, counter, floor.sent), recorder
+    result = verdict(cfg, recorder, played, broke, setup_s, counter, floor.sent)
+    # The load generator shares the machine's cores with the stack: say what it took.
+    result["loadgen_cpu_s"] = round(time.process_time() - cpu_started, 1)
+    return result, recorder
 
 
 async def _trade(floor, t: Trader, acct, rng) -> None:
@@ -340,15 +358,19 @@ def verdict(cfg: Config, rec: Recorder, played, broke, setup_s, counter, sent) -
 
 
 def recovery_seconds(rec: Recorder, played) -> float | None:
-    """Seconds after the spike until a second's fill p99 is back within twice the
-    pre-spike p99 (at least 50 ms) with no errors; None if it never was."""
-    (before, b0, b1), (_spike, _s0, s1), (_after, a0, a1) = played
+    """Seconds after the spike until a second looks like before it: no errors, fill p99
+    within twice the pre-spike p99 (at least 50 ms), and the spike's backlog drained (no
+    more than 1.5x the target answered in that second). None if that never happened."""
+    if len(played) < 3:
+        return None
+    (_before, b0, b1), (_spike, _s0, s1), (_after, a0, a1) = played
     base = rec.totals(b0, b1)["fill_ms"]["p99"] or 0.0
     bound = max(2 * base, 50.0)
     for i in range(a0, a1):
         t = rec.totals(i, i + 1)
         p99 = t["fill_ms"]["p99"]
-        if t["requests"]["error"] == 0 and (p99 is None or p99 <= bound):
+        drained = t["orders"] <= 1.5 * max(t["target_orders_per_s"], 1.0)
+        if t["requests"]["error"] == 0 and drained and (p99 is None or p99 <= bound):
             return float(i - s1)
     return None
 

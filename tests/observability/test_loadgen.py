@@ -140,3 +140,19 @@ def test_ramp_prints_the_benchmark_line(keel_stack):
     assert {"max_sustained_orders_per_s", "p99_order_to_fill_ms", "breaking_point"} <= set(last)
     assert isinstance(last["max_sustained_orders_per_s"], float)
     assert [p["multiplier"] for p in last["phases"]][0] == 1.0
+
+
+def test_spike_recovery_waits_for_the_backlog_to_drain():
+    from infra.loadgen.population import Phase
+    from infra.loadgen.runner import recovery_seconds
+
+    rec = Recorder(0.0)
+    answered = [10, 10, 100, 100, 60, 30, 10, 10]        # before x2, spike x2, after x4
+    for sec, n in enumerate(answered):
+        rec.target(sec, 100.0 if sec in (2, 3) else 10.0, "x")
+        for _ in range(n):
+            rec.request(sec + 0.5, "ok", order=True)
+            rec.fill(sec + 0.5, 20.0)
+    played = [(Phase("before", 2, 1), 0, 2), (Phase("spike", 2, 10), 2, 4),
+              (Phase("after", 4, 1), 4, 8)]
+    assert recovery_seconds(rec, played) == 2.0           # second 6: 10 answered, target 10
