@@ -3,8 +3,17 @@
     keel engine --partitions 0,2            # primary unless a live primary is beating
     keel engine --partitions all --standby  # warm standby, takes over after ~1 s of silence
 
-Exit codes: 0 stopped by SIGTERM/SIGINT, 3 fenced by another instance (restart me: I
-come back as a standby), 2 bad arguments or config.
+Exit codes: 0 stopped by SIGTERM/SIGINT (the open batch commits, then a checkpoint
+snapshot), 1 Kafka unreachable, 2 bad arguments, config or topics, 3 fenced by another
+instance (restart me: I come back as a standby).
+
+Tuning (environment): KEEL_ENGINE_MAX_BATCH (5000 records per transaction),
+KEEL_ENGINE_MAX_BATCH_MS (1: how long a batch may wait to fill), KEEL_ENGINE_SNAPSHOT_EVERY
+(200000 records) / _SNAPSHOT_EVERY_S (60), KEEL_ENGINE_SNAPSHOT_CHUNK_BYTES (512 KiB),
+KEEL_ENGINE_DEPTH_LEVELS (20) / _DEPTH_SNAPSHOT_EVERY (100 diffs) / _DEPTH_SNAPSHOT_S (5),
+KEEL_ENGINE_HEARTBEAT_MS (100), KEEL_ENGINE_TAKEOVER_MS (1000), KEEL_ENGINE_LINGER_MS (0),
+KEEL_ENGINE_IMPL (auto | c | python). Under `keel up`: KEEL_ENGINE_GROUPS ("0,1;2": one
+primary per group) and KEEL_ENGINE_STANDBY=1 (a standby per group).
 """
 from __future__ import annotations
 
