@@ -26,6 +26,7 @@ class TopicSpec:
     key: str                       # what the record key is, for the describe table
     partitioned_by: PartitionedBy
     compacted: bool = False
+    retention_ms: int | None = None   # None: the broker's default
 
 
 CATALOG: tuple[TopicSpec, ...] = (
@@ -40,6 +41,8 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec("candles", "pair", PartitionedBy.PAIR),
     # One snapshot partition per engine partition, so a starting engine reads only its own.
     TopicSpec("engine.snapshots", "engine partition", PartitionedBy.PAIR, compacted=True),
+    # Primary liveness for the hot standby: beats are only worth their last second.
+    TopicSpec("engine.heartbeats", "engine partition", PartitionedBy.PAIR, retention_ms=60_000),
     TopicSpec("dlq", "source topic", PartitionedBy.SINGLE),
 )
 
@@ -65,6 +68,8 @@ def plan(settings: Settings, markets: MarketsConfig) -> list[PlannedTopic]:
     planned = []
     for spec in CATALOG:
         config = {"cleanup.policy": "compact" if spec.compacted else "delete"}
+        if spec.retention_ms is not None:
+            config["retention.ms"] = config["segment.ms"] = str(spec.retention_ms)
         if settings.replication_factor >= 3:
             # A write is acknowledged by two replicas, so one broker loss loses nothing.
             config["min.insync.replicas"] = "2"

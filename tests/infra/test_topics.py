@@ -25,7 +25,7 @@ TWO_PAIRS = {
 def test_catalog_matches_the_architecture_table():
     assert [t.short for t in CATALOG] == [
         "requests", "replies", "orders", "events", "depth", "settlements", "balances",
-        "tickers", "candles", "engine.snapshots", "dlq"]
+        "tickers", "candles", "engine.snapshots", "engine.heartbeats", "dlq"]
     compacted = {t.short for t in CATALOG if t.compacted}
     assert compacted == {"balances", "engine.snapshots"}
     by_pair = {t.short for t in CATALOG if t.partitioned_by is PartitionedBy.PAIR}
@@ -38,6 +38,8 @@ def test_partition_counts_follow_markets_and_user_setting(keel_settings):
     assert planned["orders"].partitions == planned["events"].partitions == 2
     assert planned["requests"].partitions == planned["balances"].partitions == 6
     assert planned["dlq"].partitions == 1
+    assert planned["engine.heartbeats"].partitions == 2
+    assert planned["engine.heartbeats"].config["retention.ms"] == "60000"
     assert planned["balances"].config["cleanup.policy"] == "compact"
     assert "min.insync.replicas" not in planned["orders"].config
     prod = {t.spec.short: t for t in plan(settings.with_(replication_factor=3),
