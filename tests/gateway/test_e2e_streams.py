@@ -13,7 +13,7 @@ import aiohttp
 from confluent_kafka import Consumer, Producer
 
 from engine.engine import Engine
-from gateway.context import FOLDING, HUB
+from gateway.context import FOLDING, HUB, METRICS
 from infra import topics
 from infra.kafka import admin_client, consumer_config, producer_config
 from schemas.codec import Codec
@@ -214,7 +214,12 @@ def test_demo_traffic_trades_within_seconds(stack):
                 return (all(b.bids and b.asks for b in books)
                         and all(folding.market.trades[p] for p in folding.market.trades))
             try:
-                await eventually(stack, traded_everywhere, "demo quotes on every pair and trades")
+                await eventually(stack, traded_everywhere, lambda: (
+                    "demo quotes on every pair and trades; books "
+                    f"{[(p, len(b.bids), len(b.asks)) for p, b in folding.market.books.items()]}"
+                    f" trades {[(p, len(t)) for p, t in folding.market.trades.items()]} "
+                    "responses " + app[METRICS].render().decode().split(
+                        "exchange_http_responses_total counter")[-1][:1500]))
             finally:
                 stop.set()
                 await asyncio.wait_for(demo, 30)
