@@ -141,7 +141,7 @@ def window(before: Scrape, after: Scrape, name: str, **match: str) -> dict[float
 
 
 def figures(before: Scrape, after: Scrape, seconds: float, errors: dict[str, str],
-            endpoints: dict[str, str]) -> dict:
+            endpoints: dict[str, str], group_lag: dict[str, int] | None = None) -> dict:
     """Everything a frame shows, as plain numbers (also `--json`)."""
     def ms(v):
         return None if v is None else round(v * 1000, 2)
@@ -154,6 +154,8 @@ def figures(before: Scrape, after: Scrape, seconds: float, errors: dict[str, str
     for labels, v in after.get("keel_sink_lag_records", ()):
         key = f"sink-{labels['sink']} {labels['topic']}"
         lag[key] = lag.get(key, 0.0) + v
+    for group, v in (group_lag or {}).items():
+        lag[f"group {group}"] = v
     dead = sum(rate(before, after, n, seconds) for n in after if n.endswith("dead_letters_total"))
     return {
         "interval_s": round(seconds, 2),
@@ -215,6 +217,15 @@ def render(f: dict, data_dir: str) -> str:
     return "\n".join(lines)
 
 
+def _group_lag(state: dict):
+    """Lag of every consumer group from Kafka (the streams workers export none)."""
+    bootstrap = (state.get("endpoints") or {}).get("kafka")
+    if not bootstrap:
+        return None
+    from infra.loadgen.lag import GroupLag
+    return GroupLag(bootstrap)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     state = read_state(settings) if supervisor_running(settings) else None
     if not state:
@@ -222,6 +233,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     endpoints = metrics_endpoints(state)
     interval = max(args.interval, 0.2)
+    groups = _group_lag(state)
     before, _ = scrape(endpoints)
     taken = time.monotonic()
     try:
@@ -229,7 +241,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             time.sleep(max(0.0, taken + interval - time.monotonic()))
             after, errors = scrape(endpoints)
             now = time.monotonic()
-            f = figures(before, after, now - taken, errors, endpoints)
+            f = figures(before, after, now - taken, errors, endpoints,
+                        groups.measure() if groups else None)
             if args.once:
                 print(json.dumps(f) if args.json else render(f, state["data_dir"]), flush=True)
                 return 0

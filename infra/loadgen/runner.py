@@ -152,11 +152,14 @@ async def warm_up(floor: traders.Floor, plan: list[Trader], accounts,
                     await asyncio.sleep(0.5)
 
 
-def sample_stack(state: dict | None, endpoints: dict[str, str]) -> dict:
-    """The stack's own view, for the report: lag per stage, open WebSockets, memory."""
+def sample_stack(state: dict | None, endpoints: dict[str, str], groups=None) -> dict:
+    """The stack's own view, for the report: lag per stage (the processes' gauges and
+    every consumer group's committed lag), open WebSockets, memory."""
     from infra.commands.top import scrape, total
 
     out = {"lag": {}, "rss_mb": {}, "ws_connections": None}
+    if groups is not None:
+        out["lag"].update({f"group {g}": float(v) for g, v in groups.measure().items()})
     if endpoints:
         s, _errors = scrape(endpoints, timeout=1.0)
         out["lag"]["engine"] = total(s, "exchange_engine_consumer_lag")
@@ -206,7 +209,11 @@ async def run_load(cfg: Config, settings: Settings, markets: MarketsConfig,
                                                 random.Random(rng.random())))
                    for t in plan]
         try:
-            played, broke = await _play(cfg, floor, shape, state, endpoints)
+            groups = None
+            if state and (state.get("endpoints") or {}).get("kafka"):
+                from infra.loadgen.lag import GroupLag
+                groups = GroupLag(state["endpoints"]["kafka"])
+            played, broke = await _play(cfg, floor, shape, state, endpoints, groups)
         finally:
             floor.stop.set()
             for task in [*workers, *background]:
@@ -274,7 +281,7 @@ async def _cancel_quotes(floor, plan, accounts) -> None:
                         await r.read()
 
 
-async def _play(cfg: Config, floor, shape: list[Phase], state, endpoints):
+async def _play(cfg: Config, floor, shape: list[Phase], state, endpoints, groups=None):
     """Run the phases second by second; returns (phases played with their second range,
     the limit that broke or None)."""
     from tqdm import tqdm
@@ -292,7 +299,7 @@ async def _play(cfg: Config, floor, shape: list[Phase], state, endpoints):
             while time.perf_counter() < end and not floor.stop.is_set():
                 now = time.perf_counter()
                 rec.target(now, cfg.rate * phase.multiplier, phase.name)
-                sample = await asyncio.to_thread(sample_stack, state, endpoints)
+                sample = await asyncio.to_thread(sample_stack, state, endpoints, groups)
                 sample["t"] = round(now - rec.started, 2)
                 sample["phase"] = phase.name
                 rec.samples.append(sample)

@@ -129,6 +129,7 @@ def test_baseline_against_the_live_stack_has_no_errors(keel_stack, tmp_path):
     # The stack's metrics were sampled from the running processes.
     samples = json.loads((out / "report.json").read_text())["samples"]
     assert samples and "engine" in samples[-1]["lag"] and samples[-1]["rss_mb"]
+    assert any(k.startswith("group ") for k in samples[-1]["lag"])
 
 
 def test_ramp_prints_the_benchmark_line(keel_stack):

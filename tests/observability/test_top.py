@@ -114,5 +114,8 @@ def test_top_once_shows_the_live_stack(keel_stack):
     assert {"engine", "gateway"} <= set(f["processes"])
     assert f["rest_errors_per_s"]["4xx"] > 0
     assert any(k.startswith("engine p") for k in f["lag_records"])
+    # Every consumer group's committed lag, read from Kafka (streams export no gauge).
+    groups = {k for k in f["lag_records"] if k.startswith("group ")}
+    assert {"group keel-engine", "group keel.streams-accounts"} <= groups, f["lag_records"]
     text = keel_stack.keel("top", "--once", "--interval", "0.5")
     assert text.returncode == 0 and "orders/s" in text.stdout and "lag" in text.stdout
