@@ -72,12 +72,16 @@ async def market_maker(mm: Client, markets: MarketsConfig, stop: asyncio.Event) 
     rng = random.Random(7)
     while not stop.is_set():
         for pair, m in markets.markets.items():
+            if stop.is_set():
+                return
             mids[pair] *= Decimal(1) + Decimal(rng.uniform(-0.002, 0.002))
             await mm.call("DELETE", "/api/v3/openOrders", symbol=pair)
             for level in range(1, 6):
                 spread = mids[pair] * Decimal("0.0005") * level
                 qty = (Decimal(50) / mids[pair] * level).quantize(m.lot_size) + m.lot_size * 10
                 for side, price in (("BUY", mids[pair] - spread), ("SELL", mids[pair] + spread)):
+                    if stop.is_set():
+                        return
                     await mm.call("POST", "/api/v3/order", symbol=pair, side=side, type="LIMIT",
                                   timeInForce="GTC", price=_fmt(price, m.tick_size),
                                   quantity=_fmt(qty, m.lot_size), newOrderRespType="ACK")
