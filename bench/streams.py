@@ -78,8 +78,8 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def request(rid: str, uid: int, ts: int, kind: str, **body) -> dict:
-    return {"request_id": rid, "user_id": uid, "ts": ts, "body": (f"keel.{kind}", body)}
+def request(rid: str, uid: int, ts: int, what: str, **body) -> dict:
+    return {"request_id": rid, "user_id": uid, "ts": ts, "body": (f"keel.{what}", body)}
 
 
 def order(n: int, ts: int) -> dict:

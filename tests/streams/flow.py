@@ -120,7 +120,7 @@ def lags(settings: Settings, group: str, topic: str, partitions: int) -> list[in
 
 
 def wait_quiescent(settings: Settings, markets_partitions: int, check=lambda: None,
-                   wait: float = 300.0) -> None:
+                   wait: float = 900.0, progress=None) -> None:
     """Every stage has consumed its whole input: lag 0 on keel.requests (plain writes), at
     most 1 on the transactionally written topics (the commit marker after the last record,
     which a consumer never 'processes'). Seen twice in a row, a second apart."""
@@ -135,6 +135,8 @@ def wait_quiescent(settings: Settings, markets_partitions: int, check=lambda: No
         if time.monotonic() > deadline:
             raise AssertionError(f"the pipeline never caught up: lags {seen}")
         seen = {t: lags(settings, g, settings.topic(t), n) for g, t, n, _ in plan}
+        if progress is not None:
+            progress(seen)
         ok = all(max(seen[t]) <= slack for _, t, _, slack in plan)
         calm = calm + 1 if ok else 0
         time.sleep(1.0)

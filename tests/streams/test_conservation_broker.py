@@ -54,7 +54,11 @@ def test_conservation_with_10k_orders_and_workers_restarted_mid_run(workers, cli
     orders = sum(r["body"][0].endswith("PlaceOrder") for r in sent)
     assert orders >= 10_000
 
-    wait_quiescent(client.settings, MARKETS.partitions, check=workers.check)
+    def progress(lags) -> None:
+        with open(workers.log_dir / "lags.log", "a") as log:
+            log.write(f"{lags}\n")
+
+    wait_quiescent(client.settings, MARKETS.partitions, check=workers.check, progress=progress)
     replies = client.read("replies", decode_reply, lambda got: len(got) >= len(sent))
     answered = {r["request_id"] for r in replies}
     assert answered == {r["request_id"] for r in sent}
