@@ -96,6 +96,9 @@ class Feed:
                         break
                     except TimeoutError:
                         continue
+                    except Exception:
+                        log.exception("feed batch failed")
+                        break
         except RuntimeError:             # the loop closed under us at shutdown
             pass
         finally:
@@ -124,3 +127,9 @@ class Feed:
                 self.decode_errors += 1
                 event(log, "undecodable record skipped", logging.WARNING, topic=msg.topic(),
                       offset=msg.offset(), reason=exc.reason)
+            except Exception:
+                # A record the folding cannot apply is a bug to see in the logs, but it must
+                # never stop the feed: every other pair and user depends on it.
+                self.decode_errors += 1
+                log.exception("record could not be applied: %s[%d]@%d", msg.topic(),
+                              msg.partition(), msg.offset())

@@ -301,3 +301,34 @@ def test_tickers_and_candles_from_their_topics_rest_and_ws(stack):
             assert got["btcusdt@kline_1m"]["k"]["x"] is True
             assert got["btcusdt@kline_1m"]["k"]["c"] == "32000.00"
     run(main())
+
+
+def test_feed_survives_records_it_cannot_apply(stack):
+    """Garbage and a well-formed record for an unknown pair on the gateway's topics are
+    skipped and counted; the feed keeps folding what follows."""
+    settings = stack.settings.with_(topic_prefix=f"b{uuid.uuid4().hex[:8]}.")
+    outcomes = topics.ensure_topics(admin_client(settings, log_level=0),
+                                    topics.plan(settings, stack.markets))
+    assert all(o.ok for o in outcomes)
+    codec = Codec()
+    partition = stack.markets.market("BTCUSDT").partition
+    producer = Producer(producer_config(settings))
+    producer.produce(settings.topic("events"), b"not avro", key=b"BTCUSDT", partition=partition)
+    producer.produce(settings.topic("balances"),
+                     codec.encode("balance", {"user_id": 5, "asset": "NOPE", "available": 1,
+                                              "held": 0, "version": 1, "ts": 1}),
+                     key=b"5", partition=0)
+    snap = {"pair": "BTCUSDT", "first_update_id": 3, "last_update_id": 3, "ts": 1,
+            "is_snapshot": True, "bids": [{"price": 100, "qty": 1}], "asks": []}
+    producer.produce(settings.topic("depth"), b"\xc3\x01garbage", key=b"BTCUSDT",
+                     partition=partition)
+    producer.produce(settings.topic("depth"), codec.encode("depth_update", snap),
+                     key=b"BTCUSDT", partition=partition)
+    assert producer.flush(10) == 0
+
+    async def main():
+        async with serve_gateway(settings, stack.markets) as (app, base):
+            from gateway.context import FEED
+            assert app[FEED].decode_errors >= 2
+            assert app[FOLDING].market.books["BTCUSDT"].last_update_id == 3
+    run(main())
