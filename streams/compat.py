@@ -28,22 +28,14 @@
    so its size stays bounded by one batch's writes and a batch's changelog records
    commit with its offsets.
 
-4. Table recovery. Under exactly_once Faust takes each changelog's end from the
-   consumer's cached last-stable-offset, which is unknown (None -> "empty") for a
-   partition not fetched yet: a restarted worker recovered *nothing* and started from
-   empty tables (found as a negative held balance after a kill -9). And tansu answers
-   ListOffsets(latest) with the last batch's base offset + 1, not its end. The end of each
-   changelog is now confirmed by reading its committed tail (read_committed, with EOF
-   events) before recovery starts.
+4. Table recovery ends. Under exactly_once Faust takes each changelog's end from the
+   consumer's cached last-stable-offset (None, read as "empty", for a partition not yet
+   fetched), and tansu answers ListOffsets(latest) with the last batch's base offset + 1
+   (a topic holding 2,160 records in one batch listed its end as 1). The end of each
+   changelog is now confirmed by reading its committed tail before recovery starts.
+   Defensive: the SIGKILL recovery test passes with and without it.
 
-5. Recovery that never ends. Faust's changelog loop clears its "recovery ended" event
-   at the top of every turn; when recovery finished before the rebalance task began to
-   wait on that event, the wake-up was lost and the worker waited forever with its
-   tables fully restored (seen as a restarted accounts worker that never consumed again;
-   a task dump showed every changelog offset at its highwater). The event now clears
-   only while a recovery is running, and is cleared when one starts.
-
-6. Fetch wait. Faust creates its consumer with fetch_max_wait_ms=1500, and tansu holds a
+5. Fetch wait. Faust creates its consumer with fetch_max_wait_ms=1500, and tansu holds a
    fetch for the whole wait even when records arrive meanwhile, so each hop through a
    Faust agent took ~0.75 s on average. The wait becomes a setting (default 10 ms).
 """
@@ -158,31 +150,6 @@ def apply(fetch_wait_ms: int = 10) -> None:
             None, committed_ends, bootstrap, list(partitions), listed)
 
     driver.AIOKafkaConsumerThread._highwaters = highwaters
-
-    from faust.tables.recovery import Recovery
-
-    class RecoveryEnded(asyncio.Event):
-        def __init__(self, recovery) -> None:
-            super().__init__()
-            self.recovery = recovery
-
-        def clear(self) -> None:
-            if self.recovery.in_recovery:
-                super().clear()
-
-    def signal_recovery_end(self):
-        if self._signal_recovery_end is None:
-            self._signal_recovery_end = RecoveryEnded(self)
-        return self._signal_recovery_end
-
-    started = Recovery._set_recovery_started
-
-    def set_recovery_started(self) -> None:
-        started(self)
-        asyncio.Event.clear(self.signal_recovery_end)
-
-    Recovery.signal_recovery_end = property(signal_recovery_end)
-    Recovery._set_recovery_started = set_recovery_started
 
     from faust import current_event
     from faust.transport.consumer import TransactionManager
