@@ -8,6 +8,7 @@ from collections import Counter
 
 from confluent_kafka import Consumer, TopicPartition
 
+from engine.service.config import group_id as engine_group
 from infra.kafka import consumer_config
 from infra.settings import Settings
 from tests.streams.sim import place, request
@@ -127,7 +128,7 @@ def wait_quiescent(settings: Settings, markets_partitions: int, check=lambda: No
     n_users = settings.user_partitions
     plan = [(f"{settings.topic_prefix}streams-accounts", "requests", n_users, 0),
             (f"{settings.topic_prefix}streams-accounts", "settlements", n_users, 1),
-            ("keel-engine", "orders", markets_partitions, 1),
+            (engine_group(settings.topic_prefix), "orders", markets_partitions, 1),
             (f"{settings.topic_prefix}streams-settlement", "events", markets_partitions, 1)]
     deadline, calm, seen = time.monotonic() + wait, 0, {}
     while calm < 2:
