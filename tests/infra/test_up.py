@@ -31,6 +31,7 @@ class Stack:
                     "KEEL_EMBEDDED_POSTGRES_PORT": str(free_port()),
                     "KEEL_EMBEDDED_CLICKHOUSE_PORT": str(free_port()),
                     "KEEL_METRICS_PORT_BASE": str(free_port()),
+                    "KEEL_GATEWAY_PORT": str(free_port()),
                     "KEEL_EXTRA_PROCESSES": json.dumps([{"name": "sleeper", "argv": SLEEPER}])}
         for name in ("KEEL_KAFKA_BOOTSTRAP", "KEEL_POSTGRES_URL", "KEEL_CLICKHOUSE_URL"):
             self.env.pop(name, None)
