@@ -24,12 +24,28 @@ MARKETS = load_markets(DEFAULT_MARKETS)
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason=(
+    "KNOWN, open: the run stalls before quiescence. keel.settlements partitions kept an "
+    "open transaction of the (alive, idle) settlement worker: read_committed stopped "
+    "short of read_uncommitted on 2 of 4 partitions, and both workers' committed offsets "
+    "stopped moving. Suspect: Faust never commits a batch whose input offsets it cannot "
+    "mark committable (transactional inputs have commit-marker gaps), so its transaction "
+    "stays open. Accounts fed by plain-written keel.requests alone drains 10k requests."))
+def test_conservation_with_10k_orders(workers, client):
+    run_conservation(workers, client, restart=False)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
     "KNOWN, open: after the mid-run restart a restarted worker (accounts in one run, "
     "settlement in another) recovered its tables and then consumed nothing more although "
     "its input was committed and readable; the run never reached quiescence. A worker "
     "exits without LeaveGroup (streams.app.Shutdown), so the broker must expire the old "
     "member; unverified whether tansu reassigns its partitions."))
 def test_conservation_with_10k_orders_and_workers_restarted_mid_run(workers, client):
+    run_conservation(workers, client, restart=True)
+
+
+def run_conservation(workers, client, restart: bool) -> None:
     workers.start_engine()
     accounts = workers.start("accounts")
     settlement = workers.start("settlement")
@@ -49,10 +65,11 @@ def test_conservation_with_10k_orders_and_workers_restarted_mid_run(workers, cli
     decode_reply = lambda v: codec.decode("reply", v)  # noqa: E731
     # mid-run: once the gate has answered part of it, stop both stateful workers
     client.read("replies", decode_reply, lambda got: len(got) >= 2_000)
-    workers.stop(accounts, signal.SIGTERM)
-    workers.stop(settlement, signal.SIGTERM)
-    workers.start("accounts")
-    workers.start("settlement")
+    if restart:
+        workers.stop(accounts, signal.SIGTERM)
+        workers.stop(settlement, signal.SIGTERM)
+        workers.start("accounts")
+        workers.start("settlement")
     for _ in range(5_000):
         send([traffic.order()] + ([traffic.funding()] if traffic.rnd.random() < 0.05 else []))
     send(traffic.results())
