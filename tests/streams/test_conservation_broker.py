@@ -81,7 +81,10 @@ def run_conservation(workers, client, restart: bool) -> None:
         with open(workers.log_dir / "lags.log", "a") as log:
             log.write(f"{lags}\n")
 
-    wait_quiescent(client.settings, MARKETS.partitions, check=workers.check, progress=progress)
+    # Both callers are known open failures (xfail): a bounded wait keeps the suite short
+    # while the stall is unfixed; a pipeline that works quiesces in well under this.
+    wait_quiescent(client.settings, MARKETS.partitions, check=workers.check, progress=progress,
+                   wait=180.0)
     replies = client.read("replies", decode_reply, lambda got: len(got) >= len(sent))
     answered = {r["request_id"] for r in replies}
     assert answered == {r["request_id"] for r in sent}
