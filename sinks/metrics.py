@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from infra.logs import event
+from infra.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,4 @@ class SinkMetrics:
             self.lag.labels(self.sink, topic, str(partition)).set(value)
 
     def serve(self, port: int | None) -> int | None:
-        if not port:
-            return None
-        try:
-            start_http_server(port, addr="127.0.0.1", registry=self.registry)
-        except OSError as exc:
-            event(log, "metrics port unavailable", logging.WARNING, port=port, error=str(exc))
-            return None
-        return port
+        return serve_metrics(self.registry, port)

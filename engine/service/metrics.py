@@ -5,10 +5,10 @@ import logging
 import threading
 from bisect import bisect_left
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 
-from infra.logs import event
+from infra.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,4 @@ class EngineMetrics:
                               ["partition"], registry=r)
 
     def serve(self, port: int | None) -> int | None:
-        """Start the HTTP endpoint; a busy port is logged, never fatal."""
-        if not port:
-            return None
-        try:
-            start_http_server(port, addr="127.0.0.1", registry=self.registry)
-        except OSError as exc:
-            event(log, "metrics port unavailable", logging.WARNING, port=port, error=str(exc))
-            return None
-        return port
+        return serve_metrics(self.registry, port)
