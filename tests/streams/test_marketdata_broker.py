@@ -31,8 +31,8 @@ def send_orders(client, rnd: random.Random, n: int, start_id: int, ts: int) -> i
     return ts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, open: after a SIGTERM mid-batch and a restart the 24 h ticker of a pair "
+@pytest.mark.xfail(strict=False, reason=(
+    "known bug, open, intermittent (issue 5): after a SIGTERM mid-batch and a restart the 24 h ticker of a pair "
     "counted only the trades after the restart (76 of 151): the pair's checkpoint was not "
     "found in the recovered table while the input offsets had moved on. A restart while "
     "idle recovers correctly. Candles and the ticker without a restart match."))
