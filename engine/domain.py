@@ -14,7 +14,9 @@ place(order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts)
   Validation, in this order; the first failure emits only Rejected(code):
     1. market not trading                            -> MARKET_CLOSED
     2. order_id already resting in this book           -> DUPLICATE_ORDER_ID
-       (only resting orders count: a finished order's id may be reused)
+       (only resting orders count: a finished order's id may be reused by the book;
+       the engine service drops a Place whose id is not above the last one of its
+       residue order_id % 4096 before any book sees it: engine.service.duplicates)
     2b. side, kind, tif or stp outside its enum        -> INVALID_REQUEST
        (a malformed command, hence the request range)
     3. LIMIT / LIMIT_MAKER: price <= 0                 -> INVALID_PRICE

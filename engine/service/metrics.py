@@ -74,6 +74,10 @@ class EngineMetrics:
                                     "Size of the last engine snapshot", ["partition"], registry=r)
         self.dead_letters = Counter("exchange_engine_dead_letters", "Records sent to the DLQ",
                                     ["partition", "code"], registry=r)
+        self.duplicates = Counter(
+            "exchange_engine_duplicate_commands",
+            "Places dropped as copies of one already executed (engine.service.duplicates)",
+            ["partition"], registry=r)
         self.role = Gauge("exchange_engine_primary", "1 while this process is the partition's primary",
                           ["partition"], registry=r)
         self.recovery = Gauge("exchange_engine_recovery_seconds", "Last start-up/takeover time",

@@ -20,9 +20,10 @@ from engine.engine import Engine
 from engine.markets import MarketsConfig
 from engine.service.config import EngineOptions
 from engine.service.depth import DepthFeed
+from engine.service.duplicates import PlaceFilter
 from engine.service.metrics import EngineMetrics
 from engine.service.routing import Fault, Router
-from engine.service.snapshots import chunk_records, find_latest
+from engine.service.snapshots import chunk_records, find_latest, pack_state, unpack_state
 from infra.logs import event
 from schemas.codec import Codec, CodecError
 
@@ -69,7 +70,7 @@ class PartitionWorker:
         self.router = Router(codec, markets, partition)
         self.wire = self.router.wire
         self.market_list = markets.pairs_on(partition)
-        self._reset_engine(Engine(self.market_list, opts.impl))
+        self._reset_engine(Engine(self.market_list, opts.impl), PlaceFilter())
         self.next_offset = 0            # every keel.orders record below it is applied
         self.target = 0                 # standby/takeover: apply quietly up to here
         self.role = Role.STANDBY
@@ -85,8 +86,9 @@ class PartitionWorker:
         self.on_commit = None           # optional hook(latency_s, records), for the bench
         self.stale = lambda: False      # the runner's "another instance beats for me" check
 
-    def _reset_engine(self, engine: Engine) -> None:
+    def _reset_engine(self, engine: Engine, place_filter: PlaceFilter) -> None:
         self.engine = engine
+        self.place_filter = place_filter    # duplicate Places: part of the state
         self.books = {pair: engine.book(pair) for pair in engine.pairs()}
         self.keys = {pair: pair.encode() for pair in self.books}
         self.feed = DepthFeed(self.books, self.opts.depth_levels,
@@ -104,14 +106,16 @@ class PartitionWorker:
         if on_offset is not None:
             on_offset(0 if snap is None else snap.input_offset)
         if snap is None:
-            self._reset_engine(Engine(self.market_list, self.opts.impl))
+            self._reset_engine(Engine(self.market_list, self.opts.impl), PlaceFilter())
             self.next_offset = 0
         else:
-            # The hash covers the bytes; restore() checks their structure.
+            # The hash covers the bytes; unpack_state() and restore() check their structure.
             if hashlib.sha256(snap.snapshot).hexdigest() != snap.state_hash:
                 raise RuntimeError(f"partition {self.partition}: snapshot at input offset "
                                    f"{snap.input_offset} fails its state hash")
-            self._reset_engine(Engine.restore(self.market_list, snap.snapshot, self.opts.impl))
+            engine_bytes, high = unpack_state(snap.snapshot)
+            self._reset_engine(Engine.restore(self.market_list, engine_bytes, self.opts.impl),
+                               PlaceFilter(high))
             self.next_offset = snap.input_offset
         self.pending.clear()
         self.target = committed
@@ -198,10 +202,11 @@ class PartitionWorker:
         done = 0
         if self.role is not Role.PRIMARY:
             pending, target, route, books = self.pending, self.target, self.router.route, self.books
+            fresh = self.place_filter.fresh
             while pending and pending[0][0].offset() < target:
                 msg = pending.popleft()[0]
                 cmd = route(msg.value())
-                if type(cmd) is not Fault:
+                if type(cmd) is not Fault and fresh(cmd):
                     books[cmd.pair].apply(cmd)      # quietly: its events were published
                     self.last_ts = cmd.ts
                 self.next_offset = msg.offset() + 1
@@ -231,6 +236,8 @@ class PartitionWorker:
         opts, part, produce = self.opts, self.partition, self._produce
         events_topic, encode = opts.events_topic, self.wire.encode_event
         books, keys, route = self.books, self.keys, self.router.route
+        fresh = self.place_filter.fresh
+        dropped: list = []              # duplicate Places: no event, no seq, offset committed
         touched: dict[str, int] = {}
         types: dict[tuple[str, type], int] = {}
         out: list[dict] = []            # keel.events records, in order, sent as one batch
@@ -241,6 +248,9 @@ class PartitionWorker:
                 cmd = route(msg.value())
                 if type(cmd) is Fault:
                     self._dead_letter(msg, cmd)
+                    continue
+                if not fresh(cmd):
+                    dropped.append((msg.offset(), cmd.order_id))
                     continue
                 pair = cmd.pair
                 evs = books[pair].apply(cmd)
@@ -276,6 +286,8 @@ class PartitionWorker:
             self._commit()
         except (KafkaException, _Refused) as exc:
             self._fail(exc)
+        if dropped:
+            self._report_dropped(dropped)
         done = self.clock()
         m = self.metrics
         m.commit_time.observe(done - t_commit)
@@ -351,6 +363,15 @@ class PartitionWorker:
             out.append(ev)
         return out
 
+    def _report_dropped(self, dropped: list) -> None:
+        """After the commit: the drops are final only once their offsets are committed."""
+        self.metrics.duplicates.labels(self.partition).inc(len(dropped))
+        # Expected on the embedded broker after an accounts restart: one quiet line per
+        # transaction, not one per record.
+        event(log, "dropped duplicate places", partition=self.partition, count=len(dropped),
+              offsets=[dropped[0][0], dropped[-1][0]],
+              order_ids=[oid for _, oid in dropped[:5]])
+
     def _dead_letter(self, msg, fault: Fault) -> None:
         _, ts = msg.timestamp()
         value = self.codec.encode("dead_letter", {
@@ -365,7 +386,7 @@ class PartitionWorker:
               offset=msg.offset(), code=fault.code, reason=fault.reason)
 
     def _write_snapshot(self) -> None:
-        data = self.engine.snapshot()
+        data = pack_state(self.engine.snapshot(), self.place_filter.items())
         digest = hashlib.sha256(data).hexdigest()
         for key, value, headers in chunk_records(self.codec, self.partition, self.next_offset,
                                                  data, digest, self.last_ts,

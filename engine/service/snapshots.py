@@ -8,15 +8,82 @@ commits the input offset, so a committed snapshot is always complete. Recovery r
 backwards from the end of the engine's partition and takes the newest complete snapshot
 whose input offset is at or before the committed one. (Keys differ per chunk index so
 compaction keeps every chunk of the newest snapshot.)
+
+The record's `snapshot` bytes hold the partition's whole state, versioned:
+
+    version 0 (written before duplicate Places were dropped): engine.snapshot bytes as
+        they are (b"KEEL", u16 version, ...); they restore with an empty Place filter.
+    version 1: b"KEELPART" u16 version=1, u32 length + engine.snapshot bytes, u32 count,
+        then count records "<Iq" (residue, highest Place id seen from it) in ascending
+        residue (engine.service.duplicates). Little-endian.
+
+`state_hash` is the sha256 of those bytes, so for version 1 it covers the filter too: it
+is no longer engine.state_hash() but partition_hash() of the engine and its filter.
 """
 from __future__ import annotations
 
+import hashlib
+import struct
 import uuid
 from dataclasses import dataclass
 
+from engine.service.duplicates import ORDER_ID_STRIDE
+from engine.snapshot import MAGIC as ENGINE_MAGIC
+from engine.snapshot import SnapshotError
 from schemas.codec import Codec
 
 SNAPSHOT_SCHEMA = "engine_snapshot"
+STATE_MAGIC = b"KEELPART"
+STATE_VERSION = 1
+_STATE_HEAD = struct.Struct("<8sHI")
+_COUNT = struct.Struct("<I")
+_HIGH = struct.Struct("<Iq")
+
+
+def pack_state(engine_bytes: bytes, high: list[tuple[int, int]]) -> bytes:
+    """Version-1 partition state: engine snapshot bytes and the Place filter's
+    (residue, highest id) pairs, which must come sorted by residue."""
+    return b"".join((_STATE_HEAD.pack(STATE_MAGIC, STATE_VERSION, len(engine_bytes)),
+                     engine_bytes, _COUNT.pack(len(high)),
+                     b"".join([_HIGH.pack(r, oid) for r, oid in high])))
+
+
+def unpack_state(data: bytes) -> tuple[bytes, dict[int, int]]:
+    """(engine snapshot bytes, residue -> highest Place id) of either version."""
+    data = bytes(data)
+    if not data.startswith(STATE_MAGIC):
+        if data.startswith(ENGINE_MAGIC):
+            return data, {}             # version 0: the engine alone, nothing dropped yet
+        raise SnapshotError(f"partition state starts with {data[:8]!r}, neither "
+                            f"{STATE_MAGIC!r} nor {ENGINE_MAGIC!r}")
+    if len(data) < _STATE_HEAD.size:
+        raise SnapshotError("truncated: partition state header")
+    _, version, engine_len = _STATE_HEAD.unpack_from(data)
+    if version != STATE_VERSION:
+        raise SnapshotError(f"partition state version {version} is not supported "
+                            f"(this engine reads {STATE_VERSION})")
+    pos = _STATE_HEAD.size + engine_len
+    if pos + _COUNT.size > len(data):
+        raise SnapshotError("truncated: partition state ends inside the engine snapshot")
+    (count,) = _COUNT.unpack_from(data, pos)
+    pos += _COUNT.size
+    if pos + count * _HIGH.size != len(data):
+        raise SnapshotError(f"partition state declares {count} Place filter entries in "
+                            f"{len(data) - pos} bytes")
+    high: dict[int, int] = {}
+    last = -1
+    for residue, oid in _HIGH.iter_unpack(data[pos:]):
+        if residue <= last or residue >= ORDER_ID_STRIDE or oid % ORDER_ID_STRIDE != residue:
+            raise SnapshotError(f"Place filter entry ({residue}, {oid}) is out of order or "
+                                "not of its residue")
+        high[residue] = oid
+        last = residue
+    return data[_STATE_HEAD.size:_STATE_HEAD.size + engine_len], high
+
+
+def partition_hash(engine_bytes: bytes, high: list[tuple[int, int]]) -> str:
+    """The state hash a version-1 snapshot of this state carries."""
+    return hashlib.sha256(pack_state(engine_bytes, high)).hexdigest()
 
 
 @dataclass(frozen=True)

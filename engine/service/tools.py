@@ -12,7 +12,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from engine.engine import Engine
 from engine.markets import MarketsConfig
+from engine.service.duplicates import PlaceFilter
 from engine.service.heartbeat import ensure_heartbeat_topic
+from engine.service.snapshots import partition_hash
 from infra.kafka import admin_client, consumer_config, producer_config
 from infra.settings import Settings
 from schemas.codec import Codec
@@ -100,12 +102,14 @@ def read_partition(settings: Settings, topic: str, partition: int, start: int = 
 def clean_run(markets: MarketsConfig, partition: int, commands, codec: Codec,
               impl: str = "auto") -> tuple[list[bytes], str]:
     """What an uninterrupted engine publishes on keel.events for these commands (in
-    order) and its final state hash: the pure engine and the codec, no Kafka."""
+    order) and the state hash of its final snapshot: the pure engine, the duplicate-Place
+    rule and the codec, no Kafka."""
     engine = Engine(markets.pairs_on(partition), impl)
     home = {m.pair for m in markets.pairs_on(partition)}
+    fresh = (place_filter := PlaceFilter()).fresh
     out: list[bytes] = []
     encode = codec.encode_event
     for cmd in commands:
-        if cmd.pair in home:
+        if cmd.pair in home and fresh(cmd):
             out += [encode(ev) for ev in engine.apply(cmd)]
-    return out, engine.state_hash()
+    return out, partition_hash(engine.snapshot(), place_filter.items())

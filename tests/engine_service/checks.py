@@ -1,6 +1,8 @@
 """What every engine-service test checks about the published log."""
 from __future__ import annotations
 
+import urllib.request
+
 from engine.service.config import group_id
 from engine.service.reader import LogReader
 from engine.service.snapshots import find_latest
@@ -46,3 +48,26 @@ def last_snapshot(env, partition: int):
         return find_latest(reader, env.codec, env.settings.topic("engine.snapshots"), partition)
     finally:
         reader.close()
+
+
+def scrape(port: int, needle: str) -> str | None:
+    """The engine's /metrics text once it mentions `needle`, else None."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    return text if needle in text else None
+
+
+def metric_samples(text: str):
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            yield name, float(value)
+
+
+def metric_value(text: str, name: str) -> float:
+    values = [v for k, v in metric_samples(text) if k == name]
+    assert values, f"{name} not exported"
+    return values[0]

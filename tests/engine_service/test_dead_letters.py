@@ -2,15 +2,19 @@
 code, and matching carries on exactly as if the bad records had never been sent."""
 from __future__ import annotations
 
-import urllib.request
-
 from engine.domain import Place, ResultCode
 from engine.service.tools import clean_run, produce_values, read_partition
 from engine.workload import operations, to_commands
 from infra.embedded import free_port
 from schemas.errors import CodecFault
 
-from .checks import assert_seq_contiguous, published_events
+from .checks import (
+    assert_seq_contiguous,
+    metric_samples,
+    metric_value,
+    published_events,
+    scrape,
+)
 from .conftest import log_of, wait_for
 
 
@@ -64,33 +68,13 @@ def test_bad_records_go_to_the_dlq_and_matching_goes_on(engine_env, spawn_engine
         assert letter["reason"]
     assert proc.poll() is None and "Traceback" not in log_of(proc)
 
-    metrics = wait_for(lambda: _scrape(port, "exchange_engine_primary"), 30, "metrics")
-    assert _value(metrics, 'exchange_orders_processed_total{pair="BTCUSDT"}') == len(good)
-    assert _value(metrics, 'exchange_order_latency_seconds_count{pair="BTCUSDT",type="Place"}') > 0
-    assert sum(v for k, v in _samples(metrics) if k.startswith("exchange_engine_dead_letters_total")) \
-        == len(bad)
-    assert _value(metrics, 'exchange_engine_primary{partition="0"}') == 1
+    metrics = wait_for(lambda: scrape(port, "exchange_engine_primary"), 30, "metrics")
+    assert metric_value(metrics, 'exchange_orders_processed_total{pair="BTCUSDT"}') == len(good)
+    assert metric_value(
+        metrics, 'exchange_order_latency_seconds_count{pair="BTCUSDT",type="Place"}') > 0
+    assert sum(v for k, v in metric_samples(metrics)
+               if k.startswith("exchange_engine_dead_letters_total")) == len(bad)
+    assert metric_value(metrics, 'exchange_engine_primary{partition="0"}') == 1
     proc.terminate()
     assert proc.wait(30) == 0
 
-
-def _scrape(port: int, needle: str) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    return text if needle in text else None
-
-
-def _samples(text: str):
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            yield name, float(value)
-
-
-def _value(text: str, name: str) -> float:
-    values = [v for k, v in _samples(text) if k == name]
-    assert values, f"{name} not exported"
-    return values[0]
