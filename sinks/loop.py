@@ -134,6 +134,6 @@ class SinkLoop:
         if force or now - self._lag_at >= LAG_EVERY:
             self._lag_at = now
             try:
-                self.metrics.set_lag(self.source.lag())
+                self.metrics.set_lag(self.source.lag(ask_broker=force))
             except Exception as exc:  # a metric must never stop the sink
                 event(log, "lag refresh failed", logging.DEBUG, error=str(exc))

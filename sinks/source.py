@@ -100,13 +100,17 @@ class Source:
             event(log, "offset commit failed", logging.WARNING, error=str(exc))
             return False
 
-    def lag(self) -> dict[tuple[str, int], int]:
+    def lag(self, ask_broker: bool = False) -> dict[tuple[str, int], int]:
         """(topic, partition) -> high watermark - position, for the assigned partitions.
 
-        The high watermark is asked of the broker; when the answer is impossible (below
-        our own position: tansu 0.6 answers ListOffsets with a wrong end offset) the one
-        the last fetch response carried is used instead. A partition with neither is left
-        out.
+        The high watermark normally comes from the last fetch response (free: librdkafka
+        keeps it). Asking the broker costs a round trip per partition (about 0.25 s each
+        on tansu 0.6), which a loop that refreshes every second cannot pay on its hot
+        path; it is asked only when told (while the partitions are paused for an outage
+        nothing is fetched, so the cached mark would stand still) or when nothing was
+        fetched yet. A broker answer below our own position is impossible (tansu 0.6
+        answers ListOffsets with a wrong end offset sometimes) and is not used. A
+        partition with no usable mark is left out.
         """
         out = {}
         assignment = self.consumer.assignment()
@@ -115,12 +119,15 @@ class Source:
         for tp in self.consumer.position(assignment):
             if tp.offset < 0:
                 continue
-            try:
-                _, high = self.consumer.get_watermark_offsets(tp, timeout=0.5, cached=False)
-            except KafkaException:
-                high = -1
-            if high < tp.offset:
-                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if ask_broker or high < 0:
+                try:
+                    _, asked = self.consumer.get_watermark_offsets(tp, timeout=0.5,
+                                                                   cached=False)
+                except KafkaException:
+                    asked = -1
+                if asked >= tp.offset:
+                    high = asked
             if high < 0:
                 continue
             out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
