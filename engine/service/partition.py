@@ -234,14 +234,13 @@ class PartitionWorker:
 
     def _transact(self, batch: list) -> None:
         opts, part, produce = self.opts, self.partition, self._produce
-        events_topic, encode = opts.events_topic, self.wire.encode_event
+        events_topic, records = opts.events_topic, self.wire.event_records
         books, keys, route = self.books, self.keys, self.router.route
         fresh = self.place_filter.fresh
         dropped: list = []              # duplicate Places: no event, no seq, offset committed
         touched: dict[str, int] = {}
         types: dict[tuple[str, type], int] = {}
         out: list[dict] = []            # keel.events records, in order, sent as one batch
-        add = out.append
         try:
             self.producer.begin_transaction()
             for msg, _ in batch:
@@ -256,9 +255,7 @@ class PartitionWorker:
                 evs = books[pair].apply(cmd)
                 if self.suppress is not None:
                     evs = self._unsuppressed(evs)
-                key = keys[pair]
-                for ev in evs:
-                    add({"value": encode(ev), "key": key})
+                out += records(evs, keys[pair])
                 touched[pair] = last_ts = cmd.ts
                 t = (pair, type(cmd))
                 types[t] = types.get(t, 0) + 1

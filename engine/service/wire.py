@@ -6,6 +6,10 @@ records of longs, ints, booleans and one string, so they are written and read he
 directly in Avro binary (zig-zag varints). Anything unusual (another writer schema, a
 registry framing, a malformed body) goes to the codec, which decodes older versions and
 explains faults exactly. tests/engine_service/test_wire.py pins byte equality.
+
+engine/service/_wire.c does the same walk compiled (optional, like engine/_cbook.c): when
+it was built, FastWire's decode_command / encode_event / event_records are its methods,
+with the codec as their fallback; otherwise the Python below runs.
 """
 from __future__ import annotations
 
@@ -20,6 +24,11 @@ from engine.domain import (
     SetTrading,
 )
 from schemas.codec import COMMANDS, EVENTS, Codec
+
+try:
+    from engine.service import _wire as _compiled
+except ImportError:         # not built: the Python path below, same results
+    _compiled = None
 
 
 def _zigzag(n: int) -> bytes:
@@ -64,9 +73,12 @@ def _string(s: str) -> bytes:
 
 
 class FastWire:
-    """encode_event / decode_command with the codec's exact bytes and results."""
+    """encode_event / decode_command with the codec's exact bytes and results.
 
-    def __init__(self, codec: Codec) -> None:
+    `compiled`: None takes engine.service._wire when it was built; True insists on it
+    (ImportError if missing); False keeps the Python path (tests compare the two)."""
+
+    def __init__(self, codec: Codec, compiled: bool | None = None) -> None:
         self.codec = codec
         writer = codec._writers.get(EVENTS)
         # Registry framing (or any other writer) keeps the codec's own path.
@@ -78,6 +90,21 @@ class FastWire:
         self._branch = {cls: zz(i) for i, cls in enumerate(EVENT_TYPES)}
         self._bool_fields = {cls: frozenset(i for i, t in enumerate(get_type_hints(cls).values())
                                             if t is bool) for cls in EVENT_TYPES}
+        self.compiled = None
+        if compiled or (compiled is None and _compiled is not None):
+            if _compiled is None:
+                raise ImportError("engine.service._wire was not built")
+            self.compiled = _compiled.Wire(
+                self._command_header if len(self._command_header) == 10 else None,
+                self._event_header if self.enabled else None,
+                (Place, Cancel, Amend, CancelAll, SetTrading), tuple(EVENT_TYPES),
+                tuple(sum(1 << i for i in self._bool_fields[cls]) for cls in EVENT_TYPES),
+                codec.decode_command, codec.encode_event)
+            # Instance attributes: callers bind these, so the compiled methods are called
+            # directly, with no Python frame in between.
+            self.decode_command = self.compiled.decode_command
+            self.encode_event = self.compiled.encode_event
+            self.event_records = self.compiled.event_records
 
     # ---- events ----
 
@@ -99,6 +126,11 @@ class FastWire:
             else:
                 parts.append(zz(v))
         return b"".join(parts)
+
+    def event_records(self, evs, key: bytes) -> list[dict]:
+        """produce_batch records ({"value", "key"}) for one command's events."""
+        encode = self.encode_event
+        return [{"value": encode(ev), "key": key} for ev in evs]
 
     # ---- commands ----
 
