@@ -1,16 +1,15 @@
-"""Builds the optional compiled matching core next to the pure-Python one.
+"""Builds the optional compiled parts next to their pure-Python twins.
 
-The extension is optional: if a C compiler is missing the build carries on and
-engine/ falls back to the pure-Python book (same events, same state hash).
+Each extension is optional: if a C compiler is missing the build carries on and Keel
+falls back to Python (same events, same bytes, same state hash):
+- engine._cbook: the matching core (engine/_cbook.c);
+- engine.service._wire: the engine service's command decoder / event encoder.
 """
 from pathlib import Path
 
 from setuptools import Extension, setup
 
-sources = [p for p in ["engine/_cbook.c"] if Path(p).exists()]
-ext_modules = (
-    [Extension("engine._cbook", sources, extra_compile_args=["-O3", "-std=c11"], optional=True)]
-    if sources
-    else []
-)
+EXTENSIONS = {"engine._cbook": "engine/_cbook.c", "engine.service._wire": "engine/service/_wire.c"}
+ext_modules = [Extension(name, [source], extra_compile_args=["-O3", "-std=c11"], optional=True)
+               for name, source in EXTENSIONS.items() if Path(source).exists()]
 setup(ext_modules=ext_modules)
