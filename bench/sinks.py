@@ -66,6 +66,7 @@ def _drain(loop, ends: dict[tuple[str, int], int], timeout: float = 900) -> floa
         positions = loop.source.consumer.position(
             [TopicPartition(t, p) for (t, p) in ends])
         if all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in positions):
+            loop.finish()                # a pipelined loop still has the last batch in flight
             return time.monotonic() - first
     raise RuntimeError("the sink did not catch up in time")
 
@@ -137,9 +138,9 @@ def bench_lag(settings: Settings, rate: int, seconds: float) -> dict:
     loop, store = postgres_loop(settings, stop, SinkMetrics("postgres"))
     write = loop.write
 
-    def write_and_note(items):
-        report = write(items)
-        report.event_ts = [e.ts for e in items]
+    def write_and_note(batch):
+        report = write(batch)
+        report.event_ts = batch.events.ts.tolist()
         return report
 
     def committed(report, now: float) -> None:
@@ -182,6 +183,8 @@ def main() -> int:
     parser.add_argument("--depth", type=int, default=200_000, help="keel.depth records")
     parser.add_argument("--rate", type=int, default=5_000, help="events/s for the lag run")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the lag run")
+    parser.add_argument("--only", choices=("postgres", "clickhouse", "lag"), action="append",
+                        help="run only these parts (repeatable; default: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="keel-bench-sinks-") as tmp:
         tmp = Path(tmp)
@@ -202,6 +205,8 @@ def main() -> int:
                     ("postgres", lambda s: bench_postgres(s, args.ops)),
                     ("clickhouse", lambda s: bench_clickhouse(s, args.depth)),
                     ("lag", lambda s: bench_lag(s, args.rate, args.seconds)))):
+                if args.only and name not in args.only:
+                    continue
                 prefix = f"b{i}."
                 create_topics(settings.bootstrap, prefix)
                 out.update(run(settings.with_(topic_prefix=prefix)))

@@ -2,6 +2,12 @@
 the store (retrying with backoff while the store is away, position kept), and only then
 commit the offsets. Delivery is at-least-once; the stores make it exactly-once by
 dropping what they already hold.
+
+Pipelined (the PostgreSQL sink): the write of batch N runs on a worker thread while the
+loop polls and prepares batch N+1, so the database and the decoding use a core each.
+Batches are still written one at a time and in order, N's offsets are committed only
+after N's write, and a batch given up (partitions revoked, stopping) takes the one behind
+it along, so no commit ever passes a batch that was not written.
 """
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from infra.logs import event
 from schemas.codec import CodecError, RegistryUnavailable
@@ -19,7 +26,8 @@ from sinks.source import Source
 
 log = logging.getLogger(__name__)
 
-LAG_EVERY = 1.0          # seconds between lag metric refreshes (each asks the broker)
+LAG_EVERY = 1.0          # seconds between lag metric refreshes
+TABLES = ("trades", "orders", "depth_rows", "ledger_entries", "balances")
 
 
 @dataclass(frozen=True)
@@ -31,51 +39,108 @@ class Backoff:
         return min(self.cap, self.first * (2 ** attempt))
 
 
+@dataclass
+class _Pending:
+    msgs: list
+    batch: object
+    dead: list
+    generation: int
+    started: float = 0.0
+    future: Future | None = field(default=None, repr=False)
+
+
 class SinkLoop:
-    def __init__(self, name: str, source: Source, decode: Callable[[object], object],
-                 write: Callable[[list], object], transient: tuple[type[BaseException], ...],
+    def __init__(self, name: str, source: Source, decode: Callable[[object], object] | None,
+                 write: Callable[[object], object], transient: tuple[type[BaseException], ...],
                  dead_letters: DeadLetters, metrics: SinkMetrics, stop: threading.Event,
                  backoff: Backoff = Backoff(),
-                 on_written: Callable[[object, float], None] | None = None) -> None:
+                 on_written: Callable[[object, float], None] | None = None,
+                 prepare: Callable[[list], tuple[object, list]] | None = None,
+                 pipeline: bool = False) -> None:
         self.name = name
         self.source = source
         self.decode = decode                 # message -> item for write(); CodecError = dead
-        self.write = write                   # items -> a report with .max_ts (ms)
+        self.prepare = prepare               # messages -> (batch, [(message, CodecError)])
+        self.write = write                   # items (or batch) -> a report with .max_ts (ms)
         self.transient = transient + (RegistryUnavailable,)
         self.dlq = dead_letters
         self.metrics = metrics
         self.stop = stop
         self.backoff = backoff
         self.on_written = on_written
+        self.pipeline = pipeline
         self.batches = 0
         self._lag_at = 0.0
+        self._inflight: _Pending | None = None
+        self._worker: ThreadPoolExecutor | None = None
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            self.step()
+        try:
+            while not self.stop.is_set():
+                self.step()
+        finally:
+            self.finish()
 
     def step(self) -> bool:
-        """One batch end to end; True when something was written and committed."""
+        """One poll; True when a batch was written and committed during it."""
         msgs = self.source.poll()
         self._refresh_lag()
-        if not msgs:
-            return False
-        generation = self.source.generation
-        decoded = self._retrying(lambda: self._decode(msgs), generation)
-        if decoded is None:
-            return False                     # revoked or stopping: the next owner replays
-        items, dead = decoded
-        started = time.monotonic()
-        report = self._retrying(lambda: self.write(items), generation)
+        pending = None
+        if msgs:
+            generation = self.source.generation
+            prepared = self._retrying(lambda: self._prepare(msgs), generation)
+            if prepared is not None:
+                pending = _Pending(msgs, prepared[0], prepared[1], generation)
+        if not self.pipeline:
+            if pending is None:
+                return False
+            pending.started = time.monotonic()
+            self._inflight = pending
+            return self._land() is True
+        landed = self._land()
+        if landed is False:
+            pending = None                   # never commit past a batch given up
+        if pending is not None:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"sink-{self.name}")
+            pending.started = time.monotonic()
+            pending.future = self._worker.submit(self.write, pending.batch)
+            self._inflight = pending
+        return landed is True
+
+    def finish(self) -> bool | None:
+        """Land the batch in flight (when stopping, a failing one is given up)."""
+        try:
+            return self._land()
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
+                self._worker = None
+
+    def _land(self) -> bool | None:
+        """Wait for the batch in flight, then dead letters and offsets. None: nothing was
+        in flight; True: written and committed; False: given up (left for a replay)."""
+        p, self._inflight = self._inflight, None
+        if p is None:
+            return None
+        failed = report = None
+        if p.future is not None:
+            try:
+                report = p.future.result()
+                self.metrics.store_up.labels(self.name).set(1)
+            except self.transient as exc:
+                failed = exc
         if report is None:
-            return False
-        self.metrics.batch_seconds.labels(self.name).observe(time.monotonic() - started)
-        for msg, error in dead:
+            report = self._retrying(lambda: self.write(p.batch), p.generation, failed)
+            if report is None:
+                return False
+        self.metrics.batch_seconds.labels(self.name).observe(time.monotonic() - p.started)
+        for msg, error in p.dead:
             self.dlq.send(msg, error)
             self.metrics.dead_letters.labels(self.name, str(error.code)).inc()
         if self.dlq.pending:                 # ours, and any the store set aside
             self.dlq.flush()
-        self.source.commit(msgs)
+        self.source.commit(p.msgs)
         self.batches += 1
         self._count(report)
         max_ts = getattr(report, "max_ts", 0)
@@ -86,7 +151,7 @@ class SinkLoop:
         return True
 
     def _count(self, report: object) -> None:
-        for table in ("trades", "orders", "depth_rows"):
+        for table in TABLES:
             n = getattr(report, table, 0)
             if n:
                 self.metrics.rows.labels(self.name, table.removesuffix("_rows")).inc(n)
@@ -95,7 +160,9 @@ class SinkLoop:
         if getattr(report, "gaps", 0):
             self.metrics.seq_gaps.labels(self.name).inc(report.gaps)
 
-    def _decode(self, msgs: list) -> tuple[list, list]:
+    def _prepare(self, msgs: list) -> tuple[object, list]:
+        if self.prepare is not None:
+            return self.prepare(msgs)
         items, dead = [], []
         decode = self.decode
         for m in msgs:
@@ -107,27 +174,32 @@ class SinkLoop:
                 dead.append((m, exc))
         return items, dead
 
-    def _retrying(self, attempt: Callable[[], object], generation: int):
+    def _retrying(self, attempt: Callable[[], object], generation: int,
+                  failed: BaseException | None = None):
         """attempt() until it succeeds; None when the partitions were revoked meanwhile or
-        the sink is stopping (the batch is then left for the next owner)."""
+        the sink is stopping (the batch is then left for the next owner). `failed`: the
+        first attempt was already made elsewhere and raised this."""
         failures = 0
         while True:
-            try:
-                result = attempt()
-                self.metrics.store_up.labels(self.name).set(1)
-                return result
-            except self.transient as exc:
-                failures += 1
-                self.metrics.retries.labels(self.name).inc()
-                self.metrics.store_up.labels(self.name).set(0)
-                delay = self.backoff.delay(failures - 1)
-                event(log, "store unavailable, retrying", logging.WARNING, sink=self.name,
-                      attempt=failures, delay_s=round(delay, 2),
-                      error=f"{type(exc).__name__}: {exc}"[:300])
-                self.source.hold(delay)
-                self._refresh_lag(force=True)
-                if self.stop.is_set() or self.source.generation != generation:
-                    return None
+            if failed is None:
+                try:
+                    result = attempt()
+                    self.metrics.store_up.labels(self.name).set(1)
+                    return result
+                except self.transient as exc:
+                    failed = exc
+            failures += 1
+            self.metrics.retries.labels(self.name).inc()
+            self.metrics.store_up.labels(self.name).set(0)
+            delay = self.backoff.delay(failures - 1)
+            event(log, "store unavailable, retrying", logging.WARNING, sink=self.name,
+                  attempt=failures, delay_s=round(delay, 2),
+                  error=f"{type(failed).__name__}: {failed}"[:300])
+            failed = None
+            self.source.hold(delay)
+            self._refresh_lag(force=True)
+            if self.stop.is_set() or self.source.generation != generation:
+                return None
 
     def _refresh_lag(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -157,7 +157,7 @@ def _orders(cols: EventColumns, pair_texts: list[str]):
         a[~drop] for a in (ev, typ, pair, oid, amount, price, reason))
     starts = np.flatnonzero(_runs(pair, oid))
     n = len(ev)
-    ends = np.append(starts[1:], n)
+    ends = np.append(starts[1:], n) if len(starts) else starts
     run = np.cumsum(_runs(pair, oid)) - 1
     at = np.arange(n)
 

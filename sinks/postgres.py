@@ -1,12 +1,19 @@
-"""The PostgreSQL sink's store: trades and orders from keel.events, exactly once.
+"""The PostgreSQL sink's store: keel.events -> trades and orders, keel.settlements -> ledger
+entries, keel.balances -> balances; exactly once.
 
-One batch is one transaction:
-  1. lock the batch's pairs in `sink_progress` and drop every event with
-     seq <= last_seq (already applied by an earlier run whose Kafka commit was lost);
-  2. COPY the rest into session temp tables and move them with
-     INSERT ... ON CONFLICT DO NOTHING (trades, new orders) and one UPDATE ... FROM
-     (fills and state changes of existing orders);
-  3. advance `sink_progress`, COMMIT.
+A batch is prepared where it is polled (decoded to columns, folded, its COPY streams
+built: sinks/event_columns.py, order_columns.py, ledger.py) and written by another thread
+while the next batch is polled and prepared. One batch is one transaction:
+  1. lock the batch's pairs in `sink_progress` (creating the rows of new pairs first, so
+     two writers of a new pair queue on the same lock) and drop every event with
+     seq <= last_seq (applied by an earlier run whose Kafka commit was lost);
+  2. COPY trades and the orders accepted in this batch straight into their tables: after
+     step 1 none of them can exist. If one does all the same (progress rows reset by
+     hand), the transaction is redone through temp tables with ON CONFLICT DO NOTHING.
+     Orders first seen as rejected (the id may rest from an earlier batch) always take
+     that path, and existing orders get one UPDATE ... FROM of their deltas;
+  3. ledger entries and balances, idempotent on their natural keys (sinks/ledger.py);
+  4. advance `sink_progress`, COMMIT.
 Only then does the caller commit the Kafka offsets. A crash anywhere leaves either the
 whole batch or none of it, and a replay drops what was applied, so fills are never
 added twice even though orders are updated by delta.
@@ -16,23 +23,25 @@ Temp tables need a session: behind PgBouncer run the sink in session pooling mod
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from infra.logs import event
-from sinks.orders import ORDER_COLUMNS, TRADE_COLUMNS, UPDATE_COLUMNS, batch_rows
+from schemas.codec import Codec, CodecError, RegistryUnavailable
+from sinks import ledger
+from sinks.event_columns import EventColumns, decode
+from sinks.order_columns import OrderTables, fold, fresh
+from sinks.orders import ORDER_COLUMNS, TRADE_COLUMNS, UPDATE_COLUMNS
 
 log = logging.getLogger(__name__)
 
 SINK = "postgres"
 
 _STAGE_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS stage_trades (
-    pair text, trade_id bigint, seq bigint, ts bigint, price bigint, qty bigint,
-    taker_side smallint, maker_order_id bigint, maker_user_id bigint, taker_order_id bigint,
-    taker_user_id bigint, maker_fee bigint, taker_fee bigint) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_trades (LIKE trades) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_orders (
     pair text, order_id bigint, user_id bigint, side smallint, kind smallint, tif smallint,
     price bigint, qty bigint, quote_qty bigint, remaining bigint, filled_qty bigint,
@@ -42,13 +51,16 @@ CREATE TEMP TABLE IF NOT EXISTS stage_order_updates (
     pair text, order_id bigint, price bigint, remaining bigint, minus bigint,
     filled_qty bigint, filled_quote bigint, status text, reason integer, updated_ts bigint,
     last_seq bigint) ON COMMIT DELETE ROWS;
-"""
+""" + ledger.STAGE_DDL
 
 _LOCK_PROGRESS = ("SELECT pair, last_seq FROM sink_progress "
-                  "WHERE sink = %s AND pair = ANY(%s) FOR UPDATE")
-_SAVE_PROGRESS = ("INSERT INTO sink_progress (sink, pair, last_seq) VALUES (%s, %s, %s) "
-                  "ON CONFLICT (sink, pair) DO UPDATE "
-                  "SET last_seq = EXCLUDED.last_seq, updated_at = now()")
+                  "WHERE sink = %s AND pair = ANY(%s) ORDER BY pair FOR UPDATE")
+_NEW_PROGRESS = ("INSERT INTO sink_progress (sink, pair, last_seq) "
+                 "SELECT %s, p, 0 FROM unnest(%s::text[]) AS p ORDER BY p "
+                 "ON CONFLICT (sink, pair) DO NOTHING")
+_SAVE_PROGRESS = ("UPDATE sink_progress SET last_seq = v.last_seq, updated_at = now() "
+                  "FROM unnest(%s::text[], %s::bigint[]) AS v(pair, last_seq) "
+                  "WHERE sink_progress.sink = %s AND sink_progress.pair = v.pair")
 _MOVE_TRADES = ("INSERT INTO trades SELECT * FROM stage_trades "
                 "ON CONFLICT (pair, trade_id) DO NOTHING")
 _MOVE_ORDERS = (f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) "
@@ -74,11 +86,11 @@ WHERE o.pair = s.pair AND o.order_id = s.order_id AND s.last_seq > o.last_seq
 """
 
 # Errors that mean "the database is not there right now": retry the same batch. A
-# missing table is one of them: `keel up` migrates when PostgreSQL turns healthy, which
-# may be a moment after the sink starts (the log names the table meanwhile).
+# missing table or column is one of them: `keel up` migrates when PostgreSQL turns
+# healthy, which may be a moment after the sink starts (the log names it meanwhile).
 TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout,
              psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
-             psycopg.errors.UndefinedTable)
+             psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
 
 
 @dataclass
@@ -87,8 +99,35 @@ class Written:
     replayed: int = 0        # events dropped as already applied (seq <= watermark)
     trades: int = 0
     orders: int = 0          # order rows inserted or updated
+    ledger_entries: int = 0  # entries inserted (a redelivered one is not)
+    balances: int = 0        # balance rows inserted or moved to a higher version
     gaps: int = 0            # pairs whose seq jumped (events missing upstream)
-    max_ts: int = 0          # newest event time in the batch (for the lag metric)
+    max_ts: int = 0          # newest record time in the batch (for the lag metric)
+
+
+@dataclass
+class Streams:
+    """COPY streams of one batch's order tables (payload, rows) by table."""
+    trades: tuple[bytes, int]
+    new_orders: tuple[bytes, int]
+    rejected: tuple[bytes, int]
+    updates: tuple[bytes, int]
+
+    @classmethod
+    def of(cls, tables: OrderTables) -> Streams:
+        return cls(*((t.payload(), len(t)) for t in
+                     (tables.trades, tables.new_orders, tables.rejected, tables.updates)))
+
+
+@dataclass
+class Batch:
+    """A polled batch, ready to write."""
+    events: EventColumns
+    keep: np.ndarray = field(repr=False)  # fresh within the batch, before the watermarks
+    streams: Streams = field(repr=False)  # of the kept events
+    ledger: tuple[bytes, int] = (b"", 0)
+    balances: tuple[bytes, int] = (b"", 0)
+    max_ts: int = 0
 
 
 def _configure(conn: psycopg.Connection) -> None:
@@ -97,12 +136,17 @@ def _configure(conn: psycopg.Connection) -> None:
 
 
 class PostgresStore:
-    """Writes batches of engine events; one pool, sized for one writer plus a probe."""
+    """Writes prepared batches; one pool, sized for one writer plus a probe."""
 
     def __init__(self, dsn: str, sink: str = SINK, pool_size: int = 2,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, codec: Codec | None = None,
+                 settlements_topic: str | None = None,
+                 balances_topic: str | None = None) -> None:
         self.sink = sink
         self.connect_timeout = connect_timeout
+        self.codec = codec or Codec()
+        self.settlements_topic = settlements_topic
+        self.balances_topic = balances_topic
         self.pool = ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, configure=_configure,
             check=ConnectionPool.check_connection, reconnect_timeout=86_400,
@@ -114,61 +158,130 @@ class PostgresStore:
     def close(self) -> None:
         self.pool.close()
 
-    def write(self, events: list) -> Written:
-        """Apply a batch (in partition order) in one transaction; raises TRANSIENT errors."""
-        out = Written()
-        if not events:
-            return out
+    # ---- on the polling thread ----
+
+    def prepare(self, msgs: list) -> tuple[Batch, list[tuple[object, CodecError]]]:
+        """Decode, fold and encode a polled batch; (batch, [(message, error)] dead)."""
+        events, settlements, balances, dead = [], [], [], []
+        for m in msgs:
+            topic = m.topic()
+            if topic == self.settlements_topic:
+                settlements.append(m)
+            elif topic == self.balances_topic:
+                balances.append(m)
+            else:
+                events.append(m)
+        cols, faults = decode([m.value() for m in events], self.codec)
+        dead += [(events[i], exc) for i, exc in faults]
+        records = {"settlement": [], "balance": []}
+        for name, read, got in (("settlement", ledger.decode_settlement, settlements),
+                                ("balance", ledger.decode_balance, balances)):
+            for m in got:
+                try:
+                    records[name].append(read(self.codec, m.value()))
+                except RegistryUnavailable:
+                    raise
+                except CodecError as exc:
+                    dead.append((m, exc))
+        batch = self.batch(cols, records["settlement"], records["balance"])
+        return batch, dead
+
+    def batch(self, cols: EventColumns, settlements: list[dict] = (),
+              balances: list[dict] = ()) -> Batch:
+        keep, _, _ = fresh(cols, {})
+        streams = Streams.of(fold(cols if keep.all() else cols.take(keep)))
+        led, bal = ledger.ledger_table(list(settlements)), ledger.balance_table(list(balances))
+        max_ts = max([int(cols.ts.max()) if len(cols) else 0]
+                     + [r["ts"] for r in settlements] + [r["ts"] for r in balances])
+        return Batch(cols, keep, streams, (led.payload(), len(led)),
+                     (bal.payload(), len(bal)), max_ts)
+
+    # ---- on the writing thread ----
+
+    def write(self, batch: Batch) -> Written:
+        """Apply a batch in one transaction; raises TRANSIENT errors."""
+        if not len(batch.events) and not batch.ledger[1] and not batch.balances[1]:
+            return Written()
         with self.pool.connection(timeout=self.connect_timeout) as conn:
-            fresh, moved = self._fresh(conn, events, out)
-            if fresh:
-                self._apply(conn, fresh, moved, out)
+            try:
+                out = self._write(conn, batch, direct=True)
+            except psycopg.errors.UniqueViolation as exc:
+                conn.rollback()
+                event(log, "rows past the watermark already stored; batch loaded with "
+                      "ON CONFLICT", logging.WARNING, error=str(exc)[:300])
+                out = self._write(conn, batch, direct=False)
             conn.commit()
         return out
 
-    def _fresh(self, conn: psycopg.Connection, events: list,
-               out: Written) -> tuple[list, list[tuple[str, int]]]:
-        pairs = sorted({e.pair for e in events})
-        marks = dict(conn.execute(_LOCK_PROGRESS, (self.sink, pairs)).fetchall())
-        fresh = []
-        last = dict(marks)
-        for e in events:
-            seen = last.get(e.pair, 0)
-            if e.seq <= seen:
-                out.replayed += 1
-                continue
-            if e.seq != seen + 1 and (seen or e.seq != 1):
-                out.gaps += 1
-                event(log, "seq gap", logging.WARNING, pair=e.pair, after=seen, got=e.seq)
-            last[e.pair] = e.seq
-            fresh.append(e)
-            if e.ts > out.max_ts:
-                out.max_ts = e.ts
-        out.events = len(fresh)
-        return fresh, [(p, s) for p, s in last.items() if marks.get(p) != s]
-
-    def _apply(self, conn: psycopg.Connection, fresh: list, moved: list[tuple[str, int]],
-               out: Written) -> None:
-        rows = batch_rows(fresh)
-        orders = rows.new_orders() + rows.rejected_orders()
-        updates = rows.order_updates()
+    def _write(self, conn: psycopg.Connection, batch: Batch, direct: bool) -> Written:
+        out = Written(max_ts=batch.max_ts)
+        cols = batch.events
         with conn.cursor() as cur:
-            if rows.trades:
-                _copy(cur, "stage_trades", TRADE_COLUMNS, rows.trades)
+            if len(cols):
+                marks = self._lock(cur, cols.pairs)
+                keep, last, gaps = fresh(cols, marks)
+                for pair, after, got in gaps[:20]:
+                    event(log, "seq gap", logging.WARNING, pair=pair, after=after, got=got)
+                out.gaps = len(gaps)
+                out.events = int(keep.sum())
+                out.replayed = len(cols) - out.events
+                streams = (batch.streams if np.array_equal(keep, batch.keep)
+                           else Streams.of(fold(cols.take(keep))))
+                self._apply(cur, streams, out, direct)
+                moved = [(p, s) for p, s in last.items() if marks.get(p, 0) != s]
+                if moved:
+                    cur.execute(_SAVE_PROGRESS, ([p for p, _ in moved], [s for _, s in moved],
+                                                 self.sink))
+            if batch.ledger[1]:
+                _copy(cur, "stage_ledger", ledger.LEDGER_COLUMNS, batch.ledger[0])
+                cur.execute(ledger.MOVE_LEDGER)
+                out.ledger_entries = cur.rowcount
+            if batch.balances[1]:
+                _copy(cur, "stage_balances", ledger.BALANCE_COLUMNS, batch.balances[0])
+                cur.execute(ledger.UPSERT_BALANCES)
+                out.balances = cur.rowcount
+        return out
+
+    def _lock(self, cur: psycopg.Cursor, pairs: list[str]) -> dict[str, int]:
+        marks = dict(cur.execute(_LOCK_PROGRESS, (self.sink, pairs)).fetchall())
+        missing = [p for p in pairs if p not in marks]
+        if missing:
+            cur.execute(_NEW_PROGRESS, (self.sink, missing))
+            marks.update(cur.execute(_LOCK_PROGRESS, (self.sink, missing)).fetchall())
+        return marks
+
+    def _apply(self, cur: psycopg.Cursor, streams: Streams, out: Written,
+               direct: bool) -> None:
+        payload, n = streams.trades
+        if n:
+            if direct:
+                _copy(cur, "trades", TRADE_COLUMNS, payload)
+                out.trades = n
+            else:
+                _copy(cur, "stage_trades", TRADE_COLUMNS, payload)
                 cur.execute(_MOVE_TRADES)
                 out.trades = cur.rowcount
-            if orders:
-                _copy(cur, "stage_orders", ORDER_COLUMNS, orders)
-                cur.execute(_MOVE_ORDERS)
-                out.orders += cur.rowcount
-            if updates:
-                _copy(cur, "stage_order_updates", UPDATE_COLUMNS, updates)
-                # Without statistics the planner guesses the temp table's size and may
-                # scan all of `orders`; a few ms of ANALYZE buys the index nested loop.
-                cur.execute("ANALYZE stage_order_updates")
-                cur.execute(_APPLY_UPDATES)
-                out.orders += cur.rowcount
-            cur.executemany(_SAVE_PROGRESS, [(self.sink, p, s) for p, s in moved])
+        staged = False
+        for (payload, n), straight in ((streams.new_orders, direct), (streams.rejected, False)):
+            if not n:
+                continue
+            if straight:
+                _copy(cur, "orders", ORDER_COLUMNS, payload)
+                out.orders += n
+            else:
+                _copy(cur, "stage_orders", ORDER_COLUMNS, payload)
+                staged = True
+        if staged:
+            cur.execute(_MOVE_ORDERS)
+            out.orders += cur.rowcount
+        payload, n = streams.updates
+        if n:
+            _copy(cur, "stage_order_updates", UPDATE_COLUMNS, payload)
+            # Without statistics the planner guesses the temp table's size and may
+            # scan all of `orders`; a few ms of ANALYZE buys the index nested loop.
+            cur.execute("ANALYZE stage_order_updates")
+            cur.execute(_APPLY_UPDATES)
+            out.orders += cur.rowcount
 
     def watermarks(self) -> dict[str, int]:
         """pair -> last seq applied (for status pages and tests)."""
@@ -177,7 +290,6 @@ class PostgresStore:
                                      (self.sink,)).fetchall())
 
 
-def _copy(cur: psycopg.Cursor, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
+def _copy(cur: psycopg.Cursor, table: str, columns: tuple[str, ...], payload: bytes) -> None:
+    with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(payload)

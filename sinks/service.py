@@ -21,7 +21,6 @@ from sinks.source import Source
 log = logging.getLogger(__name__)
 
 
-
 def group(settings: Settings, store: str) -> str:
     """keel-sink-postgres / keel-sink-clickhouse under the default topic prefix."""
     return f"{settings.topic_prefix.rstrip('.')}-sink-{store}"
@@ -36,17 +35,21 @@ def stop_on_signals() -> threading.Event:
 
 def postgres_loop(settings: Settings, stop: threading.Event, metrics: SinkMetrics,
                   max_records: int = 20_000):
-    """(loop, store): keel.events -> PostgreSQL. The caller opens nothing else."""
+    """(loop, store): keel.events -> trades and orders, keel.settlements -> ledger entries,
+    keel.balances -> balances, in one transaction per batch. The caller opens nothing else."""
     from sinks.postgres import TRANSIENT, PostgresStore
 
     codec = Codec.from_settings(settings)
-    store = PostgresStore(settings.postgres_dsn)
+    settlements, balances = settings.topic("settlements"), settings.topic("balances")
+    store = PostgresStore(settings.postgres_dsn, codec=codec, settlements_topic=settlements,
+                          balances_topic=balances)
     store.open()
-    source = Source(settings, group(settings, "postgres"), [settings.topic("events")], client_id="sink-postgres",
-                    max_records=max_records)
-    loop = SinkLoop("postgres", source, lambda m: codec.decode_event(m.value()),
-                    store.write, TRANSIENT, DeadLetters(settings, codec, "postgres-sink"),
-                    metrics, stop)
+    source = Source(settings, group(settings, "postgres"),
+                    [settings.topic("events"), settlements, balances],
+                    client_id="sink-postgres", max_records=max_records)
+    loop = SinkLoop("postgres", source, None, store.write, TRANSIENT,
+                    DeadLetters(settings, codec, "postgres-sink"), metrics, stop,
+                    prepare=store.prepare, pipeline=True)
     return loop, store
 
 

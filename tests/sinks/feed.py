@@ -46,7 +46,8 @@ def engine_events(n_ops: int, pairs=PAIRS, seed: int = 7, t0_ms: int | None = No
 
 def create_topics(bootstrap: str, prefix: str, partitions: int = len(PAIRS)) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = {"events": partitions, "depth": partitions, "dlq": 1}
+    names = {"events": partitions, "depth": partitions, "dlq": 1,
+             "settlements": partitions, "balances": partitions}
     futures = admin.create_topics([NewTopic(prefix + n, p, 1) for n, p in names.items()])
     for f in futures.values():
         f.result(10)

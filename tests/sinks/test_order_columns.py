@@ -69,6 +69,14 @@ def test_the_rare_orders_of_events_fold_as_the_reference_does():
     ])
 
 
+def test_a_batch_with_nothing_fresh_folds_to_empty_tables():
+    cols = _columns([_accepted(1, 1), _trade(2, 1, 1, 2, 1)])
+    keep, _, _ = fresh(cols, {P: 5})
+    tables = fold(cols.take(keep))
+    assert [len(t) for t in (tables.trades, tables.new_orders, tables.rejected,
+                             tables.updates)] == [0, 0, 0, 0]
+
+
 def test_fresh_drops_what_the_watermark_and_earlier_events_cover_and_counts_gaps():
     events = [_accepted(s, s) for s in (4, 5, 6, 3, 5, 7, 9)]
     keep, last, gaps = fresh(_columns(events), {P: 4})
