@@ -97,8 +97,8 @@ def balance_table(balances: list[dict]) -> Table:
             best[key] = b
     rows = list(best.values())
     assets, names = _texts([b["asset"] for b in rows])
-    values = [np.fromiter((b[c] for b in rows), np.int64, count=len(rows))
+    values = [assets if c == "asset" else
+              np.fromiter((b[c] for b in rows), np.int64, count=len(rows))
               for c in BALANCE_COLUMNS]
-    values[1] = assets
     return Table(BALANCE_COLUMNS, BALANCE_TYPES, values, [None] * 6,
                  [None, names, None, None, None, None])
