@@ -3,17 +3,20 @@ the store (retrying with backoff while the store is away, position kept), and on
 commit the offsets. Delivery is at-least-once; the stores make it exactly-once by
 dropping what they already hold.
 
-Pipelined (the PostgreSQL sink): the write of batch N runs on a worker thread while the
-loop polls and prepares batch N+1, so the database and the decoding use a core each.
-Batches are still written one at a time and in order, N's offsets are committed only
-after N's write, and a batch given up (partitions revoked, stopping) takes the one behind
-it along, so no commit ever passes a batch that was not written.
+Pipelined (the PostgreSQL sink): writes run on worker threads while the loop polls and
+prepares the next batch, so the database and the decoding use a core each. Up to
+`depth` batches are in flight at once, but only batches of disjoint partitions: a batch
+that shares a partition with one in flight waits for it. Offsets are committed oldest
+batch first, each only after its own write, and a batch given up (partitions revoked,
+stopping) takes every batch behind it along, so no commit ever passes a batch that was
+not written.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +51,10 @@ class _Pending:
     started: float = 0.0
     future: Future | None = field(default=None, repr=False)
 
+    @property
+    def partitions(self) -> set[tuple[str, int]]:
+        return {(m.topic(), m.partition()) for m in self.msgs}
+
 
 class SinkLoop:
     def __init__(self, name: str, source: Source, decode: Callable[[object], object] | None,
@@ -56,7 +63,7 @@ class SinkLoop:
                  backoff: Backoff = Backoff(),
                  on_written: Callable[[object, float], None] | None = None,
                  prepare: Callable[[list], tuple[object, list]] | None = None,
-                 pipeline: bool = False) -> None:
+                 pipeline: bool = False, depth: int = 2) -> None:
         self.name = name
         self.source = source
         self.decode = decode                 # message -> item for write(); CodecError = dead
@@ -69,9 +76,10 @@ class SinkLoop:
         self.backoff = backoff
         self.on_written = on_written
         self.pipeline = pipeline
+        self.depth = max(1, depth) if pipeline else 1
         self.batches = 0
         self._lag_at = 0.0
-        self._inflight: _Pending | None = None
+        self._inflight: deque[_Pending] = deque()
         self._worker: ThreadPoolExecutor | None = None
 
     def run(self) -> None:
@@ -95,34 +103,65 @@ class SinkLoop:
             if pending is None:
                 return False
             pending.started = time.monotonic()
-            self._inflight = pending
+            self._inflight.append(pending)
             return self._land() is True
-        landed = self._land()
-        if landed is False:
-            pending = None                   # never commit past a batch given up
+        landed = False
+        # Commit what is done; wait when idle (all of it), when full, or while the new
+        # batch shares a partition with one in flight.
+        while self._inflight and (pending is None or self._inflight[0].future.done()
+                                  or len(self._inflight) >= self.depth
+                                  or self._overlaps(pending)):
+            result = self._land()
+            if result is False:
+                self._give_up()
+                return landed
+            landed = landed or result is True
         if pending is not None:
             if self._worker is None:
-                self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"sink-{self.name}")
+                self._worker = ThreadPoolExecutor(self.depth,
+                                                  thread_name_prefix=f"sink-{self.name}")
             pending.started = time.monotonic()
             pending.future = self._worker.submit(self.write, pending.batch)
-            self._inflight = pending
-        return landed is True
+            self._inflight.append(pending)
+        return landed
 
-    def finish(self) -> bool | None:
-        """Land the batch in flight (when stopping, a failing one is given up)."""
+    def finish(self) -> bool:
+        """Land every batch in flight, oldest first (when stopping, a failing one is given
+        up with all behind it); True when all of them were committed."""
         try:
-            return self._land()
+            while self._inflight:
+                if self._land() is False:
+                    self._give_up()
+                    return False
+            return True
         finally:
             if self._worker is not None:
                 self._worker.shutdown(wait=True)
                 self._worker = None
 
+    def _overlaps(self, pending: _Pending) -> bool:
+        mine = pending.partitions
+        return any(p.partitions & mine for p in self._inflight)
+
+    def _give_up(self) -> None:
+        """Drop every batch in flight: each is left for a replay. A running write still
+        finishes (its rows are idempotent), only its offsets are never committed."""
+        while self._inflight:
+            p = self._inflight.popleft()
+            if p.future is not None:
+                try:
+                    p.future.result()
+                except Exception as exc:  # noqa: BLE001 - the batch is dropped anyway
+                    event(log, "write of a dropped batch failed", logging.DEBUG,
+                          error=str(exc)[:300])
+
     def _land(self) -> bool | None:
-        """Wait for the batch in flight, then dead letters and offsets. None: nothing was
-        in flight; True: written and committed; False: given up (left for a replay)."""
-        p, self._inflight = self._inflight, None
-        if p is None:
+        """Wait for the oldest batch in flight, then its dead letters and offsets. None:
+        nothing was in flight; True: written and committed; False: given up (left for a
+        replay; the caller drops what is behind it)."""
+        if not self._inflight:
             return None
+        p = self._inflight.popleft()
         failed = report = None
         if p.future is not None:
             try:

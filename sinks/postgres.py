@@ -3,8 +3,9 @@ entries, keel.balances -> balances; exactly once.
 
 A batch is prepared where it is polled (decoded to columns, folded, its COPY streams
 built: sinks/event_columns.py, order_columns.py, ledger.py) and written by another thread
-while the next batch is polled and prepared. One batch is one transaction:
-  1. lock the batch's pairs in `sink_progress` (creating the rows of new pairs first, so
+while the next batch is polled and prepared. Its pairs are split into parts, written
+side by side on their own connections (pairs share no row). One part is one transaction:
+  1. lock the part's pairs in `sink_progress` (creating the rows of new pairs first, so
      two writers of a new pair queue on the same lock) and drop every event with
      seq <= last_seq (applied by an earlier run whose Kafka commit was lost);
   2. COPY trades and the orders accepted in this batch straight into their tables: after
@@ -14,15 +15,16 @@ while the next batch is polled and prepared. One batch is one transaction:
      that path, and existing orders get one UPDATE ... FROM of their deltas;
   3. ledger entries and balances, idempotent on their natural keys (sinks/ledger.py);
   4. advance `sink_progress`, COMMIT.
-Only then does the caller commit the Kafka offsets. A crash anywhere leaves either the
-whole batch or none of it, and a replay drops what was applied, so fills are never
-added twice even though orders are updated by delta.
+Only when every part has committed does the caller commit the Kafka offsets. A crash
+anywhere leaves each part whole or absent, and a replay drops what was applied, so fills
+are never added twice even though orders are updated by delta.
 
 Temp tables need a session: behind PgBouncer run the sink in session pooling mode.
 """
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,13 +122,24 @@ class Streams:
 
 
 @dataclass
-class Batch:
-    """A polled batch, ready to write."""
+class Part:
+    """What one connection writes of a batch: the events of some pairs (and, for one
+    part, the ledger entries and balances)."""
     events: EventColumns
     keep: np.ndarray = field(repr=False)  # fresh within the batch, before the watermarks
     streams: Streams = field(repr=False)  # of the kept events
     ledger: tuple[bytes, int] = (b"", 0)
     balances: tuple[bytes, int] = (b"", 0)
+
+    def empty(self) -> bool:
+        return not len(self.events) and not self.ledger[1] and not self.balances[1]
+
+
+@dataclass
+class Batch:
+    """A polled batch, ready to write."""
+    events: EventColumns
+    parts: list[Part]
     max_ts: int = 0
 
 
@@ -135,27 +148,54 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.commit()
 
 
-class PostgresStore:
-    """Writes prepared batches; one pool, sized for one writer plus a probe."""
+def _groups(cols: EventColumns, n: int) -> list[np.ndarray]:
+    """Rows of each of up to n groups of whole pairs, the busiest pairs spread first."""
+    counts = np.bincount(cols.pair, minlength=len(cols.pairs))
+    present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c]]
+    if len(present) <= 1 or n <= 1:
+        return [np.arange(len(cols))]
+    load = [0] * min(n, len(present))
+    group_of = np.zeros(len(cols.pairs), np.int64)
+    for code in present:
+        g = load.index(min(load))
+        group_of[code] = g
+        load[g] += int(counts[code])
+    of_row = group_of[cols.pair]
+    return [np.flatnonzero(of_row == g) for g in range(len(load))]
 
-    def __init__(self, dsn: str, sink: str = SINK, pool_size: int = 2,
+
+class PostgresStore:
+    """Writes prepared batches. Pairs are independent (own rows, own watermark), so a
+    batch's pairs are split over `writers` connections, each its own transaction, and
+    PostgreSQL works on as many cores; the offsets move only after all of them commit,
+    and a part committed before a crash is dropped by its watermarks on the replay."""
+
+    def __init__(self, dsn: str, sink: str = SINK, writers: int = 2, batches: int = 2,
                  connect_timeout: float = 5.0, codec: Codec | None = None,
                  settlements_topic: str | None = None,
                  balances_topic: str | None = None) -> None:
         self.sink = sink
+        self.writers = max(1, writers)
         self.connect_timeout = connect_timeout
         self.codec = codec or Codec()
         self.settlements_topic = settlements_topic
         self.balances_topic = balances_topic
         self.pool = ConnectionPool(
-            dsn, min_size=1, max_size=pool_size, open=False, configure=_configure,
+            # Every part of every batch in flight (SinkLoop depth) has one, plus a probe.
+            dsn, min_size=1, max_size=self.writers * max(1, batches) + 1, open=False,
+            configure=_configure,
             check=ConnectionPool.check_connection, reconnect_timeout=86_400,
             kwargs={"connect_timeout": max(1, int(connect_timeout))})
+        self._helpers = (ThreadPoolExecutor((self.writers - 1) * max(1, batches),
+                                            thread_name_prefix="sink-pg")
+                         if self.writers > 1 else None)
 
     def open(self) -> None:
         self.pool.open(wait=False)
 
     def close(self) -> None:
+        if self._helpers is not None:
+            self._helpers.shutdown(wait=True)
         self.pool.close()
 
     # ---- on the polling thread ----
@@ -188,56 +228,83 @@ class PostgresStore:
 
     def batch(self, cols: EventColumns, settlements: list[dict] = (),
               balances: list[dict] = ()) -> Batch:
-        keep, _, _ = fresh(cols, {})
-        streams = Streams.of(fold(cols if keep.all() else cols.take(keep)))
+        parts = []
+        for rows in _groups(cols, self.writers):
+            part = cols if len(rows) == len(cols) else cols.take(rows)
+            keep, _, _ = fresh(part, {})
+            streams = Streams.of(fold(part if keep.all() else part.take(keep)))
+            parts.append(Part(part, keep, streams))
         led, bal = ledger.ledger_table(list(settlements)), ledger.balance_table(list(balances))
+        smallest = min(parts, key=lambda p: len(p.events))
+        smallest.ledger, smallest.balances = (led.payload(), len(led)), (bal.payload(), len(bal))
         max_ts = max([int(cols.ts.max()) if len(cols) else 0]
                      + [r["ts"] for r in settlements] + [r["ts"] for r in balances])
-        return Batch(cols, keep, streams, (led.payload(), len(led)),
-                     (bal.payload(), len(bal)), max_ts)
+        return Batch(cols, parts, max_ts)
 
     # ---- on the writing thread ----
 
     def write(self, batch: Batch) -> Written:
-        """Apply a batch in one transaction; raises TRANSIENT errors."""
-        if not len(batch.events) and not batch.ledger[1] and not batch.balances[1]:
-            return Written()
+        """Apply a batch, each part in one transaction; raises TRANSIENT errors (after
+        every part has finished, so a retry never races a part still running)."""
+        parts = [p for p in batch.parts if not p.empty()]
+        others = [self._helpers.submit(self._write_part, p) for p in parts[1:]]
+        results, errors = [], []
+        if parts:
+            try:
+                results.append(self._write_part(parts[0]))
+            except Exception as exc:     # noqa: BLE001 - raised below, once all are done
+                errors.append(exc)
+        for future in others:
+            try:
+                results.append(future.result())
+            except Exception as exc:     # noqa: BLE001 - raised below, once all are done
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        out = Written(max_ts=batch.max_ts)
+        for r in results:
+            for name in ("events", "replayed", "trades", "orders", "ledger_entries",
+                         "balances", "gaps"):
+                setattr(out, name, getattr(out, name) + getattr(r, name))
+        return out
+
+    def _write_part(self, part: Part) -> Written:
         with self.pool.connection(timeout=self.connect_timeout) as conn:
             try:
-                out = self._write(conn, batch, direct=True)
+                out = self._write(conn, part, direct=True)
             except psycopg.errors.UniqueViolation as exc:
                 conn.rollback()
                 event(log, "rows past the watermark already stored; batch loaded with "
                       "ON CONFLICT", logging.WARNING, error=str(exc)[:300])
-                out = self._write(conn, batch, direct=False)
+                out = self._write(conn, part, direct=False)
             conn.commit()
         return out
 
-    def _write(self, conn: psycopg.Connection, batch: Batch, direct: bool) -> Written:
-        out = Written(max_ts=batch.max_ts)
-        cols = batch.events
+    def _write(self, conn: psycopg.Connection, part: Part, direct: bool) -> Written:
+        out = Written()
+        cols = part.events
         with conn.cursor() as cur:
             if len(cols):
-                marks = self._lock(cur, cols.pairs)
+                marks = self._lock(cur, [cols.pairs[c] for c in np.unique(cols.pair)])
                 keep, last, gaps = fresh(cols, marks)
                 for pair, after, got in gaps[:20]:
                     event(log, "seq gap", logging.WARNING, pair=pair, after=after, got=got)
                 out.gaps = len(gaps)
                 out.events = int(keep.sum())
                 out.replayed = len(cols) - out.events
-                streams = (batch.streams if np.array_equal(keep, batch.keep)
+                streams = (part.streams if np.array_equal(keep, part.keep)
                            else Streams.of(fold(cols.take(keep))))
                 self._apply(cur, streams, out, direct)
                 moved = [(p, s) for p, s in last.items() if marks.get(p, 0) != s]
                 if moved:
                     cur.execute(_SAVE_PROGRESS, ([p for p, _ in moved], [s for _, s in moved],
                                                  self.sink))
-            if batch.ledger[1]:
-                _copy(cur, "stage_ledger", ledger.LEDGER_COLUMNS, batch.ledger[0])
+            if part.ledger[1]:
+                _copy(cur, "stage_ledger", ledger.LEDGER_COLUMNS, part.ledger[0])
                 cur.execute(ledger.MOVE_LEDGER)
                 out.ledger_entries = cur.rowcount
-            if batch.balances[1]:
-                _copy(cur, "stage_balances", ledger.BALANCE_COLUMNS, batch.balances[0])
+            if part.balances[1]:
+                _copy(cur, "stage_balances", ledger.BALANCE_COLUMNS, part.balances[0])
                 cur.execute(ledger.UPSERT_BALANCES)
                 out.balances = cur.rowcount
         return out

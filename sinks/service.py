@@ -41,15 +41,18 @@ def postgres_loop(settings: Settings, stop: threading.Event, metrics: SinkMetric
 
     codec = Codec.from_settings(settings)
     settlements, balances = settings.topic("settlements"), settings.topic("balances")
-    store = PostgresStore(settings.postgres_dsn, codec=codec, settlements_topic=settlements,
-                          balances_topic=balances)
+    # Connections writing a batch side by side (by pair); one per core PostgreSQL may use.
+    writers = int(settings.extra.get("KEEL_SINK_POSTGRES_WRITERS", "2"))
+    depth = 2                       # batches of disjoint partitions written side by side
+    store = PostgresStore(settings.postgres_dsn, writers=writers, batches=depth, codec=codec,
+                          settlements_topic=settlements, balances_topic=balances)
     store.open()
     source = Source(settings, group(settings, "postgres"),
                     [settings.topic("events"), settlements, balances],
                     client_id="sink-postgres", max_records=max_records)
     loop = SinkLoop("postgres", source, None, store.write, TRANSIENT,
                     DeadLetters(settings, codec, "postgres-sink"), metrics, stop,
-                    prepare=store.prepare, pipeline=True)
+                    prepare=store.prepare, pipeline=True, depth=depth)
     return loop, store
 
 

@@ -31,6 +31,12 @@ class Source:
                                max_poll_interval_ms=600_000,
                                fetch_max_bytes=64 << 20,
                                queued_max_messages_kbytes=256 << 10,
+                               # A partition whose local queue is full is fetched again
+                               # this much later (librdkafka's default: 1 s). With a
+                               # backlog the loop empties one partition while the other
+                               # waits out that second with nothing queued: ~0.7 s of
+                               # idle per 280k records (210k/s consumed, 710k/s at 10 ms).
+                               fetch_queue_backoff_ms=10,
                                # Topics created after we subscribed are found in seconds.
                                topic_metadata_refresh_interval_ms=5000,
                                log_level=3, **overrides)
@@ -55,8 +61,13 @@ class Source:
 
     def poll(self, timeout: float | None = None) -> list:
         """Up to max_records messages, in partition order; errors are logged, not returned."""
-        msgs = self.consumer.consume(self.max_records,
-                                     self.poll_timeout if timeout is None else timeout)
+        # What is queued now, at once; only with nothing queued wait (up to the timeout,
+        # or until a whole batch is there). Waiting for a whole batch while some lay
+        # ready cost every tail of a backlog the full timeout.
+        msgs = self.consumer.consume(self.max_records, 0)
+        if not msgs:
+            msgs = self.consumer.consume(self.max_records,
+                                         self.poll_timeout if timeout is None else timeout)
         good = []
         for m in msgs:
             err = m.error()
