@@ -1,58 +1,172 @@
-"""Dropping a Place that keel.orders delivers twice, before it reaches a book.
+"""Dropping a command that keel.orders delivers twice, before it reaches a book.
 
 A command can arrive twice on keel.orders: the embedded broker shows read_committed
-readers the records of aborted or fenced transactions, and accounts re-derives the
-Places of a transaction it lost in a crash. Executing a Place twice would trade twice
-(or, while the first copy rests, be rejected as DUPLICATE_ORDER_ID, which settlement
-reads as "release this order's hold").
+readers the records of aborted or fenced transactions, and the accounts workers run
+at-least-once, so after a crash they process a request again and write its command
+again. Executing a copy is harmful for every kind: a Place trades twice (or, while the
+first copy rests, is rejected DUPLICATE_ORDER_ID, which settlement reads as "release this
+order's hold"); an Amend copied after a partial fill raises the remaining quantity back
+up; a CancelAll copy cancels what the user placed between the two copies.
 
-accounts numbers orders `n * ORDER_ID_STRIDE + p` (streams/ledger.py), with `n` a counter
-of accounts partition `p` that only rises, and forwards them in counter order. So on any
-keel.orders partition the Places from one accounts partition arrive with strictly rising
-ids, and a Place whose id is not above the highest one already seen from its partition
-(`order_id % ORDER_ID_STRIDE`, its residue) is a copy.
+Two rules, both deterministic functions of the records in log order:
 
-The rule applies to ids as they come, whoever wrote them: per residue, only a rising
-id is executed. Writers that number orders 1, 2, 3... (tests, benchmarks, the standard
-workload) rise in every residue and pass untouched; a writer that reuses or lowers an id
-within a residue has that Place dropped. Only Places are filtered: Cancel, Amend,
-CancelAll and SetTrading carry no rising number and go to the book as they are.
+- keel-source (any kind). accounts puts a header `keel-source: b"<p>:<o>"` on every record
+  it writes: its partition p and the offset o of the request the command came from. It
+  writes one command per request, in offset order, so from one accounts partition the
+  offsets on any keel.orders partition only rise, and a copy carries the same o as its
+  original. A command whose o is not above the highest one already seen from p is
+  dropped. A header that is present but not of that form is a fault: the record goes to
+  keel.dlq with the reason (guessing would either execute a copy or drop a command).
+- Place id (Places, with or without the header). accounts numbers orders
+  `(o + 1) * ORDER_ID_STRIDE + p` (streams/ledger.py), so per residue
+  `order_id % ORDER_ID_STRIDE` the ids rise too; a Place whose id is not above the
+  highest one of its residue is dropped. For accounts' records this repeats the first
+  rule; it is kept for writers that send no header. Ids numbered 1, 2, 3... (tests,
+  benchmarks, the standard workload) rise in every residue and pass untouched.
 
-The high-water map is engine state: it travels in the partition's snapshot
+The two high-water maps are engine state: they travel in the partition's snapshot
 (engine.service.snapshots.pack_state) so that recovery, a standby and `keel replay`
 drop exactly the same records as the live engine did.
 """
 from __future__ import annotations
 
-from engine.domain import Place
+import logging
+
+from engine.domain import Place, ResultCode
+from engine.service.routing import Fault
+from infra.logs import event
 
 # Must equal streams.ledger.ORDER_ID_STRIDE (tests/engine_service/test_duplicates.py pins
-# it); the engine may not import streams, whose code depends on the engine.
+# it); the engine may not import streams, whose code depends on the engine. It also bounds
+# the accounts partitions a keel-source may name, so the source map stays small.
 ORDER_ID_STRIDE = 4096
+SOURCE_HEADER = "keel-source"
+_MAX_OFFSET_DIGITS = 18         # below 2**63: the snapshot stores offsets as int64
+_BAD_HEADER = int(ResultCode.INVALID_REQUEST)
+_ABSENT = object()
+# Accounts partitions as the header spells them: a dict lookup instead of parsing digits.
+_PARTITIONS = {str(p).encode(): p for p in range(ORDER_ID_STRIDE)}
 
 
-class PlaceFilter:
-    """Per residue (accounts partition) the highest Place order id already executed."""
+def parse_source(value) -> tuple[int, int] | str:
+    """(accounts partition, request offset) of a keel-source header value, or why not.
+    The filter inlines the usual case; this is the full check, with the reasons."""
+    if not isinstance(value, bytes):
+        return f"{SOURCE_HEADER} header has no bytes value ({value!r})"
+    part, sep, offset = value.partition(b":")
+    # bytes.isdigit() is ASCII-only: no sign, space, underscore or other script's digits.
+    if not (sep and part.isdigit() and offset.isdigit()):
+        return (f"{SOURCE_HEADER} header {value[:40]!r} is not "
+                "b'<accounts partition>:<request offset>' in decimal digits")
+    # Lengths first: int() of a few thousand digits raises.
+    if len(part) > 4 or int(part) >= ORDER_ID_STRIDE:
+        return (f"{SOURCE_HEADER} header {value[:40]!r}: the partition must be below "
+                f"{ORDER_ID_STRIDE} (at most 4 digits)")
+    if len(offset) > _MAX_OFFSET_DIGITS:
+        return f"{SOURCE_HEADER} header {value[:40]!r}: the offset has over 18 digits"
+    return int(part), int(offset)
 
-    __slots__ = ("high", "dropped")
 
-    def __init__(self, high: dict[int, int] | None = None) -> None:
-        self.high: dict[int, int] = dict(high or {})
+def _header_fault(headers: list) -> Fault:
+    values = [v for k, v in headers if k == SOURCE_HEADER]
+    if len(values) > 1:
+        return Fault(_BAD_HEADER, f"{len(values)} {SOURCE_HEADER} headers on one record")
+    return Fault(_BAD_HEADER, str(parse_source(values[0])))
+
+
+class _Headers:
+    """A record's header list where admit() expects a Kafka message (clean runs)."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers) -> None:
+        self._headers = headers
+
+    def headers(self):
+        return self._headers
+
+
+class DuplicateFilter:
+    """The highest request offset seen per accounts partition (keel-source) and the
+    highest Place id per residue."""
+
+    __slots__ = ("high", "sources", "dropped")
+
+    def __init__(self, high: dict[int, int] | None = None,
+                 sources: dict[int, int] | None = None) -> None:
+        self.high: dict[int, int] = dict(high or {})        # residue -> highest Place id
+        self.sources: dict[int, int] = dict(sources or {})  # accounts partition -> offset
         self.dropped = 0            # copies dropped since this filter was built
 
-    def fresh(self, cmd) -> bool:
-        """True if `cmd` must be executed (and, for a Place, remember its id)."""
-        if type(cmd) is not Place:
-            return True
-        oid = cmd.order_id
-        residue = oid % ORDER_ID_STRIDE
-        last = self.high.get(residue)
-        if last is not None and oid <= last:
-            self.dropped += 1
-            return False
-        self.high[residue] = oid
+    def admit(self, cmd, msg):
+        """True: execute `cmd`, read from Kafka message `msg`; False: a copy, drop it; a
+        Fault: the record's headers are malformed (keel.dlq).
+
+        On every record of the engine's hot path, hence one flat function: the usual
+        keel-source (one header, partition in canonical decimal) is checked inline;
+        anything else takes parse_source() or _header_fault()."""
+        try:
+            headers = msg.headers()
+        except ValueError as exc:       # UnicodeDecodeError: a header key that is not UTF-8
+            return Fault(_BAD_HEADER, f"undecodable record headers: {exc}")
+        if headers is not None:
+            value = _ABSENT
+            for key, val in headers:
+                if key == SOURCE_HEADER:
+                    if value is not _ABSENT:
+                        return _header_fault(headers)      # two of them: which one?
+                    value = val
+            if value is not _ABSENT:
+                if type(value) is not bytes:
+                    return _header_fault(headers)
+                part, _, offset = value.partition(b":")     # no b":": offset is b""
+                part = _PARTITIONS.get(part)
+                if part is not None and offset.isdigit() and len(offset) <= _MAX_OFFSET_DIGITS:
+                    offset = int(offset)
+                else:
+                    source = parse_source(value)            # leading zeros, or a fault
+                    if type(source) is str:
+                        return Fault(_BAD_HEADER, source)
+                    part, offset = source
+                last = self.sources.get(part)
+                if last is not None and offset <= last:
+                    self.dropped += 1
+                    return False
+                self.sources[part] = offset
+        if type(cmd) is Place:
+            oid = cmd.order_id
+            residue = oid % ORDER_ID_STRIDE
+            last = self.high.get(residue)
+            if last is not None and oid <= last:
+                self.dropped += 1
+                return False
+            self.high[residue] = oid
         return True
 
+    def check(self, cmd, headers):
+        """admit() for a command and its record's header list (None: no headers)."""
+        return self.admit(cmd, _Headers(headers))
+
     def items(self) -> list[tuple[int, int]]:
-        """(residue, highest id) sorted by residue: the snapshot's canonical order."""
+        """(residue, highest Place id) sorted by residue: the snapshot's canonical order."""
         return sorted(self.high.items())
+
+    def source_items(self) -> list[tuple[int, int]]:
+        """(accounts partition, highest request offset) sorted by partition."""
+        return sorted(self.sources.items())
+
+
+def report_dropped(log: logging.Logger, metrics, partition: int, dropped: list) -> None:
+    """Count and log the (offset, command) copies one transaction dropped.
+
+    Called after the commit: the drops are final only once their offsets are committed.
+    Expected on the embedded broker after an accounts restart, hence one INFO line per
+    transaction, not one per record."""
+    metrics.duplicates.labels(partition).inc(len(dropped))
+    kinds: dict[str, int] = {}
+    for _, cmd in dropped:
+        name = type(cmd).__name__
+        kinds[name] = kinds.get(name, 0) + 1
+    event(log, "dropped duplicate commands", partition=partition, count=len(dropped),
+          offsets=[dropped[0][0], dropped[-1][0]], kinds=kinds,
+          order_ids=[c.order_id for _, c in dropped if type(c) is Place][:5])

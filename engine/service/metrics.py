@@ -76,7 +76,7 @@ class EngineMetrics:
                                     ["partition", "code"], registry=r)
         self.duplicates = Counter(
             "exchange_engine_duplicate_commands",
-            "Places dropped as copies of one already executed (engine.service.duplicates)",
+            "Commands dropped as copies of one already seen (engine.service.duplicates)",
             ["partition"], registry=r)
         self.role = Gauge("exchange_engine_primary", "1 while this process is the partition's primary",
                           ["partition"], registry=r)

@@ -20,7 +20,7 @@ from engine.engine import Engine
 from engine.markets import MarketsConfig
 from engine.service.config import EngineOptions
 from engine.service.depth import DepthFeed
-from engine.service.duplicates import PlaceFilter
+from engine.service.duplicates import DuplicateFilter, report_dropped
 from engine.service.metrics import EngineMetrics
 from engine.service.routing import Fault, Router
 from engine.service.snapshots import chunk_records, find_latest, pack_state, unpack_state
@@ -70,7 +70,7 @@ class PartitionWorker:
         self.router = Router(codec, markets, partition)
         self.wire = self.router.wire
         self.market_list = markets.pairs_on(partition)
-        self._reset_engine(Engine(self.market_list, opts.impl), PlaceFilter())
+        self._reset_engine(Engine(self.market_list, opts.impl), DuplicateFilter())
         self.next_offset = 0            # every keel.orders record below it is applied
         self.target = 0                 # standby/takeover: apply quietly up to here
         self.role = Role.STANDBY
@@ -86,9 +86,9 @@ class PartitionWorker:
         self.on_commit = None           # optional hook(latency_s, records), for the bench
         self.stale = lambda: False      # the runner's "another instance beats for me" check
 
-    def _reset_engine(self, engine: Engine, place_filter: PlaceFilter) -> None:
+    def _reset_engine(self, engine: Engine, duplicates: DuplicateFilter) -> None:
         self.engine = engine
-        self.place_filter = place_filter    # duplicate Places: part of the state
+        self.duplicates = duplicates        # copies of commands: part of the state
         self.books = {pair: engine.book(pair) for pair in engine.pairs()}
         self.keys = {pair: pair.encode() for pair in self.books}
         self.feed = DepthFeed(self.books, self.opts.depth_levels,
@@ -106,16 +106,16 @@ class PartitionWorker:
         if on_offset is not None:
             on_offset(0 if snap is None else snap.input_offset)
         if snap is None:
-            self._reset_engine(Engine(self.market_list, self.opts.impl), PlaceFilter())
+            self._reset_engine(Engine(self.market_list, self.opts.impl), DuplicateFilter())
             self.next_offset = 0
         else:
             # The hash covers the bytes; unpack_state() and restore() check their structure.
             if hashlib.sha256(snap.snapshot).hexdigest() != snap.state_hash:
                 raise RuntimeError(f"partition {self.partition}: snapshot at input offset "
                                    f"{snap.input_offset} fails its state hash")
-            engine_bytes, high = unpack_state(snap.snapshot)
+            engine_bytes, high, sources = unpack_state(snap.snapshot)
             self._reset_engine(Engine.restore(self.market_list, engine_bytes, self.opts.impl),
-                               PlaceFilter(high))
+                               DuplicateFilter(high, sources))
             self.next_offset = snap.input_offset
         self.pending.clear()
         self.target = committed
@@ -202,11 +202,12 @@ class PartitionWorker:
         done = 0
         if self.role is not Role.PRIMARY:
             pending, target, route, books = self.pending, self.target, self.router.route, self.books
-            fresh = self.place_filter.fresh
+            admit = self.duplicates.admit
             while pending and pending[0][0].offset() < target:
                 msg = pending.popleft()[0]
                 cmd = route(msg.value())
-                if type(cmd) is not Fault and fresh(cmd):
+                # A copy or a bad header: the primary dropped or dead-lettered it.
+                if type(cmd) is not Fault and admit(cmd, msg) is True:
                     books[cmd.pair].apply(cmd)      # quietly: its events were published
                     self.last_ts = cmd.ts
                 self.next_offset = msg.offset() + 1
@@ -236,8 +237,8 @@ class PartitionWorker:
         opts, part, produce = self.opts, self.partition, self._produce
         events_topic, records = opts.events_topic, self.wire.event_records
         books, keys, route = self.books, self.keys, self.router.route
-        fresh = self.place_filter.fresh
-        dropped: list = []              # duplicate Places: no event, no seq, offset committed
+        admit = self.duplicates.admit
+        dropped: list = []              # copies: no event, no seq, offset committed
         touched: dict[str, int] = {}
         types: dict[tuple[str, type], int] = {}
         out: list[dict] = []            # keel.events records, in order, sent as one batch
@@ -248,8 +249,12 @@ class PartitionWorker:
                 if type(cmd) is Fault:
                     self._dead_letter(msg, cmd)
                     continue
-                if not fresh(cmd):
-                    dropped.append((msg.offset(), cmd.order_id))
+                verdict = admit(cmd, msg)
+                if verdict is not True:
+                    if verdict is False:
+                        dropped.append((msg.offset(), cmd))
+                    else:
+                        self._dead_letter(msg, verdict)     # a malformed keel-source
                     continue
                 pair = cmd.pair
                 evs = books[pair].apply(cmd)
@@ -284,7 +289,7 @@ class PartitionWorker:
         except (KafkaException, _Refused) as exc:
             self._fail(exc)
         if dropped:
-            self._report_dropped(dropped)
+            report_dropped(log, self.metrics, part, dropped)
         done = self.clock()
         m = self.metrics
         m.commit_time.observe(done - t_commit)
@@ -360,15 +365,6 @@ class PartitionWorker:
             out.append(ev)
         return out
 
-    def _report_dropped(self, dropped: list) -> None:
-        """After the commit: the drops are final only once their offsets are committed."""
-        self.metrics.duplicates.labels(self.partition).inc(len(dropped))
-        # Expected on the embedded broker after an accounts restart: one quiet line per
-        # transaction, not one per record.
-        event(log, "dropped duplicate places", partition=self.partition, count=len(dropped),
-              offsets=[dropped[0][0], dropped[-1][0]],
-              order_ids=[oid for _, oid in dropped[:5]])
-
     def _dead_letter(self, msg, fault: Fault) -> None:
         _, ts = msg.timestamp()
         value = self.codec.encode("dead_letter", {
@@ -383,7 +379,8 @@ class PartitionWorker:
               offset=msg.offset(), code=fault.code, reason=fault.reason)
 
     def _write_snapshot(self) -> None:
-        data = pack_state(self.engine.snapshot(), self.place_filter.items())
+        data = pack_state(self.engine.snapshot(), self.duplicates.items(),
+                          self.duplicates.source_items())
         digest = hashlib.sha256(data).hexdigest()
         for key, value, headers in chunk_records(self.codec, self.partition, self.next_offset,
                                                  data, digest, self.last_ts,

@@ -6,17 +6,22 @@ same state hash at every snapshot the live engine wrote along the way.
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass, field
 
 from engine.engine import Engine
 from engine.markets import MarketsConfig
 from engine.service.config import group_id
-from engine.service.duplicates import PlaceFilter
+from engine.service.duplicates import DuplicateFilter
 from engine.service.reader import LogReader
 from engine.service.routing import Fault, Router
-from engine.service.snapshots import find_latest, partition_hash, snapshot_hashes, unpack_state
+from engine.service.snapshots import (
+    find_latest,
+    legacy_hashes,
+    partition_hash,
+    snapshot_hashes,
+    unpack_state,
+)
 from schemas.codec import Codec, CodecError
 
 
@@ -28,7 +33,7 @@ class ReplayReport:
     loaded_snapshot: int | None     # input offset of the snapshot it started from
     applied: int = 0
     events: int = 0
-    duplicates: int = 0             # Places dropped as copies (engine.service.duplicates)
+    duplicates: int = 0             # commands dropped as copies (engine.service.duplicates)
     state_hash: str = ""
     snapshots_checked: int = 0
     mismatch: str | None = None
@@ -65,17 +70,18 @@ def replay(settings, markets: MarketsConfig, partition: int, start: int = 0,
         snap = find_latest(reader, codec, topic("engine.snapshots"), partition, start) \
             if start > 0 else None
         if snap is not None:
-            engine_bytes, high = unpack_state(snap.snapshot)
-            engine, place_filter = Engine.restore(pairs, engine_bytes, impl), PlaceFilter(high)
+            engine_bytes, high, sources = unpack_state(snap.snapshot)
+            engine = Engine.restore(pairs, engine_bytes, impl)
+            duplicates = DuplicateFilter(high, sources)
             pos = snap.input_offset
         else:
-            engine, place_filter, pos = Engine(pairs, impl), PlaceFilter(), 0
+            engine, duplicates, pos = Engine(pairs, impl), DuplicateFilter(), 0
         report = ReplayReport(partition, start, end, None if snap is None else pos)
         if compare and end > done:
             report.notes.append(f"--to {end} is past the engine's committed offset {done}: "
                                 "events for the rest are not published yet")
         books = {pair: engine.book(pair) for pair in engine.pairs()}
-        fresh = place_filter.fresh          # the live engine's duplicate rule, replayed
+        admit = duplicates.admit            # the live engine's duplicate rules, replayed
         checks = snapshot_hashes(reader, topic("engine.snapshots"), partition) if compare else {}
 
         # Events published before `start`: each pair's seq there tells where to look.
@@ -89,10 +95,10 @@ def replay(settings, markets: MarketsConfig, partition: int, start: int = 0,
             if seq_at_start is None and offset >= start:
                 seq_at_start = {p: b.seq for p, b in books.items()}
             if compare and offset in checks:
-                report.snapshots_checked += _check_hash(report, engine, place_filter,
+                report.snapshots_checked += _check_hash(report, engine, duplicates,
                                                         checks[offset], offset)
             cmd = router.route(msg.value())
-            if type(cmd) is not Fault and fresh(cmd):
+            if type(cmd) is not Fault and admit(cmd, msg) is True:
                 evs = books[cmd.pair].apply(cmd)
                 if offset >= start:
                     expected += [wire.encode_event(ev) for ev in evs]
@@ -102,11 +108,12 @@ def replay(settings, markets: MarketsConfig, partition: int, start: int = 0,
         if seq_at_start is None:
             seq_at_start = {p: b.seq for p, b in books.items()}
         if compare and end in checks:
-            report.snapshots_checked += _check_hash(report, engine, place_filter, checks[end],
+            report.snapshots_checked += _check_hash(report, engine, duplicates, checks[end],
                                                     end)
         report.events = len(expected)
-        report.duplicates = place_filter.dropped
-        report.state_hash = partition_hash(engine.snapshot(), place_filter.items())
+        report.duplicates = duplicates.dropped
+        report.state_hash = partition_hash(engine.snapshot(), duplicates.items(),
+                                           duplicates.source_items())
         if compare and report.mismatch is None:
             _compare_events(reader, codec, topic("events"), partition, seq_at_start,
                             expected, report, progress)
@@ -115,12 +122,12 @@ def replay(settings, markets: MarketsConfig, partition: int, start: int = 0,
         reader.close()
 
 
-def _check_hash(report: ReplayReport, engine: Engine, place_filter: PlaceFilter, want: str,
+def _check_hash(report: ReplayReport, engine: Engine, duplicates: DuplicateFilter, want: str,
                 offset: int) -> int:
     engine_bytes = engine.snapshot()
-    got = partition_hash(engine_bytes, place_filter.items())
-    if got != want and hashlib.sha256(engine_bytes).hexdigest() == want:
-        got = want          # a version-0 snapshot: its hash covers the books alone
+    got = partition_hash(engine_bytes, duplicates.items(), duplicates.source_items())
+    if got != want and want in legacy_hashes(engine_bytes, duplicates.items()):
+        got = want          # an older engine's snapshot: its hash covers less of the state
     if got != want and report.mismatch is None:
         report.mismatch = (f"state hash at input offset {offset}: replay {got}, "
                            f"the engine's snapshot {want}")

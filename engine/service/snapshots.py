@@ -11,14 +11,19 @@ compaction keeps every chunk of the newest snapshot.)
 
 The record's `snapshot` bytes hold the partition's whole state, versioned:
 
-    version 0 (written before duplicate Places were dropped): engine.snapshot bytes as
-        they are (b"KEEL", u16 version, ...); they restore with an empty Place filter.
+    version 0 (written before duplicates were dropped): engine.snapshot bytes as they are
+        (b"KEEL", u16 version, ...); they restore with empty duplicate filters.
     version 1: b"KEELPART" u16 version=1, u32 length + engine.snapshot bytes, u32 count,
         then count records "<Iq" (residue, highest Place id seen from it) in ascending
-        residue (engine.service.duplicates). Little-endian.
+        residue; restores with an empty keel-source map.
+    version 2: version 1 with version=2, followed by u32 count, then count records "<Iq"
+        (accounts partition, highest keel-source request offset seen from it) in
+        ascending partition (engine.service.duplicates). Little-endian throughout.
 
-`state_hash` is the sha256 of those bytes, so for version 1 it covers the filter too: it
-is no longer engine.state_hash() but partition_hash() of the engine and its filter.
+`state_hash` is the sha256 of those bytes, so it covers the filters too: it is
+partition_hash() of the engine and its filters, not engine.state_hash(). An audit of a
+snapshot written by an older engine compares the hash in that snapshot's own version
+(legacy_hashes).
 """
 from __future__ import annotations
 
@@ -34,56 +39,95 @@ from schemas.codec import Codec
 
 SNAPSHOT_SCHEMA = "engine_snapshot"
 STATE_MAGIC = b"KEELPART"
-STATE_VERSION = 1
+STATE_VERSION = 2
 _STATE_HEAD = struct.Struct("<8sHI")
 _COUNT = struct.Struct("<I")
-_HIGH = struct.Struct("<Iq")
+_ENTRY = struct.Struct("<Iq")
 
 
-def pack_state(engine_bytes: bytes, high: list[tuple[int, int]]) -> bytes:
-    """Version-1 partition state: engine snapshot bytes and the Place filter's
-    (residue, highest id) pairs, which must come sorted by residue."""
-    return b"".join((_STATE_HEAD.pack(STATE_MAGIC, STATE_VERSION, len(engine_bytes)),
-                     engine_bytes, _COUNT.pack(len(high)),
-                     b"".join([_HIGH.pack(r, oid) for r, oid in high])))
+def _entries(entries: list[tuple[int, int]]) -> bytes:
+    return _COUNT.pack(len(entries)) + b"".join([_ENTRY.pack(k, v) for k, v in entries])
 
 
-def unpack_state(data: bytes) -> tuple[bytes, dict[int, int]]:
-    """(engine snapshot bytes, residue -> highest Place id) of either version."""
+def pack_state(engine_bytes: bytes, high: list[tuple[int, int]],
+               sources: list[tuple[int, int]], version: int = STATE_VERSION) -> bytes:
+    """Partition state: engine snapshot bytes, the Place filter's (residue, highest id)
+    and the keel-source filter's (accounts partition, highest offset) pairs, each sorted
+    by its key. `version=1` (no source map) only to recompute an old snapshot's hash."""
+    parts = [_STATE_HEAD.pack(STATE_MAGIC, version, len(engine_bytes)), engine_bytes,
+             _entries(high)]
+    if version >= 2:
+        parts.append(_entries(sources))
+    return b"".join(parts)
+
+
+def _read_entries(data: bytes, pos: int, what: str, check) -> tuple[dict[int, int], int]:
+    if pos + _COUNT.size > len(data):
+        raise SnapshotError(f"truncated: partition state ends before its {what} count")
+    (count,) = _COUNT.unpack_from(data, pos)
+    pos += _COUNT.size
+    end = pos + count * _ENTRY.size
+    if end > len(data):
+        raise SnapshotError(f"partition state declares {count} {what} entries in "
+                            f"{len(data) - pos} bytes")
+    out: dict[int, int] = {}
+    last = -1
+    for key, value in _ENTRY.iter_unpack(data[pos:end]):
+        if key <= last or not check(key, value):
+            raise SnapshotError(f"{what} entry ({key}, {value}) is out of order or out "
+                                "of range")
+        out[key] = value
+        last = key
+    return out, end
+
+
+def _place_entry(residue: int, oid: int) -> bool:
+    return residue < ORDER_ID_STRIDE and oid % ORDER_ID_STRIDE == residue
+
+
+def _source_entry(partition: int, offset: int) -> bool:
+    return partition < ORDER_ID_STRIDE and offset >= 0
+
+
+def unpack_state(data: bytes) -> tuple[bytes, dict[int, int], dict[int, int]]:
+    """(engine snapshot bytes, residue -> highest Place id, accounts partition -> highest
+    keel-source offset) of any version; the maps an older version lacks are empty."""
     data = bytes(data)
     if not data.startswith(STATE_MAGIC):
         if data.startswith(ENGINE_MAGIC):
-            return data, {}             # version 0: the engine alone, nothing dropped yet
+            return data, {}, {}         # version 0: the engine alone, nothing dropped yet
         raise SnapshotError(f"partition state starts with {data[:8]!r}, neither "
                             f"{STATE_MAGIC!r} nor {ENGINE_MAGIC!r}")
     if len(data) < _STATE_HEAD.size:
         raise SnapshotError("truncated: partition state header")
     _, version, engine_len = _STATE_HEAD.unpack_from(data)
-    if version != STATE_VERSION:
+    if version not in (1, 2):
         raise SnapshotError(f"partition state version {version} is not supported "
-                            f"(this engine reads {STATE_VERSION})")
+                            f"(this engine reads 1 to {STATE_VERSION})")
     pos = _STATE_HEAD.size + engine_len
-    if pos + _COUNT.size > len(data):
+    if pos > len(data):
         raise SnapshotError("truncated: partition state ends inside the engine snapshot")
-    (count,) = _COUNT.unpack_from(data, pos)
-    pos += _COUNT.size
-    if pos + count * _HIGH.size != len(data):
-        raise SnapshotError(f"partition state declares {count} Place filter entries in "
-                            f"{len(data) - pos} bytes")
-    high: dict[int, int] = {}
-    last = -1
-    for residue, oid in _HIGH.iter_unpack(data[pos:]):
-        if residue <= last or residue >= ORDER_ID_STRIDE or oid % ORDER_ID_STRIDE != residue:
-            raise SnapshotError(f"Place filter entry ({residue}, {oid}) is out of order or "
-                                "not of its residue")
-        high[residue] = oid
-        last = residue
-    return data[_STATE_HEAD.size:_STATE_HEAD.size + engine_len], high
+    high, pos = _read_entries(data, pos, "Place filter", _place_entry)
+    sources: dict[int, int] = {}
+    if version >= 2:
+        sources, pos = _read_entries(data, pos, "keel-source filter", _source_entry)
+    if pos != len(data):
+        raise SnapshotError(f"partition state has {len(data) - pos} bytes after its "
+                            "last entry")
+    return data[_STATE_HEAD.size:_STATE_HEAD.size + engine_len], high, sources
 
 
-def partition_hash(engine_bytes: bytes, high: list[tuple[int, int]]) -> str:
-    """The state hash a version-1 snapshot of this state carries."""
-    return hashlib.sha256(pack_state(engine_bytes, high)).hexdigest()
+def partition_hash(engine_bytes: bytes, high: list[tuple[int, int]],
+                   sources: list[tuple[int, int]]) -> str:
+    """The state hash a snapshot of this state carries."""
+    return hashlib.sha256(pack_state(engine_bytes, high, sources)).hexdigest()
+
+
+def legacy_hashes(engine_bytes: bytes, high: list[tuple[int, int]]) -> tuple[str, str]:
+    """The hashes a version-1 and a version-0 snapshot of the same books carried: an
+    older engine's snapshot is audited in its own format."""
+    return (hashlib.sha256(pack_state(engine_bytes, high, [], version=1)).hexdigest(),
+            hashlib.sha256(engine_bytes).hexdigest())
 
 
 @dataclass(frozen=True)

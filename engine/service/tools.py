@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from engine.engine import Engine
 from engine.markets import MarketsConfig
-from engine.service.duplicates import PlaceFilter
+from engine.service.duplicates import DuplicateFilter
 from engine.service.heartbeat import ensure_heartbeat_topic
 from engine.service.snapshots import partition_hash
 from infra.kafka import admin_client, consumer_config, producer_config
@@ -38,18 +38,19 @@ def ensure_engine_topics(settings: Settings, markets: MarketsConfig) -> None:
     ensure_heartbeat_topic(settings, settings.topic(HEARTBEATS), markets.partitions)
 
 
-def produce_values(settings: Settings, topic: str, partition: int,
-                   items: Iterable[tuple[bytes | None, bytes | None]],
+def produce_values(settings: Settings, topic: str, partition: int, items: Iterable[tuple],
                    rate: float | None = None) -> int:
-    """Write (key, value) records to one partition; at `rate` records/s if given."""
+    """Write (key, value) or (key, value, headers) records to one partition; at `rate`
+    records/s if given."""
     producer = Producer(producer_config(settings, "keel-feeder", linger_ms=5,
                                         queue_buffering_max_messages=1_000_000))
     n = 0
     t0 = time.perf_counter()
-    for key, value in items:
+    for key, value, *headers in items:
         while True:
             try:
-                producer.produce(topic, value, key, partition=partition)
+                producer.produce(topic, value, key, partition=partition,
+                                 headers=headers[0] if headers else None)
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -100,16 +101,19 @@ def read_partition(settings: Settings, topic: str, partition: int, start: int = 
 
 
 def clean_run(markets: MarketsConfig, partition: int, commands, codec: Codec,
-              impl: str = "auto") -> tuple[list[bytes], str]:
+              impl: str = "auto", headers=None) -> tuple[list[bytes], str]:
     """What an uninterrupted engine publishes on keel.events for these commands (in
-    order) and the state hash of its final snapshot: the pure engine, the duplicate-Place
-    rule and the codec, no Kafka."""
+    order) and the state hash of its final snapshot: the pure engine, the duplicate rules
+    and the codec, no Kafka. `headers`, if given, holds each command's record headers
+    (a list of (key, value) or None), in the same order."""
     engine = Engine(markets.pairs_on(partition), impl)
     home = {m.pair for m in markets.pairs_on(partition)}
-    fresh = (place_filter := PlaceFilter()).fresh
+    check = (duplicates := DuplicateFilter()).check
     out: list[bytes] = []
     encode = codec.encode_event
-    for cmd in commands:
-        if cmd.pair in home and fresh(cmd):
+    records = ((c, None) for c in commands) if headers is None else zip(commands, headers,
+                                                                       strict=True)
+    for cmd, hdrs in records:
+        if cmd.pair in home and check(cmd, hdrs) is True:
             out += [encode(ev) for ev in engine.apply(cmd)]
-    return out, partition_hash(engine.snapshot(), place_filter.items())
+    return out, partition_hash(engine.snapshot(), duplicates.items(), duplicates.source_items())

@@ -1,9 +1,10 @@
-"""A command delivered twice on keel.orders, on the real broker.
+"""A command delivered twice on keel.orders without a keel-source header, on the real broker.
 
 A Place copy (same bytes, or an id not above the last one of its accounts partition) is
-dropped: no event, no seq, its offset committed, counted. Cancel, Amend and CancelAll
-have no rising number, so a copy of one reaches the book again; the first test pins what
-that does (see the comments there: two of the cases are NOT harmless).
+dropped: no event, no seq, its offset committed, counted. Without the header, Cancel,
+Amend and CancelAll have no rising number, so a copy of one reaches the book again; the
+first test pins what that does (two of the cases are NOT harmless: accounts puts the
+header on every record for that reason, test_keel_source.py covers it).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from engine.domain import (
 )
 from engine.engine import Engine
 from engine.service.config import group_id
-from engine.service.duplicates import ORDER_ID_STRIDE, PlaceFilter
+from engine.service.duplicates import ORDER_ID_STRIDE, DuplicateFilter
 from engine.service.reader import LogReader
 from engine.service.snapshots import STATE_MAGIC, chunk_records, unpack_state
 from engine.service.tools import clean_run, produce_values
@@ -85,7 +86,7 @@ def _logged(proc, msg: str) -> list[dict]:
 
 
 def _logged_drops(proc) -> int:
-    return sum(rec["count"] for rec in _logged(proc, "dropped duplicate places"))
+    return sum(rec["count"] for rec in _logged(proc, "dropped duplicate commands"))
 
 
 def test_copies_of_commands_on_one_partition(engine_env, spawn_engine):
@@ -124,11 +125,11 @@ def test_copies_of_commands_on_one_partition(engine_env, spawn_engine):
     assert [(e.order_id, e.code) for e in events if type(e) is Rejected] == [
         (p5.order_id, ResultCode.UNKNOWN_ORDER)]
     # An amend copy right after it: Amended(priority_kept=True) with the same values, no
-    # change. HAZARD: a copy after a partial fill sets the remaining quantity back up
+    # change. HAZARD without the header: a copy after a partial fill sets the remaining quantity back up
     # (3 again, though 1 of it traded), beyond what accounts holds for the order.
     assert [(e.price, e.qty, e.priority_kept) for e in events if type(e) is Amended] == [
         (98, 3, False), (98, 3, True), (98, 3, False)]
-    # HAZARD: a CancelAll copy also cancels what the user placed between the two copies.
+    # HAZARD without the header: a CancelAll copy also cancels what the user placed between the two copies.
     assert [(e.order_id, e.remaining, e.reason) for e in events if type(e) is Cancelled] == [
         (p5.order_id, 2, Reason.CANCELED), (p3.order_id, 3, Reason.CANCEL_ALL),
         (p7.order_id, 1, Reason.CANCEL_ALL)]
@@ -202,9 +203,9 @@ def test_recovery_from_a_snapshot_keeps_dropping_copies(engine_env, spawn_engine
     assert first.wait(30) == 0
     snap = last_snapshot(env, 0)
     assert snap.input_offset == a and snap.snapshot.startswith(STATE_MAGIC)
-    want = PlaceFilter()
+    want = DuplicateFilter()
     for cmd in commands[:a]:
-        want.fresh(cmd)
+        want.check(cmd, None)
     assert unpack_state(snap.snapshot)[1] == want.high
 
     # 2: restored from that snapshot alone, it drops copies of Places from before `a`;
@@ -267,8 +268,8 @@ def test_a_snapshot_without_the_filter_still_restores(engine_env, spawn_engine):
     committer.close()
     _produce(env, commands)
 
-    fresh = PlaceFilter().fresh
-    expected = [env.codec.encode_event(ev) for cmd in commands[cut:] if fresh(cmd)
+    check = DuplicateFilter().check
+    expected = [env.codec.encode_event(ev) for cmd in commands[cut:] if check(cmd, None)
                 for ev in engine.apply(cmd)]
     proc = spawn_engine("--partitions", "0")
     wait_for(lambda: _committed(env) == len(commands), 120, "everything committed")
@@ -277,5 +278,5 @@ def test_a_snapshot_without_the_filter_still_restores(engine_env, spawn_engine):
     assert published_events(env, 0) == expected
     snap = last_snapshot(env, 0)
     assert snap.input_offset == len(commands) and snap.snapshot.startswith(STATE_MAGIC)
-    engine_bytes, high = unpack_state(snap.snapshot)
-    assert engine_bytes == engine.snapshot() and high
+    engine_bytes, high, sources = unpack_state(snap.snapshot)
+    assert engine_bytes == engine.snapshot() and high and sources == {}
