@@ -48,12 +48,9 @@ class _Pending:
     batch: object
     dead: list
     generation: int
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)  # last offsets
     started: float = 0.0
     future: Future | None = field(default=None, repr=False)
-
-    @property
-    def partitions(self) -> set[tuple[str, int]]:
-        return {(m.topic(), m.partition()) for m in self.msgs}
 
 
 class SinkLoop:
@@ -98,7 +95,8 @@ class SinkLoop:
             generation = self.source.generation
             prepared = self._retrying(lambda: self._prepare(msgs), generation)
             if prepared is not None:
-                pending = _Pending(msgs, prepared[0], prepared[1], generation)
+                pending = _Pending(msgs, prepared[0], prepared[1], generation,
+                                   self.source.ends(msgs))
         if not self.pipeline:
             if pending is None:
                 return False
@@ -140,8 +138,8 @@ class SinkLoop:
                 self._worker = None
 
     def _overlaps(self, pending: _Pending) -> bool:
-        mine = pending.partitions
-        return any(p.partitions & mine for p in self._inflight)
+        mine = pending.ends.keys()
+        return any(p.ends.keys() & mine for p in self._inflight)
 
     def _give_up(self) -> None:
         """Drop every batch in flight: each is left for a replay. A running write still
@@ -179,7 +177,7 @@ class SinkLoop:
             self.metrics.dead_letters.labels(self.name, str(error.code)).inc()
         if self.dlq.pending:                 # ours, and any the store set aside
             self.dlq.flush()
-        self.source.commit(p.msgs)
+        self.source.commit(p.ends)
         self.batches += 1
         self._count(report)
         max_ts = getattr(report, "max_ts", 0)

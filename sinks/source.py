@@ -68,14 +68,21 @@ class Source:
         if not msgs:
             msgs = self.consumer.consume(self.max_records,
                                          self.poll_timeout if timeout is None else timeout)
-        good = []
+        bad = [m for m in msgs if m.error() is not None]
+        if not bad:
+            return msgs
+        for m in bad:
+            if m.error().code() not in _QUIET:
+                event(log, "consumer error", logging.WARNING, error=str(m.error()))
+        return [m for m in msgs if m.error() is None]
+
+    @staticmethod
+    def ends(msgs: list) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> offset of the last of `msgs` there."""
+        last: dict[tuple[str, int], int] = {}
         for m in msgs:
-            err = m.error()
-            if err is None:
-                good.append(m)
-            elif err.code() not in _QUIET:
-                event(log, "consumer error", logging.WARNING, error=str(err))
-        return good
+            last[(m.topic(), m.partition())] = m.offset()
+        return last
 
     def hold(self, seconds: float) -> None:
         """Wait without taking new records: the group still sees us alive."""
@@ -94,11 +101,10 @@ class Source:
             if assignment:
                 self.consumer.resume(assignment)
 
-    def commit(self, msgs: list) -> bool:
-        """Commit the offsets after `msgs` (synchronously). False when the group moved on."""
-        last: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            last[(m.topic(), m.partition())] = m.offset()
+    def commit(self, msgs: list | dict[tuple[str, int], int]) -> bool:
+        """Commit the offsets after `msgs` (or after the last offsets `ends()` gave),
+        synchronously. False when the group moved on."""
+        last = msgs if isinstance(msgs, dict) else self.ends(msgs)
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
         if not offsets:
             return True

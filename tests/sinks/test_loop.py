@@ -36,11 +36,12 @@ class Source:
     def poll(self):
         return self.batches.pop(0) if self.batches else []
 
-    def commit(self, msgs):
-        last = {}
-        for m in msgs:
-            last[(m.topic(), m.partition())] = m.offset()
-        self.commits += sorted(last.items())
+    @staticmethod
+    def ends(msgs):
+        return {(m.topic(), m.partition()): m.offset() for m in msgs}
+
+    def commit(self, ends):
+        self.commits += sorted(ends.items())
         return True
 
     def hold(self, seconds):
