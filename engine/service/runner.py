@@ -8,6 +8,7 @@ supervisor restarts it, as a standby.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -105,6 +106,12 @@ class EngineService:
                 event(log, "starting as standby", partition=p, asked=self.standby)
             else:
                 take_now.append(p)
+        # What exists now (modules, schemas, clients, restored books) lives as long as the
+        # process: keep it out of the cyclic collector's full passes, which otherwise walk
+        # all of it every few batches. Measured in-process per command (primary path, 5,000
+        # records a transaction): ~2.2 -> 1.7 us, and ~3.7 -> 2.9 us when every record's
+        # keel-source header is read (its header list lives as long as the batch).
+        gc.freeze()
         for p in take_now:
             self._take_over(p)
         committed_at = lag_at = 0.0
