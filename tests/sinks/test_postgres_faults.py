@@ -70,26 +70,25 @@ def test_sigkill_mid_batch_repeatedly_loses_and_doubles_nothing(
            "KEEL_TOPIC_PREFIX": prefix, "KEEL_LOG_LEVEL": "INFO"}
     done = caught_up(kafka_bootstrap, group, topic, ends)
     rng = random.Random(5)
+    count = "SELECT count(*) FROM trades"
     kills, progress = 0, []
     proc = sink_process("postgres", env, tmp_path / "sink.log")
     try:
-        while kills < 6 and not done():
-            # Kill once rows are moving (so mid-batch, not while joining the group).
-            start = _one(sink_db, "SELECT count(*) FROM trades")[0]
-            wait_for(lambda s=start: done() or _one(sink_db, "SELECT count(*) FROM trades")[0] > s,
-                     timeout=120, every=0.1, what="the sink to write")
-            time.sleep(rng.uniform(0.2, 1.5))
-            if done():
-                break
+        # Kill at fixed shares of the load, so every kill lands mid-run however fast the
+        # sink is; right after a commit the next batch is usually in flight.
+        for share in range(1, 7):
+            wait_for(lambda m=n_trades * share // 8: _one(sink_db, count)[0] >= m,
+                     timeout=300, every=0.02, what=f"{share}/8 of the trades")
+            time.sleep(rng.uniform(0, 0.05))
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
             kills += 1
-            progress.append(_one(sink_db, "SELECT count(*) FROM trades")[0])
+            progress.append(_one(sink_db, count)[0])
             proc = sink_process("postgres", env, tmp_path / "sink.log")
         wait_for(done, timeout=600, what="the sink to finish after the kills")
     finally:
         assert stop(proc) == 0
-    assert kills >= 3, f"only {kills} kills landed before the sink finished"
+    assert kills == 6
     assert progress == sorted(progress) and progress[-1] < n_trades  # killed before the end
     _check_store(sink_db, events)
 
