@@ -8,6 +8,9 @@ its own, then measures, with the real sink code (SinkLoop + stores) in this proc
                                update; clickhouse_depth_levels_per_s counts price levels)
   lag_p99_ms                   PostgreSQL sink at a steady produce rate: store commit time
                                minus each event's ts (set at produce time), p99
+`--only postgres` (repeatable) runs a part alone. The PostgreSQL sink writes batches on
+worker threads (sinks/loop.py), so the timing ends with loop.finish(): the last batch is
+committed, not just polled.
 """
 from __future__ import annotations
 
