@@ -17,8 +17,10 @@ The record's `snapshot` bytes hold the partition's whole state, versioned:
         then count records "<Iq" (residue, highest Place id seen from it) in ascending
         residue; restores with an empty keel-source map.
     version 2: version 1 with version=2, followed by u32 count, then count records "<Iq"
-        (accounts partition, highest keel-source request offset seen from it) in
-        ascending partition (engine.service.duplicates). Little-endian throughout.
+        (accounts partition, highest keel-source request offset seen from it on a
+        command other than a Place) in ascending partition (engine.service.duplicates;
+        an engine before that rule skipped Places counted theirs too, which is as safe
+        but hashes differently). Little-endian throughout.
 
 `state_hash` is the sha256 of those bytes, so it covers the filters too: it is
 partition_hash() of the engine and its filters, not engine.state_hash(). An audit of a

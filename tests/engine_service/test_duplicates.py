@@ -112,33 +112,59 @@ _AMEND = Amend("BTCUSDT", _oid(11, 3), 7, 98, 3, 2)
 _CANCEL_ALL = CancelAll("BTCUSDT", 7, 3)
 
 
-def test_any_kind_with_a_source_offset_not_above_the_last_is_dropped():
+def test_any_kind_but_place_with_a_source_offset_not_above_the_last_is_dropped():
     f = DuplicateFilter()
     assert f.check(_place(_oid(11, 3)), _src(3, 10)) is True
+    assert f.sources == {}                                      # a Place's header: unread
     assert f.check(_AMEND, _src(3, 11)) is True
     assert f.check(_AMEND, _src(3, 11)) is False                # the copy
     assert f.check(_CANCEL_ALL, _src(3, 12)) is True
     assert f.check(_place(_oid(14, 3)), _src(3, 13)) is True
     assert f.check(_CANCEL_ALL, _src(3, 12)) is False           # copy after a newer one
     assert f.check(Cancel("BTCUSDT", 1, 7, 4), _src(3, 5)) is False     # older still
-    assert f.check(SetTrading("BTCUSDT", True, 5), _src(3, 13)) is False
+    assert f.check(SetTrading("BTCUSDT", True, 5), _src(3, 12)) is False
     assert f.check(_AMEND, _src(5, 2)) is True                  # another accounts partition
     assert f.check(_AMEND, _src(3, 14)) is True                 # a later request: executes
     assert f.dropped == 4
+    # Places moved no source mark (10 and 13 were theirs); their ids hold their offsets.
     assert f.source_items() == [(3, 14), (5, 2)]
     assert f.items() == [(3, _oid(14, 3))]
 
 
-def test_a_copied_place_with_a_new_source_still_meets_the_id_rule():
-    # The header is fresh but the id is not: the id rule drops it, and the offset counts
-    # as seen (accounts never writes it again).
-    f = DuplicateFilter()
-    assert f.check(_place(_oid(9, 3)), _src(3, 8)) is True
-    assert f.check(_place(_oid(9, 3)), _src(3, 20)) is False
-    assert f.sources == {3: 20} and f.dropped == 1
-    # A source copy never reaches the id rule, so it does not move the id high-water.
-    assert f.check(_place(_oid(30, 3)), _src(3, 20)) is False
-    assert f.high == {3: _oid(9, 3)}
+def test_a_place_is_judged_by_its_id_and_its_header_is_never_read():
+    f = DuplicateFilter({}, {3: 50})
+    assert f.check(_place(_oid(9, 3)), _src(3, 8)) is True      # 8 < 50: the header is ignored
+    assert f.check(_place(_oid(9, 3)), _src(3, 60)) is False    # a fresh header, an old id
+    assert f.check(_place(_oid(10, 3)), _src(3, 8)) is True
+    assert f.sources == {3: 50} and f.high == {3: _oid(10, 3)} and f.dropped == 1
+
+    class Unreadable:
+        def headers(self):
+            raise AssertionError("a Place's headers were read")
+
+    assert f.admit(_place(_oid(11, 3)), Unreadable()) is True
+    assert f.admit(_place(_oid(11, 3)), Unreadable()) is False
+
+
+def test_for_accounts_records_the_id_rule_drops_what_the_header_rule_would():
+    # Every record from accounts: a Place's id and header name the same (p, o). Whichever
+    # stretch is written again, the copies dropped are exactly the repeated offsets.
+    rng = random.Random(11)
+    for _ in range(200):
+        stream = []
+        for o in range(60):
+            p = rng.choice((0, 3, 5))
+            cmd = _place(_oid(o + 1, p)) if rng.random() < 0.6 else \
+                Cancel("BTCUSDT", _oid(rng.randint(1, o + 1), p), 7, o)
+            stream.append((cmd, _src(p, o)))
+        cut = rng.randint(1, 59)
+        written = stream[:cut] + stream[rng.randint(0, cut - 1):cut] + stream[cut:]
+        f = DuplicateFilter()
+        kept = []
+        for cmd, hdrs in written:
+            if f.check(cmd, hdrs) is True:
+                kept.append(hdrs[0][1])
+        assert kept == [h[0][1] for _, h in stream]
 
 
 def test_headerless_records_and_other_headers_keep_the_place_rule_only():
@@ -183,10 +209,24 @@ def test_leading_zeros_read_as_the_same_numbers():
 ])
 def test_a_malformed_source_is_a_fault_with_the_reason(value, words):
     f = DuplicateFilter({3: _oid(1, 3)}, {3: 7})
-    verdict = f.check(_place(_oid(50, 3)), [("keel-source", value)])
-    assert type(verdict) is Fault
-    assert verdict.code == ResultCode.INVALID_REQUEST and words in verdict.reason
+    for cmd in (_AMEND, Cancel("BTCUSDT", _oid(1, 3), 7, 4), _CANCEL_ALL):
+        verdict = f.check(cmd, [("keel-source", value)])
+        assert type(verdict) is Fault
+        assert verdict.code == ResultCode.INVALID_REQUEST and words in verdict.reason
     assert f.sources == {3: 7} and f.high == {3: _oid(1, 3)} and f.dropped == 0
+
+
+@pytest.mark.parametrize("headers", [
+    [("keel-source", b"3:x")], [("keel-source", b"4096:1")], [("keel-source", None)],
+    [("keel-source", b"3:1"), ("keel-source", b"3:1")],
+])
+def test_a_place_with_a_malformed_source_meets_the_id_rule_only(headers):
+    # Documented in engine.service.duplicates: a Place's header is not read, so it is not
+    # dead-lettered either.
+    f = DuplicateFilter({3: _oid(1, 3)}, {3: 7})
+    assert f.check(_place(_oid(50, 3)), headers) is True
+    assert f.check(_place(_oid(50, 3)), headers) is False
+    assert f.sources == {3: 7} and f.high == {3: _oid(50, 3)} and f.dropped == 1
 
 
 def test_two_source_headers_are_a_fault():
@@ -201,6 +241,7 @@ def test_undecodable_headers_are_a_fault_not_a_crash():
 
     verdict = DuplicateFilter().admit(_AMEND, Record())
     assert type(verdict) is Fault and "undecodable record headers" in verdict.reason
+    assert DuplicateFilter().admit(_place(_oid(1, 3)), Record()) is True
 
 
 def test_the_inline_check_agrees_with_parse_source():
