@@ -1,7 +1,8 @@
 """accounts: the per-user risk gate as a Faust agent (`keel streams accounts`).
 
 One agent reads keel.requests and keel.settlements (co-partitioned by user) in partition
-order; the rules live in streams.ledger, the state in changelog-backed tables. Outputs:
+order; the rules live in streams.ledger, each user's state one value of a changelog-backed
+table (written once per batch, after the batch's outputs are delivered). Outputs:
 accepted commands to keel.orders on the pair's partition, answers to keel.replies, every
 balance change to keel.balances, undecodable records to keel.dlq.
 """
@@ -13,15 +14,15 @@ from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
-from streams.app import app, keel_topic, run_batches, table
+from streams.app import app, emit, keel_topic, run_batches, table
 from streams.dlq import dead_letter
 from streams.keys import user_key, user_partition
-from streams.ledger import Accounts, AccountsState, Outcome
+from streams.ledger import Accounts, Outcome
 from streams.metrics import StreamMetrics
+from streams.staged import Staged
 from streams.units import Units
 
 log = logging.getLogger(__name__)
-TABLES = ("balances", "orders", "client_ids", "requests", "withdrawals", "settled", "counters")
 
 
 def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics) -> None:
@@ -36,23 +37,27 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     replies = keel_topic(settings, "replies", n)
     balances = keel_topic(settings, "balances", n)
     dlq = keel_topic(settings, "dlq", 1)
-    state = AccountsState(**{name: table(name, n) for name in TABLES})
-    accounts = Accounts(units, state)
+    users = Staged(table("users", n), private=True)
+    accounts = Accounts(units, users)
 
-    async def publish(out: Outcome) -> None:
+    async def publish(out: Outcome, message) -> None:
+        # keel-source names the request a command came from: a copy written again after a
+        # crash carries the same one, and the engine drops it (whatever its kind).
+        source = [("keel-source", f"{message.partition}:{message.offset}".encode())]
         for cmd, request_id in out.commands:
-            await orders.send(key=cmd.pair.encode(), value=codec.encode_command(cmd, request_id),
-                              partition=units.pairs[cmd.pair].partition)
+            await emit(orders, key=cmd.pair.encode(), value=codec.encode_command(cmd, request_id),
+                       partition=units.pairs[cmd.pair].partition, headers=source)
         for reply in out.replies:
-            await replies.send(key=reply["request_id"].encode(), value=codec.encode("reply", reply))
+            await emit(replies, key=reply["request_id"].encode(),
+                       value=codec.encode("reply", reply))
         for bal in out.balances:
-            await balances.send(key=user_key(bal["user_id"]), value=codec.encode("balance", bal),
-                                partition=user_partition(bal["user_id"], n))
+            await emit(balances, key=user_key(bal["user_id"]), value=codec.encode("balance", bal),
+                       partition=user_partition(bal["user_id"], n))
         metrics.outputs.inc(len(out.commands) + len(out.replies) + len(out.balances))
 
     async def reject(message, code: int, reason: str) -> None:
-        await dlq.send(key=message.topic.encode(),
-                       value=dead_letter(codec, message, reason, code, "accounts"))
+        await emit(dlq, key=message.topic.encode(),
+                   value=dead_letter(codec, message, reason, code, "accounts"))
         metrics.dead_letters.inc()
 
     async def handle(event) -> None:
@@ -67,9 +72,10 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
                                  f"user {request['user_id']} belongs to partition "
                                  f"{user_partition(request['user_id'], n)}")
                     return
-                out = accounts.handle_request(request, message.partition)
+                out = accounts.handle_request(request, message.partition, message.offset)
             else:
-                out = accounts.apply_settlement(codec.decode("settlement", message.value))
+                out = accounts.apply_settlement(codec.decode("settlement", message.value),
+                                                message.offset)
         except CodecError as exc:
             await reject(message, exc.code, exc.reason)
             return
@@ -77,9 +83,9 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
             log.error("settlement set aside: %s", out.invalid)
             await reject(message, ResultCode.INSUFFICIENT_BALANCE, out.invalid)
             return
-        await publish(out)
+        await publish(out, message)
         metrics.inputs.inc()
 
     @app.agent(source, name="accounts")
     async def gate(stream):
-        await run_batches(stream, handle)
+        await run_batches(stream, handle, staged=(users,), state_first=True)

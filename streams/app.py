@@ -5,14 +5,24 @@ the roles scale and restart independently. The module-level `app` exists at impo
 settings are applied by `configure` from Keel's Settings before anything starts.
 
 Settings that matter on the embedded broker (measured, see streams/compat.py too):
-- processing_guarantee exactly_once: changelog writes, outputs and input offsets commit in
-  one Kafka transaction per input partition (works on tansu with the InitProducerId fix);
-- commits happen per batch from the agents (run_batches), so downstream read_committed
-  consumers see outputs one batch after they were produced;
+- processing_guarantee at_least_once, with exactly-once effects built in (run_batches):
+  per batch the outputs and the table state are made durable in an order that lets a
+  replay after a crash repeat only what consumers drop (the engine a command it has
+  seen, accounts a settlement `(pair, seq)` or a request offset it has applied), then
+  the input offsets are committed. Faust's exactly_once mode was tried first: on tansu 0.6 its
+  transactions stopped committing (offsets of a restarted worker's transactions never
+  reached the group, outputs of an idle worker stayed in an open transaction);
+- inputs are read read_uncommitted, Faust's default outside exactly_once: tansu 0.6 cut
+  read_committed reads of plain-written changelogs short (a restarted worker recovered
+  stale tables). keel.events is written in engine transactions; an aborted stretch is
+  written again with the same (pair, seq) and bytes (the engine is deterministic), and
+  settlement and market data drop a seq they have applied;
+- commits happen per batch from the agents (run_batches);
 - session 6 s / heartbeat 0.5 s / rebalance 6 s: a group (re)join in ~3 s instead of ~30 s.
 """
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from contextlib import contextmanager
@@ -25,13 +35,14 @@ from infra.settings import Settings
 from streams import compat
 
 ROLES = ("accounts", "settlement", "marketdata")
+log = logging.getLogger(__name__)
 
 app = faust.App("keel-streams", autodiscover=False)
 
 
 def faust_settings(role: str, settings: Settings) -> dict:
     extra = settings.extra
-    guarantee = extra.get("KEEL_STREAMS_GUARANTEE", "exactly_once")
+    guarantee = extra.get("KEEL_STREAMS_GUARANTEE", "at_least_once")
     return {
         "broker": [f"kafka://{host}" for host in settings.bootstrap.split(",")],
         "store": "memory://",          # tables are rebuilt from their changelog on start
@@ -112,30 +123,93 @@ def processing(event):
         _current_event.reset(current)
 
 
-async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.05,
-                      after_batch=None) -> None:
-    """Feed `handle(event)` batch by batch, then ack the batch, drain Faust's changelog
-    buffer and commit: the batch's outputs, changelog writes and input offsets go in one
-    transaction per input partition (under exactly_once).
+_outputs: list = []        # (topic, send arguments) of the batch in hand
 
-    The agent commits between batches instead of Faust's background timer (kept only as a
-    far backstop) so that a commit never runs while the agent is still producing: on
-    tansu, runs with timer commits every 50 ms left some transactions open for good.
+
+async def emit(topic, **kwargs) -> None:
+    """Queue an output record; run_batches sends the batch's outputs together, before or
+    after the batch's state as the agent asks, and commits only once they are delivered."""
+    _outputs.append((topic, kwargs))
+
+
+async def _send_outputs() -> None:
+    import asyncio
+
+    sent = [await topic.send(**kwargs) for topic, kwargs in _outputs]
+    _outputs.clear()
+    await app.producer.flush()
+    await asyncio.gather(*sent)          # raises if a send failed: nothing commits
+
+
+async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.05,
+                      staged=(), after_batch=None, state_first: bool = False) -> None:
+    """Feed `handle(event)` batch by batch, then write the batch's outputs and its table
+    state (the `staged` tables, then `after_batch`), each waited for until durable, and
+    only then ack the events and commit their offsets. A crash at any point loses nothing.
+
+    Outputs go first by default: a crash before the state is written replays the batch
+    against the old state, which gives the same outputs again for an agent with one input
+    partition (settlement, market data), and their consumers drop the copies. With
+    `state_first` (accounts, whose two inputs may interleave differently when replayed)
+    the state goes first and a replayed record rebuilds its outputs from it.
+
+    The agent commits between batches (Faust's timer is only a far backstop) and acks
+    only after everything is written, so a commit on rebalance never runs ahead of it.
     A batch is up to `max_batch` records or what arrived within `within` seconds.
     """
+    _install_task_dump()
     async for events in stream.take_events(max_batch, within=within):
         shutdown.busy = True
+        generation = app.consumer_generation_id
         for event in events:
             with processing(event):
                 await handle(event)
-            event.ack()
+        if app.consumer_generation_id != generation:
+            log.warning("batch spans a rebalance", extra={
+                "events": len(events), "generation": [generation, app.consumer_generation_id]})
+        if not state_first:
+            await _send_outputs()
+        for table in staged:
+            table.write_back(processing)
         if after_batch is not None:
             await after_batch()
-        buffer = app.producer.buffer
-        while buffer.size:                  # the batch's changelog writes join its commit
-            await buffer.flush()
+        await app.producer.flush()
+        if state_first:
+            await _send_outputs()
+        for event in events:
+            event.ack()
         await app.consumer.commit()
         shutdown.batch_committed()
+
+
+def _install_task_dump() -> None:
+    """SIGUSR1 writes every asyncio task's stack and the consumer's offset books to
+    stderr: what an operator needs to see where a live worker waits."""
+    import asyncio
+    import signal
+    import sys
+
+    def dump() -> None:
+        out = sys.stderr
+        for task in asyncio.all_tasks():
+            print(f"--- task {task.get_name()}", file=out)
+            task.print_stack(limit=12, file=out)
+        consumer = app.consumer
+        for name in ("_committed_offset", "_read_offset", "_gap", "_active_partitions",
+                     "_buffered_partitions", "_paused_partitions", "flow_active"):
+            print(f"--- consumer.{name}: {getattr(consumer, name, None)}", file=out)
+        for topic in app.topics:
+            queue = getattr(topic, "_queue", None)
+            if queue is not None:
+                print(f"--- queue {topic}: size {queue.qsize()} pending "
+                      f"{len(queue._pending_pressure_drop_callbacks)} "
+                      f"high {queue.pressure_high_size} drop {queue.pressure_drop_size}",
+                      file=out)
+        acked = {tp: (len(v), min(v), max(v)) for tp, v in consumer._acked.items() if v}
+        print(f"--- consumer._acked (n, min, max): {acked}", file=out)
+        out.flush()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
 
 
 def keel_topic(settings: Settings, short: str, partitions: int):
@@ -148,3 +222,4 @@ def keel_topic(settings: Settings, short: str, partitions: int):
 def table(name: str, partitions: int):
     # keys and values use the app's json serializers (set in faust_settings)
     return app.Table(name, partitions=partitions)
+

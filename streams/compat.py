@@ -38,6 +38,22 @@
 5. Fetch wait. Faust creates its consumer with fetch_max_wait_ms=1500, and tansu holds a
    fetch for the whole wait even when records arrive meanwhile, so each hop through a
    Faust agent took ~0.75 s on average. The wait becomes a setting (default 10 ms).
+
+6. Committable offsets. Faust commits an input partition only up to the first hole in the
+   offsets it has seen acked, and fills holes from gaps it noticed between fetches; the
+   commit markers of transactional writers (keel.events, and keel.settlements when it
+   had several writers) left holes it did not always notice, after which it never
+   committed that partition again. Keel's agents ack every record of a batch, in order,
+   after the batch's state is written (streams.app.run_batches), so the committable
+   offset is simply one past the highest acked.
+
+7. Reading to the end. tansu signals "end of partition" at its listed end (the last
+   batch's base + 1), before the rest of that batch; `read_to_end` reads on until the
+   broker stays quiet, and table recovery (4.) uses it.
+
+Items 2 and 3 matter only under exactly_once, which Keel no longer uses by default
+(streams.app explains why); they stay so that KEEL_STREAMS_GUARANTEE=exactly_once works
+on Apache Kafka.
 """
 from __future__ import annotations
 
@@ -73,13 +89,44 @@ class InitProducerIdRequest_v3(RequestStruct):
                     ("producer_epoch", Int16), ("tags", TaggedFields))
 
 
+def read_to_end(consumer, topic: str, partition: int, start: int, quiet: float = 0.3):
+    """Yield the offsets of the readable records of one partition from `start` to its end.
+
+    The end is where the broker stays silent for `quiet` seconds after saying "end of
+    partition": tansu 0.6 says it at its listed end (the last batch's base + 1), before
+    the rest of that batch, which the next fetch still returns."""
+    import time
+
+    from confluent_kafka import KafkaError, TopicPartition
+
+    consumer.assign([TopicPartition(topic, partition, start)])
+    deadline, quiet_since = time.monotonic() + 10.0, None
+    while True:
+        msg = consumer.poll(0.05)
+        now = time.monotonic()
+        if msg is None:
+            if quiet_since is not None and now - quiet_since >= quiet:
+                return
+            if quiet_since is None and now > deadline:
+                raise TimeoutError(f"{topic}[{partition}]: no fetch answer while reading")
+            continue
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                raise RuntimeError(f"{topic}[{partition}]: {err}")
+            quiet_since = quiet_since or now
+            continue
+        quiet_since = None if quiet_since is None else now
+        yield msg.offset()
+
+
 def committed_ends(bootstrap: str, tps: list, listed: dict) -> dict:
     """For each partition, 1 + the offset of its last committed record (None if empty),
     found by reading: a window before the listed end, widened until a record shows."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import Consumer
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "keel-streams-ends",
-                         "isolation.level": "read_committed", "enable.auto.commit": False,
+                         "isolation.level": "read_uncommitted", "enable.auto.commit": False,
                          "enable.partition.eof": True})
     ends: dict = {}
     try:
@@ -88,17 +135,8 @@ def committed_ends(bootstrap: str, tps: list, listed: dict) -> dict:
             window, last = 1_000, None
             while top > 0 and last is None:
                 start = max(0, top - window)
-                consumer.assign([TopicPartition(tp.topic, tp.partition, start)])
-                while True:
-                    msg = consumer.poll(5.0)
-                    if msg is None:
-                        raise TimeoutError(f"{tp}: no fetch answer while finding its end")
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            break
-                        raise RuntimeError(f"{tp}: {err}")
-                    last = msg.offset()
+                for offset in read_to_end(consumer, tp.topic, tp.partition, start):
+                    last = offset
                 if start == 0:
                     break
                 window *= 8
@@ -173,3 +211,18 @@ def apply(fetch_wait_ms: int = 10) -> None:
                                         transactional_id=tid)
 
     TransactionManager.send = send
+
+    from faust.transport.consumer import Consumer
+
+    def new_offset(self, tp):
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        top = max(acked) + 1
+        acked.clear()
+        self._acked_index[tp].clear()
+        self._gap.pop(tp, None)
+        return top
+
+    Consumer._new_offset = new_offset      # item 6
+

@@ -1,17 +1,27 @@
 """The accounts rules: the pre-trade risk gate, funding and settlement (pure).
 
-State lives in plain mutable mappings (dicts in tests, Faust tables in the worker).
-Values are never mutated in place: every change assigns a new value, because a Faust
-table writes its changelog on assignment only. Every key starts with the user id, so a
-user's whole state lives on the user's partition.
+A user's whole state is one value, `users[str(uid)]`, so one record changes exactly one
+key and a crash can never leave half of a record's effect behind (the worker writes the
+touched users once per batch, after the batch's outputs are durable):
 
-    balances     "uid:asset"   -> [available, held, version]    (asset smallest units)
-    orders       "order_id"    -> [uid, pair, side, asset, remaining hold, client id]
-    client_ids   "uid:cid"     -> order_id           (kept: a client id is never reused)
-    requests     "uid:rid"     -> 1                  (request ids already handled)
-    withdrawals  "uid:rid"     -> [asset, amount]    (pending, held until the result)
-    settled      "uid:pair"    -> [seq, [[order_id, reason], ...]]  (last engine seq applied)
-    counters     "p<n>"        -> orders numbered on partition n so far
+    b   {asset: [available, held, version]}            (asset smallest units)
+    o   {order_id: [pair, side, asset, remaining hold, client id]}   (open orders)
+    c   {client id: order_id}     (open orders' client ids, then the last RECENT closed)
+    r   {request id: 1}           (the user's last RECENT request ids)
+    w   {request id: [asset, amount]}                   (pending withdrawals, held)
+    s   {pair: [seq, [[order_id, reason], ...]]}        (last engine seq applied)
+    n   {"requests": offset, "settlements": offset}     (last input offsets applied)
+    d   {request offset: [code, message, pair, order_id, client id]}  (last DECISIONS)
+
+The user dicts are mutated in place: the adapter hands out a private copy per batch.
+
+Exactly-once effects on an at-least-once log: the worker writes a batch's user states
+before it sends the batch's outputs. A record redelivered after a crash is recognised by
+its offset (`n`), changes nothing, and has its outputs rebuilt from the decision kept for
+it (`d`), so whatever reached the engine is what the state says; a request retried with
+the same id is answered DUPLICATE_REQUEST (`r`); a settlement the settlement worker
+emitted twice is dropped by `(pair, seq)`. A rebuilt Place carries the same order id
+(from the request's offset) and the engine drops a copy that already reached it.
 """
 from __future__ import annotations
 
@@ -22,22 +32,23 @@ from engine.domain import Amend, Cancel, CancelAll, Place, ResultCode
 from streams.holds import check_place, hold_for
 from streams.units import Units
 
-# Order ids are unique across accounts partitions: a per-partition counter times the
+# Order ids are unique across accounts partitions: (the request's offset + 1) times the
 # stride plus the partition (so at most ORDER_ID_STRIDE user partitions).
 ORDER_ID_STRIDE = 4096
+RECENT = 1_000          # request ids and closed client ids remembered per user
+DECISIONS = 4_096       # per user: more than one batch (run_batches takes up to 2,000)
 
 TRADE, RELEASE, FEE = 0, 1, 2       # Settlement.reason
 
 
-@dataclass
-class AccountsState:
-    balances: MutableMapping = field(default_factory=dict)
-    orders: MutableMapping = field(default_factory=dict)
-    client_ids: MutableMapping = field(default_factory=dict)
-    requests: MutableMapping = field(default_factory=dict)
-    withdrawals: MutableMapping = field(default_factory=dict)
-    settled: MutableMapping = field(default_factory=dict)
-    counters: MutableMapping = field(default_factory=dict)
+def new_user() -> dict:
+    return {"b": {}, "o": {}, "c": {}, "r": {}, "w": {}, "s": {}, "n": {}, "d": {}}
+
+
+def _remember(recent: dict, key, value, keep: int = RECENT) -> None:
+    recent[key] = value
+    while len(recent) > keep:
+        del recent[next(iter(recent))]
 
 
 @dataclass
@@ -51,46 +62,114 @@ class Outcome:
 
 
 class Accounts:
-    def __init__(self, units: Units, state: AccountsState | None = None) -> None:
+    def __init__(self, units: Units, users: MutableMapping | None = None) -> None:
         self.units = units
-        self.state = state or AccountsState()
+        self.users = {} if users is None else users
+
+    def user(self, uid: int) -> dict:
+        key = str(uid)
+        u = self.users.get(key)
+        if u is None:
+            u = self.users[key] = new_user()
+        return u
+
+    def _seen(self, u: dict, source: str, offset: int | None) -> bool:
+        """True for a record at or below the last offset applied from `source`."""
+        if offset is None:
+            return False
+        if offset <= u["n"].get(source, -1):
+            return True
+        u["n"][source] = offset
+        return False
+
+    # ---- views (tests, tools) ----
+
+    def balances(self) -> dict[str, list]:
+        """"uid:asset" -> [available, held, version] over every user."""
+        return {f"{uid}:{asset}": row for uid, u in self.users.items()
+                for asset, row in u["b"].items()}
+
+    def open_orders(self) -> dict[str, list]:
+        """"order_id" -> [uid, pair, side, asset, remaining hold, client id]."""
+        return {str(oid): [int(uid), *entry] for uid, u in self.users.items()
+                for oid, entry in u["o"].items()}
 
     # ---- balances ----
 
     def balance(self, uid: int, asset: str) -> tuple[int, int]:
-        row = self.state.balances.get(f"{uid}:{asset}")
+        row = self.user(uid)["b"].get(asset)
         return (row[0], row[1]) if row else (0, 0)
 
     def _change(self, out: Outcome, uid: int, asset: str, d_avail: int, d_held: int,
                 ts: int) -> None:
-        key = f"{uid}:{asset}"
-        avail, held, version = self.state.balances.get(key) or (0, 0, 0)
+        rows = self.user(uid)["b"]
+        avail, held, version = rows.get(asset) or (0, 0, 0)
         avail, held = avail + d_avail, held + d_held
         if avail < 0 or held < 0:
             # The gate and settlement bound every debit, so this is a bug, not a rejection.
-            raise AssertionError(f"balance of {key} would be {avail}/{held}")
-        self.state.balances[key] = [avail, held, version + 1]
+            raise AssertionError(f"balance of {uid}:{asset} would be {avail}/{held}")
+        rows[asset] = [avail, held, version + 1]
         out.balances.append({"user_id": uid, "asset": asset, "available": avail,
                              "held": held, "version": version + 1, "ts": ts})
 
     # ---- requests (keel.requests) ----
 
-    def handle_request(self, request: dict, partition: int) -> Outcome:
+    def handle_request(self, request: dict, partition: int, offset: int) -> Outcome:
+        """One keel.requests record at `offset` of the user's `partition`."""
         out = Outcome()
         uid, rid, ts = request["user_id"], request["request_id"], request["ts"]
+        u = self.user(uid)
+        if self._seen(u, "requests", offset):
+            return self._rebuild(u, request, offset)
         kind, body = request["body"]
         kind = kind.rsplit(".", 1)[-1]
-        seen = f"{uid}:{rid}"
-        if seen in self.state.requests:
+        if rid in u["r"]:
             self._reply(out, request, ResultCode.DUPLICATE_REQUEST, "request already handled")
-            return out
-        self.state.requests[seen] = 1
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is None:
-            self._reply(out, request, ResultCode.INVALID_REQUEST, f"unknown request {kind}")
         else:
-            handler(out, request, body, uid, ts, partition)
+            _remember(u["r"], rid, 1)
+            handler = getattr(self, f"_on_{kind}", None)
+            if handler is None:
+                self._reply(out, request, ResultCode.INVALID_REQUEST, f"unknown request {kind}")
+            else:
+                handler(out, request, body, uid, ts, (offset + 1) * ORDER_ID_STRIDE + partition)
+        r = out.replies[-1]
+        _remember(u["d"], str(offset), [r["code"], r["message"], r["pair"], r["order_id"],
+                                        r["client_order_id"]], DECISIONS)
         return out
+
+    def _rebuild(self, u: dict, request: dict, offset: int) -> Outcome:
+        """The outputs of a request already applied: its reply, its engine command if it
+        was accepted, and the user's current balances."""
+        out = Outcome()
+        decision = u["d"].get(str(offset))
+        if decision is None:
+            return out                  # older than any batch in flight: long delivered
+        code, message, pair, order_id, cid = decision
+        self._reply(out, request, ResultCode(code), message, pair=pair, order_id=order_id,
+                    client_order_id=cid)
+        uid, ts = request["user_id"], request["ts"]
+        kind, b = request["body"]
+        kind = kind.rsplit(".", 1)[-1]
+        if code == ResultCode.OK:
+            cmd = None
+            if kind == "PlaceOrder":
+                cmd = Place(pair, order_id, uid, b["side"], b["kind"], b["tif"], b["price"],
+                            b["qty"], b["quote_qty"], b["stp"], ts)
+            elif kind == "CancelOrder":
+                cmd = Cancel(pair, order_id, uid, ts)
+            elif kind == "AmendOrder":
+                cmd = Amend(pair, order_id, uid, b["new_price"], b["new_qty"], ts)
+            elif kind == "CancelAllOrders":
+                cmd = CancelAll(pair, uid, ts)
+            if cmd is not None:
+                out.commands.append((cmd, request["request_id"]))
+        self._current_balances(out, uid, ts)
+        return out
+
+    def _current_balances(self, out: Outcome, uid: int, ts: int) -> None:
+        for asset, (avail, held, version) in self.user(uid)["b"].items():
+            out.balances.append({"user_id": uid, "asset": asset, "available": avail,
+                                 "held": held, "version": version, "ts": ts})
 
     def _reply(self, out: Outcome, request: dict, code: ResultCode, message: str = "",
                pair: str | None = None, order_id: int | None = None,
@@ -100,7 +179,7 @@ class Accounts:
                             "pair": pair, "order_id": order_id,
                             "client_order_id": client_order_id})
 
-    def _on_PlaceOrder(self, out, request, b, uid, ts, partition) -> None:
+    def _on_PlaceOrder(self, out, request, b, uid, ts, order_id) -> None:
         pair, cid = b["pair"], b.get("client_order_id")
         reply = {"pair": pair, "client_order_id": cid}
         pu = self.units.pairs.get(pair)
@@ -110,7 +189,8 @@ class Accounts:
                            b["quote_qty"], b["stp"])
         if code:
             return self._reply(out, request, code, code.name.lower(), **reply)
-        if cid is not None and f"{uid}:{cid}" in self.state.client_ids:
+        u = self.user(uid)
+        if cid is not None and cid in u["c"]:
             return self._reply(out, request, ResultCode.DUPLICATE_CLIENT_ORDER_ID,
                                f"client order id {cid} already used", **reply)
         asset, amount = hold_for(pu, b["side"], b["kind"], b["price"], b["qty"], b["quote_qty"])
@@ -118,21 +198,18 @@ class Accounts:
             return self._reply(out, request, ResultCode.INSUFFICIENT_BALANCE,
                                f"{asset} available is below the {amount} this order needs",
                                **reply)
-        counter = f"p{partition}"
-        n = self.state.counters.get(counter, 0) + 1
-        self.state.counters[counter] = n
-        order_id = n * ORDER_ID_STRIDE + partition
         self._change(out, uid, asset, -amount, amount, ts)
-        self.state.orders[str(order_id)] = [uid, pair, b["side"], asset, amount, cid]
+        u["o"][str(order_id)] = [pair, b["side"], asset, amount, cid]
         if cid is not None:
-            self.state.client_ids[f"{uid}:{cid}"] = order_id
+            _remember_cid(u, cid, order_id)
         out.commands.append((Place(pair, order_id, uid, b["side"], b["kind"], b["tif"],
                                    b["price"], b["qty"], b["quote_qty"], b["stp"], ts),
                              request["request_id"]))
         self._reply(out, request, ResultCode.OK, "", order_id=order_id, **reply)
 
     def _own_order(self, out, request, b, uid) -> tuple[int, list] | None:
-        """The order a cancel/amend names, if it is the user's and still open; else reply."""
+        """The order a cancel/amend names, if it is the user's and still open; else reply.
+        Another user's order is as unknown as a missing one (its state lives elsewhere)."""
         pair, cid = b["pair"], b.get("client_order_id")
         order_id = b.get("order_id")
         if (order_id is None) == (cid is None):
@@ -140,39 +217,36 @@ class Accounts:
                         "name the order by exactly one of order_id and client_order_id",
                         pair=pair, client_order_id=cid)
             return None
+        u = self.user(uid)
         if order_id is None:
-            order_id = self.state.client_ids.get(f"{uid}:{cid}")
-        entry = self.state.orders.get(str(order_id)) if order_id is not None else None
-        if entry is None or entry[1] != pair:
+            order_id = u["c"].get(cid)
+        entry = u["o"].get(str(order_id)) if order_id is not None else None
+        if entry is None or entry[0] != pair:
             self._reply(out, request, ResultCode.UNKNOWN_ORDER, "no such open order",
-                        pair=pair, order_id=order_id, client_order_id=cid)
-            return None
-        if entry[0] != uid:
-            self._reply(out, request, ResultCode.NOT_ORDER_OWNER, "not your order",
                         pair=pair, order_id=order_id, client_order_id=cid)
             return None
         return order_id, entry
 
-    def _on_CancelOrder(self, out, request, b, uid, ts, partition) -> None:
+    def _on_CancelOrder(self, out, request, b, uid, ts, order_id) -> None:
         found = self._own_order(out, request, b, uid)
         if found is not None:
             order_id, entry = found
             out.commands.append((Cancel(b["pair"], order_id, uid, ts), request["request_id"]))
             self._reply(out, request, ResultCode.OK, "", pair=b["pair"], order_id=order_id,
-                        client_order_id=entry[5])
+                        client_order_id=entry[4])
 
-    def _on_CancelAllOrders(self, out, request, b, uid, ts, partition) -> None:
+    def _on_CancelAllOrders(self, out, request, b, uid, ts, order_id) -> None:
         if b["pair"] not in self.units.pairs:
             return self._reply(out, request, ResultCode.UNKNOWN_PAIR, f"no pair {b['pair']}",
                                pair=b["pair"])
         out.commands.append((CancelAll(b["pair"], uid, ts), request["request_id"]))
         self._reply(out, request, ResultCode.OK, "", pair=b["pair"])
 
-    def _on_AmendOrder(self, out, request, b, uid, ts, partition) -> None:
+    def _on_AmendOrder(self, out, request, b, uid, ts, order_id) -> None:
         found = self._own_order(out, request, b, uid)
         if found is None:
             return
-        order_id, (_, pair, side, asset, remaining, cid) = found
+        order_id, (pair, side, asset, remaining, cid) = found
         reply = {"pair": pair, "order_id": order_id, "client_order_id": cid}
         if b["new_price"] <= 0:
             return self._reply(out, request, ResultCode.INVALID_PRICE, "invalid_price", **reply)
@@ -190,7 +264,7 @@ class Accounts:
                              request["request_id"]))
         self._reply(out, request, ResultCode.OK, "", **reply)
 
-    def _on_Deposit(self, out, request, b, uid, ts, partition) -> None:
+    def _on_Deposit(self, out, request, b, uid, ts, order_id) -> None:
         if b["asset"] not in self.units.assets:
             return self._reply(out, request, ResultCode.UNKNOWN_ASSET, f"no asset {b['asset']}")
         if b["amount"] <= 0:
@@ -198,7 +272,7 @@ class Accounts:
         self._change(out, uid, b["asset"], b["amount"], 0, ts)
         self._reply(out, request, ResultCode.OK)
 
-    def _on_Withdraw(self, out, request, b, uid, ts, partition) -> None:
+    def _on_Withdraw(self, out, request, b, uid, ts, order_id) -> None:
         asset, amount = b["asset"], b["amount"]
         if asset not in self.units.assets:
             return self._reply(out, request, ResultCode.UNKNOWN_ASSET, f"no asset {asset}")
@@ -208,17 +282,18 @@ class Accounts:
             return self._reply(out, request, ResultCode.INSUFFICIENT_BALANCE,
                                f"{asset} available is below {amount}")
         self._change(out, uid, asset, -amount, amount, ts)
-        self.state.withdrawals[f"{uid}:{request['request_id']}"] = [asset, amount]
+        self.user(uid)["w"][request["request_id"]] = [asset, amount]
         self._reply(out, request, ResultCode.OK)
 
-    def _on_WithdrawalResult(self, out, request, b, uid, ts, partition) -> None:
-        key = f"{uid}:{b['withdrawal_request_id']}"
-        pending = self.state.withdrawals.get(key)
+    def _on_WithdrawalResult(self, out, request, b, uid, ts, order_id) -> None:
+        pending_all = self.user(uid)["w"]
+        key = b["withdrawal_request_id"]
+        pending = pending_all.get(key)
         if pending is None or pending != [b["asset"], b["amount"]]:
             return self._reply(out, request, ResultCode.INVALID_REQUEST,
                                "no pending withdrawal with that id, asset and amount")
         asset, amount = pending
-        del self.state.withdrawals[key]
+        del pending_all[key]
         self._change(out, uid, asset, 0 if b["completed"] else amount, -amount, ts)
         self._reply(out, request, ResultCode.OK)
 
@@ -236,24 +311,26 @@ class Accounts:
                 return f"{uid}:{asset} ({avail}{d_avail:+}/{held}{d_held:+})"
         return None
 
-    def apply_settlement(self, record: dict) -> Outcome:
-        """Apply one settlement at most once: records of one (user, pair) arrive in seq order."""
+    def apply_settlement(self, record: dict, offset: int | None = None) -> Outcome:
+        """Apply one settlement at most once: records of one (user, pair) arrive in seq
+        order; `offset` is the record's place on the user's keel.settlements partition."""
         out = Outcome()
         uid, pair, seq, reason = record["user_id"], record["pair"], record["seq"], record["reason"]
+        u = self.user(uid)
+        if self._seen(u, "settlements", offset):
+            self._current_balances(out, uid, record["ts"])   # its only outputs
+            return out
         order_id = record.get("order_id")
         mark = [-1 if order_id is None else order_id, reason]
-        key = f"{uid}:{pair}"
-        last_seq, done = self.state.settled.get(key) or (0, [])
+        last_seq, done = u["s"].get(pair) or (0, [])
         if seq < last_seq or (seq == last_seq and mark in done):
             return out
-        self.state.settled[key] = [seq, (done if seq == last_seq else []) + [mark]]
+        u["s"][pair] = [seq, (done if seq == last_seq else []) + [mark]]
         ts = record["ts"]
         if reason == RELEASE:
-            entry = self.state.orders.get(str(order_id))
-            if entry is not None and entry[0] == uid:
-                del self.state.orders[str(order_id)]
-                if entry[4]:
-                    self._change(out, uid, entry[3], entry[4], -entry[4], ts)
+            entry = u["o"].pop(str(order_id), None)
+            if entry is not None and entry[3]:
+                self._change(out, uid, entry[2], entry[3], -entry[3], ts)
             return out
         short = self._shortfall(uid, record["entries"])
         if short:
@@ -264,8 +341,21 @@ class Accounts:
         for e in record["entries"]:
             self._change(out, uid, e["asset"], e["available_delta"], e["held_delta"], ts)
         if reason == TRADE and order_id is not None:
-            entry = self.state.orders.get(str(order_id))
+            entry = u["o"].get(str(order_id))
             if entry is not None:
-                spent = -sum(e["held_delta"] for e in record["entries"] if e["asset"] == entry[3])
-                self.state.orders[str(order_id)] = entry[:4] + [entry[4] - spent, entry[5]]
+                spent = -sum(e["held_delta"] for e in record["entries"] if e["asset"] == entry[2])
+                u["o"][str(order_id)] = entry[:3] + [entry[3] - spent, entry[4]]
         return out
+
+
+def _remember_cid(u: dict, cid: str, order_id: int) -> None:
+    """Keep every open order's client id and the last RECENT closed ones."""
+    ids = u["c"]
+    ids[cid] = order_id
+    if len(ids) <= RECENT + len(u["o"]):
+        return
+    for old, oid in list(ids.items()):
+        if str(oid) not in u["o"]:
+            del ids[old]
+            if len(ids) <= RECENT + len(u["o"]):
+                return

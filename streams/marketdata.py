@@ -2,8 +2,9 @@
 
 Reads keel.events (read_committed) by pair partition; streams.market holds the rules.
 Each pair's state is checkpointed in a changelog table once per batch (not per trade),
-in the same transaction as the batch's outputs and offsets, so a restarted worker
-resumes exactly where the committed output stopped.
+after the batch's outputs are delivered and before its offsets are committed, so a
+restarted worker resumes from its last checkpoint and events it sees again (seq at or
+below the checkpoint's) change nothing.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
-from streams.app import app, keel_topic, processing, run_batches, table
+from streams.app import app, emit, keel_topic, processing, run_batches, table
 from streams.dlq import dead_letter
 from streams.market import PairStats
 from streams.metrics import StreamMetrics
@@ -36,8 +37,8 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
         return s
 
     async def reject(message, code: int, reason: str) -> None:
-        await dlq.send(key=message.topic.encode(),
-                       value=dead_letter(codec, message, reason, code, "marketdata"))
+        await emit(dlq, key=message.topic.encode(),
+                   value=dead_letter(codec, message, reason, code, "marketdata"))
         metrics.dead_letters.inc()
 
     async def handle(event) -> None:
@@ -51,9 +52,9 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
         ticker, new_candles = stats_for(ev.pair).apply(ev)
         key, partition = ev.pair.encode(), home[ev.pair]
         if ticker is not None:
-            await tickers.send(key=key, value=codec.encode("ticker", ticker), partition=partition)
+            await emit(tickers, key=key, value=codec.encode("ticker", ticker), partition=partition)
         for candle in new_candles:
-            await candles.send(key=key, value=codec.encode("candle", candle), partition=partition)
+            await emit(candles, key=key, value=codec.encode("candle", candle), partition=partition)
         touched[ev.pair] = event
         metrics.inputs.inc()
 

@@ -2,10 +2,13 @@
 
 Runs per pair partition and tracks every live order's remaining hold, derived from its
 Accepted event with the same `hold_for` the risk gate used, so both sides agree on it to
-the unit without talking to each other. State (plain mappings, values reassigned):
+the unit without talking to each other. State (a plain mapping, values reassigned, one
+key per order so that a crash never leaves half an event's change behind):
 
-    live   "order_id" -> [uid, side, asset, remaining hold]
-    seqs   "pair"     -> last engine seq settled (a redelivered event changes nothing)
+    live   "order_id" -> [uid, side, asset, remaining hold, last engine seq applied]
+
+An event redelivered after a crash changes no entry that already saw its seq; its records
+are emitted again and accounts drops them by `(pair, seq)`.
 
 Records (schemas/settlement.avsc): TRADE for each side of a fill, FEE for the fee
 account, RELEASE when an order ends (Done, Cancelled, Expired) or a Place is rejected.
@@ -23,25 +26,21 @@ from streams.units import Units
 
 
 class Settlement:
-    def __init__(self, units: Units, live: MutableMapping | None = None,
-                 seqs: MutableMapping | None = None) -> None:
+    def __init__(self, units: Units, live: MutableMapping | None = None) -> None:
         self.units = units
         self.live = {} if live is None else live
-        self.seqs = {} if seqs is None else seqs
 
     def settle(self, event) -> list[dict]:
         pair, seq = event.pair, event.seq
-        if seq <= self.seqs.get(pair, 0):
-            return []
-        self.seqs[pair] = seq
         if isinstance(event, Trade):
             return self._trade(event)
         if isinstance(event, Accepted):
             pu = self.units.pairs.get(pair)
-            if pu is not None:
+            entry = self.live.get(str(event.order_id))
+            if pu is not None and (entry is None or entry[4] < seq):
                 asset, amount = hold_for(pu, event.side, event.kind, event.price, event.qty,
                                          event.quote_qty)
-                self.live[str(event.order_id)] = [event.user_id, event.side, asset, amount]
+                self.live[str(event.order_id)] = [event.user_id, event.side, asset, amount, seq]
             return []
         if isinstance(event, Done | Cancelled | Expired):
             entry = self.live.pop(str(event.order_id), None)
@@ -71,11 +70,12 @@ class Settlement:
             # Per-fill rounding can exceed a quote-sized hold's fee bound: the buyer never
             # pays more than it held, and the fee account gets what was actually charged.
             fee_b = max(0, min(fee_b, b_live[3] - spend))
-            self.live[str(b_oid)] = b_live[:3] + [b_live[3] - spend - fee_b]
+            if b_live[4] < t.seq:
+                self.live[str(b_oid)] = b_live[:3] + [b_live[3] - spend - fee_b, t.seq]
         s_oid, s_uid, s_fee = seller
         s_live = self.live.get(str(s_oid))
-        if s_live is not None:
-            self.live[str(s_oid)] = s_live[:3] + [s_live[3] - base]
+        if s_live is not None and s_live[4] < t.seq:
+            self.live[str(s_oid)] = s_live[:3] + [s_live[3] - base, t.seq]
         fee_s = pu.notional(s_fee)
         records = [
             _record(b_uid, t, TRADE, b_oid, t.trade_id,

@@ -1,8 +1,9 @@
 """settlement: engine events -> per-user settlement records (`keel streams settlement`).
 
 Reads keel.events (read_committed, as the engine writes it in transactions) partition by
-partition; streams.settle holds the rules, two changelog tables its state (live orders'
-holds, last seq per pair). Writes keel.settlements on each user's partition.
+partition; streams.settle holds the rules, a changelog table its state (each live order's
+hold, written once per batch after the batch's records are delivered). Writes
+keel.settlements on each user's partition.
 """
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
-from streams.app import app, keel_topic, run_batches, table
+from streams.app import app, emit, keel_topic, run_batches, table
 from streams.dlq import dead_letter
 from streams.keys import user_key, user_partition
 from streams.metrics import StreamMetrics
 from streams.settle import Settlement
+from streams.staged import Staged
 from streams.units import Units
 
 
@@ -25,12 +27,12 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     settlements = keel_topic(settings, "settlements", n_users)
     dlq = keel_topic(settings, "dlq", 1)
     units = Units.from_markets(markets)
-    rules = Settlement(units, live=table("live", markets.partitions),
-                       seqs=table("seqs", markets.partitions))
+    live = Staged(table("live", markets.partitions))
+    rules = Settlement(units, live=live)
 
     async def reject(message, code: int, reason: str) -> None:
-        await dlq.send(key=message.topic.encode(),
-                       value=dead_letter(codec, message, reason, code, "settlement"))
+        await emit(dlq, key=message.topic.encode(),
+                   value=dead_letter(codec, message, reason, code, "settlement"))
         metrics.dead_letters.inc()
 
     async def handle(event) -> None:
@@ -44,11 +46,11 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
                                 f"unknown pair {engine_event.pair}")
         for record in rules.settle(engine_event):
             uid = record["user_id"]
-            await settlements.send(key=user_key(uid), value=codec.encode("settlement", record),
-                                   partition=user_partition(uid, n_users))
+            await emit(settlements, key=user_key(uid), value=codec.encode("settlement", record),
+                       partition=user_partition(uid, n_users))
             metrics.outputs.inc()
         metrics.inputs.inc()
 
     @app.agent(events, name="settlement")
     async def settle(stream):
-        await run_batches(stream, handle)
+        await run_batches(stream, handle, staged=(live,))
