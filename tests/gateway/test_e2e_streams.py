@@ -10,7 +10,6 @@ import uuid
 from decimal import Decimal
 
 import aiohttp
-import pytest
 from confluent_kafka import Consumer, Producer
 
 from engine.engine import Engine
@@ -197,10 +196,6 @@ def test_local_book_from_synthetic_depth_through_the_broker(stack):
     assert Decimal("0.99") == stack.markets.market("ETHUSDT").ticks_to_price(99)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open bug (issue 5): on the embedded tansu broker the Faust accounts worker "
-    "intermittently stops committing its transactions, so order replies time out "
-    "(-1007); reported as xfail, never counted as a pass"))
 def test_demo_traffic_trades_within_seconds(stack):
     from gateway.demo import run_demo
 

@@ -112,10 +112,6 @@ def test_report_is_markdown_with_charts(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open bug (issue 5): on the embedded tansu broker the Faust accounts worker "
-    "intermittently stops committing its transactions, so order replies time out "
-    "(-1007); reported as xfail, never counted as a pass"))
 def test_baseline_against_the_live_stack_has_no_errors(keel_stack, tmp_path):
     out = tmp_path / "report"
     result = keel_stack.keel("loadgen", "baseline", "--users", "10", "--rate", "20",
@@ -136,10 +132,6 @@ def test_baseline_against_the_live_stack_has_no_errors(keel_stack, tmp_path):
     assert any(k.startswith("group ") for k in samples[-1]["lag"])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open bug (issue 5): on the embedded tansu broker the Faust accounts worker "
-    "intermittently stops committing its transactions, so order replies time out "
-    "(-1007); reported as xfail, never counted as a pass"))
 def test_ramp_prints_the_benchmark_line(keel_stack):
     result = keel_stack.keel("loadgen", "ramp", "--users", "10", "--rate", "10",
                              "--step-seconds", "3", "--seconds", "6", "--json",

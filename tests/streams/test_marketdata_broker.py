@@ -6,8 +6,6 @@ from __future__ import annotations
 import random
 import signal
 
-import pytest
-
 from engine.domain import Accepted, Place, Rejected, Trade
 from engine.markets import load_markets
 from infra.settings import DEFAULT_MARKETS
@@ -31,11 +29,6 @@ def send_orders(client, rnd: random.Random, n: int, start_id: int, ts: int) -> i
     return ts
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, open, intermittent (issue 5): after a SIGTERM mid-batch and a restart the 24 h ticker of a pair "
-    "counted only the trades after the restart (76 of 151): the pair's checkpoint was not "
-    "found in the recovered table while the input offsets had moved on. A restart while "
-    "idle recovers correctly. Candles and the ticker without a restart match."))
 def test_tickers_and_candles_match_the_trades_across_a_restart(workers, client):
     workers.start_engine()
     md = workers.start("marketdata")

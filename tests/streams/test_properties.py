@@ -105,7 +105,7 @@ def check_live(ex: Exchange) -> None:
     """Gate and settlement agree on every live order's remaining hold."""
     assert not ex.negative()
     pending = {r[0][1] for r in ex.orders}          # placed, not yet seen by the engine
-    for oid, entry in ex.accounts.state.orders.items():
+    for oid, entry in ex.accounts.open_orders().items():
         live = ex.settlement.live.get(oid)
         if live is not None and int(oid) not in pending:
             # equal once every settlement of it has been applied
@@ -130,10 +130,10 @@ def test_conservation_under_random_traffic(script, opening):
     check_live(ex)
     cancel_everything(ex)
     assert ex.totals() == ex.expected_totals()
-    assert not ex.accounts.state.orders
+    assert not ex.accounts.open_orders()
     assert not ex.settlement.live
-    held = {k.split(":")[1]: 0 for k in ex.accounts.state.balances}
-    for key, (_, h, _) in ex.accounts.state.balances.items():
+    held = {k.split(":")[1]: 0 for k in ex.accounts.balances()}
+    for key, (_, h, _) in ex.accounts.balances().items():
         held[key.split(":")[1]] += h
     for w in ex.pending_withdrawals.values():
         held[w["asset"]] -= w["amount"]
@@ -148,8 +148,8 @@ def test_duplicated_settlements_change_nothing(script, opening):
     run(twice, script, opening)
     once.drain()
     twice.drain()
-    assert once.accounts.state.balances == twice.accounts.state.balances
-    assert once.accounts.state.orders == twice.accounts.state.orders
+    assert once.accounts.balances() == twice.accounts.balances()
+    assert once.accounts.open_orders() == twice.accounts.open_orders()
 
 
 def random_script(seed: int, n: int) -> tuple[list, list[int]]:
@@ -195,4 +195,4 @@ def test_conservation_over_a_long_seeded_run():
     assert ex.totals() == ex.expected_totals()
     cancel_everything(ex)
     assert ex.totals() == ex.expected_totals()
-    assert not ex.accounts.state.orders and not ex.settlement.live
+    assert not ex.accounts.open_orders() and not ex.settlement.live
