@@ -49,7 +49,7 @@ def postgres_loop(settings: Settings, stop: threading.Event, metrics: SinkMetric
     store.open()
     source = Source(settings, group(settings, "postgres"),
                     [settings.topic("events"), settlements, balances],
-                    client_id="sink-postgres", max_records=max_records)
+                    client_id="sink-postgres", max_records=max_records, eager=True)
     loop = SinkLoop("postgres", source, None, store.write, TRANSIENT,
                     DeadLetters(settings, codec, "postgres-sink"), metrics, stop,
                     prepare=store.prepare, pipeline=True, depth=depth)

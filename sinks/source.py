@@ -24,7 +24,7 @@ class Source:
     def __init__(self, settings: Settings, group: str, topics: list[str], client_id: str,
                  max_records: int = 5000, poll_timeout: float = 0.1,
                  on_assign: Callable[[Consumer, list[TopicPartition]], None] | None = None,
-                 **overrides) -> None:
+                 eager: bool = False, **overrides) -> None:
         conf = consumer_config(settings, group, client_id,
                                # An outage of the store may outlast librdkafka's default;
                                # the loop still polls while it waits (see hold()).
@@ -44,6 +44,7 @@ class Source:
         self.topics = topics
         self.max_records = max_records
         self.poll_timeout = poll_timeout
+        self.eager = eager                 # return what is queued rather than wait for more
         self.generation = 0          # rises on every revocation: older batches are stale
         self._on_assign = on_assign
         self.consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked)
@@ -61,10 +62,11 @@ class Source:
 
     def poll(self, timeout: float | None = None) -> list:
         """Up to max_records messages, in partition order; errors are logged, not returned."""
-        # What is queued now, at once; only with nothing queued wait (up to the timeout,
-        # or until a whole batch is there). Waiting for a whole batch while some lay
-        # ready cost every tail of a backlog the full timeout.
-        msgs = self.consumer.consume(self.max_records, 0)
+        # Eager: what is queued now, at once; only with nothing queued wait (up to the
+        # timeout, or until a whole batch is there). Waiting for a whole batch while some
+        # lay ready cost every tail of a backlog the full timeout. Not eager: a whole
+        # batch or the timeout, for a store that wants few large inserts (ClickHouse).
+        msgs = self.consumer.consume(self.max_records, 0) if self.eager else []
         if not msgs:
             msgs = self.consumer.consume(self.max_records,
                                          self.poll_timeout if timeout is None else timeout)
