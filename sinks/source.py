@@ -37,6 +37,10 @@ class Source:
                                # waits out that second with nothing queued: ~0.7 s of
                                # idle per 280k records (210k/s consumed, 710k/s at 10 ms).
                                fetch_queue_backoff_ms=10,
+                               # tansu 0.6 holds a fetch for the whole wait even when
+                               # records are there: at librdkafka's 500 ms, 5k events/s
+                               # reached PostgreSQL in 225 ms (p50); 53 ms at 50 ms.
+                               fetch_wait_max_ms=50,
                                # Topics created after we subscribed are found in seconds.
                                topic_metadata_refresh_interval_ms=5000,
                                log_level=3, **overrides)
@@ -62,14 +66,20 @@ class Source:
 
     def poll(self, timeout: float | None = None) -> list:
         """Up to max_records messages, in partition order; errors are logged, not returned."""
-        # Eager: what is queued now, at once; only with nothing queued wait (up to the
-        # timeout, or until a whole batch is there). Waiting for a whole batch while some
-        # lay ready cost every tail of a backlog the full timeout. Not eager: a whole
-        # batch or the timeout, for a store that wants few large inserts (ClickHouse).
-        msgs = self.consumer.consume(self.max_records, 0) if self.eager else []
-        if not msgs:
-            msgs = self.consumer.consume(self.max_records,
-                                         self.poll_timeout if timeout is None else timeout)
+        # Eager: what is queued now, at once; with nothing queued, wait for the first
+        # record (up to the timeout) and take what came with it. Waiting for a whole
+        # batch while some lay ready cost every tail of a backlog, and every record at a
+        # steady rate, the full timeout. Not eager: a whole batch or the timeout, for a
+        # store that wants few large inserts (ClickHouse).
+        wait = self.poll_timeout if timeout is None else timeout
+        if self.eager:
+            msgs = self.consumer.consume(self.max_records, 0)
+            if not msgs:                   # the first record ends the wait, not the batch
+                msgs = self.consumer.consume(1, wait)
+                if msgs:
+                    msgs += self.consumer.consume(self.max_records - 1, 0)
+        else:
+            msgs = self.consumer.consume(self.max_records, wait)
         bad = [m for m in msgs if m.error() is not None]
         if not bad:
             return msgs
