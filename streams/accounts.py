@@ -16,7 +16,7 @@ from infra.settings import Settings
 from schemas.codec import Codec, CodecError
 from streams.app import app, emit, keel_topic, run_batches, table
 from streams.dlq import dead_letter
-from streams.keys import user_key, user_partition
+from streams.keys import user_partition
 from streams.ledger import Accounts, Outcome
 from streams.metrics import StreamMetrics
 from streams.staged import Staged
@@ -51,7 +51,10 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
             await emit(replies, key=reply["request_id"].encode(),
                        value=codec.encode("reply", reply))
         for bal in out.balances:
-            await emit(balances, key=user_key(bal["user_id"]), value=codec.encode("balance", bal),
+            # keyed by user and asset (the topic is compacted: one row per asset survives),
+            # partitioned by user like every other per-user topic
+            await emit(balances, key=f'{bal["user_id"]}:{bal["asset"]}'.encode(),
+                       value=codec.encode("balance", bal),
                        partition=user_partition(bal["user_id"], n))
         metrics.outputs.inc(len(out.commands) + len(out.replies) + len(out.balances))
 
