@@ -79,6 +79,3 @@ class Staged(MutableMapping):
                     self.table[key] = value
         self.pending.clear()
         return n
-
-    def discard(self) -> None:
-        self.pending.clear()

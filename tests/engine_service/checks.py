@@ -1,6 +1,7 @@
 """What every engine-service test checks about the published log."""
 from __future__ import annotations
 
+import json
 import urllib.request
 
 from engine.service.config import group_id
@@ -71,3 +72,18 @@ def metric_value(text: str, name: str) -> float:
     values = [v for k, v in metric_samples(text) if k == name]
     assert values, f"{name} not exported"
     return values[0]
+
+
+def committed_orders(env, partition: int = 0) -> int:
+    """The engine group's committed offset on keel.orders[partition]."""
+    reader = LogReader(env.settings, group_id(env.settings.topic_prefix))
+    try:
+        return reader.committed(env.settings.topic("orders"), partition)
+    finally:
+        reader.close()
+
+
+def logged(log_text: str, msg: str) -> list[dict]:
+    """The JSON log records of a process's log text whose msg is `msg`."""
+    lines = (json.loads(line) for line in log_text.splitlines() if line.startswith("{"))
+    return [rec for rec in lines if rec.get("msg") == msg]

@@ -37,7 +37,6 @@ from engine.domain import (
 from engine.engine import Engine
 from engine.service.config import group_id
 from engine.service.duplicates import ORDER_ID_STRIDE, DuplicateFilter
-from engine.service.reader import LogReader
 from engine.service.snapshots import STATE_MAGIC, chunk_records, pack_state, unpack_state
 from engine.service.tools import clean_run, produce_values, read_partition
 from engine.workload import operations, to_commands
@@ -47,7 +46,9 @@ from infra.kafka import consumer_config, producer_config
 from .checks import (
     assert_depth_chain,
     assert_seq_contiguous,
+    committed_orders,
     last_snapshot,
+    logged,
     metric_value,
     published_events,
     scrape,
@@ -82,16 +83,11 @@ def _produce(env, records) -> None:
 
 
 def _committed(env) -> int:
-    reader = LogReader(env.settings, group_id(env.settings.topic_prefix))
-    try:
-        return reader.committed(env.settings.topic("orders"), 0)
-    finally:
-        reader.close()
+    return committed_orders(env)
 
 
 def _logged(proc, msg: str) -> list[dict]:
-    lines = (json.loads(line) for line in log_of(proc).splitlines() if line.startswith("{"))
-    return [rec for rec in lines if rec.get("msg") == msg]
+    return logged(log_of(proc), msg)
 
 
 def _drops(proc) -> list[dict]:
