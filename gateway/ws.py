@@ -2,9 +2,10 @@
 /ws/<listenKey> for a user's data stream, and the listenKey REST endpoints.
 
 Control frames follow Binance: {"method": "SUBSCRIBE"|"UNSUBSCRIBE"|"LIST_SUBSCRIPTIONS",
-"params": [...], "id": n}. Compression is permessage-deflate (aiohttp's default), pings
-keep idle connections honest, and each connection's writer drains a bounded outbox so a
-stalled client is dropped instead of stalling anyone else (gateway.fanout).
+"params": [...], "id": n}. Compression is permessage-deflate, always with
+server_no_context_takeover so one compressed frame serves every client; pings keep idle
+connections honest; stream frames are written by the hub from a bounded per-client queue,
+so a stalled client is dropped instead of stalling anyone else (gateway.fanout).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import json
 import re
 import time
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 
 from gateway import errors
 from gateway.context import CONFIG, HUB, LISTEN_KEYS, MARKETS, METRICS
@@ -33,6 +34,21 @@ def valid_stream(name: str, pairs: set[str]) -> bool:
     return interval is None or interval in INTERVALS
 
 
+class StreamSocket(web.WebSocketResponse):
+    """A WebSocketResponse that answers a permessage-deflate offer with
+    server_no_context_takeover even when the client did not ask for it (RFC 7692 7.1.1.1
+    lets the server choose): each message is then compressed on its own, and the hub can
+    send the same compressed frame to every client."""
+
+    def _handshake(self, request):
+        headers, protocol, compress, notakeover = super()._handshake(request)
+        if compress and not notakeover:
+            ext = headers[hdrs.SEC_WEBSOCKET_EXTENSIONS]
+            headers[hdrs.SEC_WEBSOCKET_EXTENSIONS] = f"{ext}; server_no_context_takeover"
+            notakeover = True
+        return headers, protocol, compress, notakeover
+
+
 async def _serve(request: web.Request, combined: bool, streams: list[str],
                  user_id: int | None = None) -> web.WebSocketResponse:
     app = request.app
@@ -42,10 +58,12 @@ async def _serve(request: web.Request, combined: bool, streams: list[str],
     for name in streams:
         if not valid_stream(name, pairs):
             raise errors.ApiError(-1100, f"Invalid stream name '{name}'.")
-    ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat_s, compress=True,
-                               max_msg_size=64 * 1024)
+    ws = StreamSocket(heartbeat=config.ws_heartbeat_s, compress=True,
+                      max_msg_size=64 * 1024)
     await ws.prepare(request)
-    sub = Subscriber(ws.send_str, combined, config.ws_outbox)
+    # Stream frames go straight to the socket, whole frames per write, from the hub;
+    # aiohttp's writer keeps the control frames (ping, pong, close).
+    sub = Subscriber(request.transport, combined, config.ws_outbox, int(ws.compress))
     for name in streams:
         hub.subscribe(sub, name)
     if user_id is not None:
@@ -53,37 +71,27 @@ async def _serve(request: web.Request, combined: bool, streams: list[str],
     metrics = app[METRICS]
     metrics.ws_active.inc()
     loop = asyncio.get_running_loop()
-    writer = loop.create_task(_write(sub, ws))
-    sub.on_drop = lambda: loop.create_task(_close_dropped(ws, request, writer))
+    sub.on_drop = lambda: loop.create_task(_close_dropped(ws, request))
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
             reply = _control(msg.data, sub, hub, pairs, config.max_streams)
-            if reply is not None and not sub.offer(json.dumps(reply)):
+            if reply is not None and not hub.send_text(sub, json.dumps(reply)):
                 break
             if sub.dropped:
                 break
     finally:
         hub.remove(sub)
-        writer.cancel()
+        sub.dropped = True               # nothing more is written to this socket
         metrics.ws_active.dec()
         await ws.close()
     return ws
 
 
-async def _write(sub: Subscriber, ws: web.WebSocketResponse) -> None:
-    try:
-        await sub.run_writer()
-    except (ConnectionResetError, RuntimeError):
-        sub.dropped = True
-
-
-async def _close_dropped(ws: web.WebSocketResponse, request: web.Request,
-                         writer: asyncio.Task) -> None:
+async def _close_dropped(ws: web.WebSocketResponse, request: web.Request) -> None:
     """Too slow: stop writing, say why ("policy violation"); a client that cannot even take
     the close frame within a second has its connection aborted."""
-    writer.cancel()
     closing = asyncio.ensure_future(
         ws.close(code=1008, message=b"too slow: send buffer full"))
     closing.add_done_callback(lambda t: t.cancelled() or t.exception())

@@ -135,3 +135,46 @@ def test_stalled_client_is_dropped_while_others_keep_receiving():
             stalled.close()
             await runner.cleanup()
     asyncio.run(main())
+
+
+def test_shared_frames_decode_for_deflate_and_plain_clients():
+    """One frame per wire form is shared by every client: clients that negotiated
+    permessage-deflate (full and reduced window) and one that did not all decode every
+    message, small, medium and over 64 KB, in order; the server imposed
+    server_no_context_takeover, which is what makes a shared compressed frame valid."""
+    async def main():
+        app, runner, port = await _serve(outbox=4096)
+        hub = app[HUB]
+        url = f"http://127.0.0.1:{port}/ws/btcusdt@trade"
+        try:
+            async with aiohttp.ClientSession() as http:
+                socks = [await http.ws_connect(url, compress=c) for c in (15, 10, 0)]
+                socks.append(await http.ws_connect(
+                    f"http://127.0.0.1:{port}/stream?streams=btcusdt@trade", compress=15))
+                agreed = [s._response.headers.get("Sec-WebSocket-Extensions", "")
+                          for s in socks]
+                assert "server_no_context_takeover" in agreed[0]
+                assert "server_max_window_bits=10" in agreed[1]
+                assert "server_no_context_takeover" in agreed[1]
+                assert agreed[2] == ""
+                while len(hub.streams.get("btcusdt@trade", ())) < 4:
+                    await asyncio.sleep(0.01)
+                sent = []
+                for n in range(60):
+                    size = (0, 90, 300, 5000, 70_000)[n % 5]
+                    data = {"e": "trade", "n": n, "pad": "ab" * (size // 2),
+                            "rand": base64.b64encode(os.urandom(size // 8)).decode()}
+                    hub.publish("btcusdt@trade", data, "BTCUSDT")
+                    sent.append(data)
+                    if n % 7 == 0:
+                        await asyncio.sleep(0)          # some turns flush more than one
+                for i, sock in enumerate(socks):
+                    for data in sent:
+                        got = json.loads((await sock.receive(timeout=10)).data)
+                        want = {"stream": "btcusdt@trade", "data": data} if i == 3 else data
+                        assert got == want
+                for sock in socks:
+                    await sock.close()
+        finally:
+            await runner.cleanup()
+    asyncio.run(main())
