@@ -3,7 +3,12 @@
 Each child runs in its own process group with its output in <data_dir>/logs/<name>.log.
 A child that dies is restarted after an exponential backoff (reset once it has stayed up
 a while). A child starts only when everything it depends on is healthy; when a service
-becomes healthy (again) its provisioning step runs. Stopping sends each child its stop
+becomes healthy (again) its provisioning step runs. A healthy child stays watched: its
+health check runs every WATCH_EVERY seconds, and after FAILS_TO_UNHEALTHY failures in a
+row it is reported unhealthy (state file, `keel status`, a log event). A Keel process
+that stays unhealthy for RESTART_UNHEALTHY_AFTER seconds (alive but hung) is killed and
+restarted like one that died; an embedded service is only reported, never restarted for
+it (the embedded broker keeps topics in memory: restarting it would lose them). Stopping sends each child its stop
 signal (Keel processes first, then the services they write to), waits a grace period,
 then SIGKILLs the whole group, so nothing outlives the supervisor.
 """
@@ -28,6 +33,9 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0          # seconds up before the backoff resets
 HEALTH_EVERY = 0.25          # seconds between probes of a child that is not yet healthy
+WATCH_EVERY = 5.0            # seconds between probes of a healthy child
+FAILS_TO_UNHEALTHY = 3       # failed probes in a row before a healthy child is reported
+RESTART_UNHEALTHY_AFTER = 60.0   # seconds unhealthy before a (non-service) child restarts
 TICK = 0.1
 
 
@@ -43,6 +51,10 @@ class Child:
     next_probe: float = 0.0
     last_exit: int | None = None
     last_error: str = ""
+    ever_healthy: bool = False       # since this start: failing after it is "unhealthy"
+    fails: int = 0                   # failed probes in a row while watched
+    unhealthy_since: float | None = None
+    killed_for: str = ""             # why the supervisor killed it, for the restart's note
 
     @property
     def name(self) -> str:
@@ -93,8 +105,11 @@ class Supervisor:
                     self._spawn(child, now)
                     changed = True
                 continue
-            if not child.healthy and now >= child.next_probe:
-                changed |= self._probe(child, now)
+            if now >= child.next_probe:
+                if child.ever_healthy:
+                    changed |= self._watch(child, now)
+                else:
+                    changed |= self._probe(child, now)
             if child.healthy and now - child.started_at > STABLE_AFTER:
                 child.backoff = BACKOFF_FIRST
         if changed:
@@ -133,6 +148,9 @@ class Supervisor:
                 return
         child.started_at = now
         child.healthy = False
+        child.ever_healthy = False
+        child.fails = 0
+        child.unhealthy_since = None
         child.next_probe = now
         event(log, "started", process=child.name, pid=child.proc.pid)
 
@@ -154,9 +172,42 @@ class Supervisor:
                 child.next_probe = now + 1.0
                 return False
         child.healthy = True
+        child.ever_healthy = True
+        child.next_probe = now + WATCH_EVERY
         child.last_error = ""
         event(log, "healthy", process=child.name, pid=child.proc.pid)
         return True
+
+    def _watch(self, child: Child, now: float) -> bool:
+        """Probe a child that was healthy once: report it after a run of failures,
+        recover it when it answers again, and restart a hung Keel process."""
+        child.next_probe = now + (WATCH_EVERY if child.healthy else HEALTH_EVERY * 4)
+        result = child.spec.health.run(timeout=1.0) if child.spec.health is not None else None
+        if result is None or result.ok:
+            child.fails = 0
+            if child.healthy:
+                return False
+            child.healthy, child.unhealthy_since, child.last_error = True, None, ""
+            event(log, "healthy again", process=child.name, pid=child.proc.pid)
+            return True
+        child.fails += 1
+        if child.healthy:
+            if child.fails < FAILS_TO_UNHEALTHY:
+                return False
+            child.healthy, child.unhealthy_since = False, now
+            child.last_error = f"unhealthy: {result.detail}"
+            event(log, "unhealthy", logging.ERROR, process=child.name, pid=child.proc.pid,
+                  error=result.detail)
+            return True
+        if (not child.spec.service and child.unhealthy_since is not None
+                and now - child.unhealthy_since >= RESTART_UNHEALTHY_AFTER):
+            event(log, "unhealthy too long; restarting", logging.ERROR, process=child.name,
+                  pid=child.proc.pid, error=result.detail)
+            _kill_group(child.proc.pid)   # a hung process would not act on SIGTERM either
+            child.unhealthy_since = None  # reaped and restarted by the next step
+            child.killed_for = f"unhealthy for {RESTART_UNHEALTHY_AFTER:g}s ({result.detail})"
+            return True
+        return False
 
     def _reap(self, child: Child, now: float) -> None:
         code = child.proc.returncode
@@ -166,7 +217,9 @@ class Supervisor:
         child.proc = None
         child.healthy = False
         child.last_exit = code
-        child.last_error = f"exited with code {code}; restarting in {child.backoff:.1f}s"
+        why = f"killed: {child.killed_for}" if child.killed_for else f"exited with code {code}"
+        child.killed_for = ""
+        child.last_error = f"{why}; restarting in {child.backoff:.1f}s"
         child.restarts += 1
         child.next_start = now + child.backoff
         child.backoff = min(child.backoff * 2, BACKOFF_MAX)

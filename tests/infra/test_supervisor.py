@@ -85,3 +85,62 @@ def test_a_process_ignoring_sigterm_is_killed_with_its_group(tmp_path):
     sup.stop_all()
     _, alive = psutil.wait_procs(family, timeout=30)
     assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def _served(name: str, **spec) -> ProcessSpec:
+    """A process whose health URL answers (a stdlib HTTP server on a free port)."""
+    from infra.embedded import free_port
+    from infra.health import HealthCheck
+
+    port = free_port()
+    return ProcessSpec(name, (PY, "-m", "http.server", "--bind", "127.0.0.1", str(port)),
+                       health=HealthCheck("http", f"http://127.0.0.1:{port}/"), **spec)
+
+
+def _quick_watch(monkeypatch) -> None:
+    monkeypatch.setattr(sup_mod, "WATCH_EVERY", 0.05)
+    monkeypatch.setattr(sup_mod, "FAILS_TO_UNHEALTHY", 2)
+    monkeypatch.setattr(sup_mod, "RESTART_UNHEALTHY_AFTER", 1.0)
+
+
+def test_a_hung_process_is_reported_then_restarted(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    _quick_watch(monkeypatch)
+    sup = Supervisor(Settings(data_dir=tmp_path), [_served("hung")])
+    child = sup.children["hung"]
+    try:
+        _run_until(sup, lambda: child.healthy)
+        first = child.proc.pid
+        os.kill(first, signal.SIGSTOP)      # alive, but answers nothing
+        _run_until(sup, lambda: not child.healthy)
+        assert child.last_error.startswith("unhealthy"), child.last_error
+        assert child.proc.pid == first and child.restarts == 0
+        _run_until(sup, lambda: child.restarts == 1)
+        assert child.last_error.startswith("killed: unhealthy for"), child.last_error
+        _run_until(sup, lambda: child.healthy)
+        assert child.proc.pid != first
+    finally:
+        sup.stop_all()
+
+
+def test_an_unhealthy_service_is_reported_not_restarted(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    _quick_watch(monkeypatch)
+    sup = Supervisor(Settings(data_dir=tmp_path), [_served("broker", service=True)])
+    child = sup.children["broker"]
+    try:
+        _run_until(sup, lambda: child.healthy)
+        os.kill(child.proc.pid, signal.SIGSTOP)
+        _run_until(sup, lambda: not child.healthy)
+        stopped_at = time.monotonic()
+        _run_until(sup, lambda: time.monotonic() - stopped_at > 3 * sup_mod.RESTART_UNHEALTHY_AFTER)
+        assert child.restarts == 0 and not child.healthy and child.alive
+        os.kill(child.proc.pid, signal.SIGCONT)
+        _run_until(sup, lambda: child.healthy)
+        assert child.last_error == "" and child.restarts == 0
+    finally:
+        sup.stop_all()
