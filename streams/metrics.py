@@ -1,7 +1,9 @@
 """Prometheus counters of a streams worker; served on its metrics port (also its health URL)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter
+
+from infra.metrics import serve_metrics
 
 
 class StreamMetrics:
@@ -14,6 +16,7 @@ class StreamMetrics:
         self.dead_letters = Counter(f"keel_{role}_dead_letters", "records sent to keel.dlq",
                                     registry=self.registry)
 
-    def serve(self, port: int) -> None:
-        if port:
-            start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def serve(self, port: int | None) -> int | None:
+        """The port served, or None (no port asked, or busy: logged, as every Keel
+        process does; the supervisor's health check then says the worker is not up)."""
+        return serve_metrics(self.registry, port)
