@@ -61,7 +61,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from engine.markets import MarketsConfigError, load_markets
     from infra.loadgen import report
     from infra.loadgen.population import mm_rate_warning, population
-    from infra.loadgen.runner import Config, Limits, check_host, run_load
+    from infra.loadgen.runner import Config, check_host, run_load
+    from infra.loadgen.verdict import Limits
     from infra.runstate import read_state, supervisor_running
 
     base = args.url or f"http://{settings.gateway_host}:{settings.gateway_port}"
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # The stack's metrics (lag, memory) when a keel up runs on this data dir.
     state = read_state(settings) if supervisor_running(settings) else None
     try:
-        result, recorder = asyncio.run(run_load(cfg, settings, markets, state))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            result, recorder = runner.run(run_load(cfg, settings, markets, state))
     except (RuntimeError, TimeoutError) as exc:   # setup never got through: say why
         print(f"keel loadgen: setup failed: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
@@ -95,12 +97,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(_summary(result))
     if args.json:
         print(json.dumps(result if args.mode != "ramp" else {
-            k: result[k] for k in ("max_sustained_orders_per_s", "p99_order_to_fill_ms",
-                                   "breaking_point", "mode", "users", "base_rate",
-                                   "error_rate", "loadgen_cpu_s", "phases")}))
+            k: result.get(k) for k in (
+                "max_sustained_orders_per_s", "p99_order_to_fill_ms", "breaking_point",
+                "breaking_point_detail", "broke_at", "mode", "users", "base_rate",
+                "error_rate", "loadgen_cpu_s", "loadgen_cpu_us_per_request", "phases")}))
     if args.mode == "ramp":
         return 0 if result["max_sustained_orders_per_s"] > 0 else 1
     return 0 if result["requests"]["error"] == 0 else 1
+
+
+def _loop_factory():
+    """uvloop where installed (as the gateway runs): the load generator shares the
+    machine's cores with the stack, and libuv's loop costs it less CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _summary(r: dict) -> str:
@@ -110,6 +123,8 @@ def _summary(r: dict) -> str:
     if r["mode"] == "ramp":
         line += (f"; max sustained {r['max_sustained_orders_per_s']} orders/s, "
                  f"broke on {r['breaking_point']}")
+        if r.get("breaking_point_detail"):
+            line += f"\n  {r['breaking_point_detail']}"
     if r["mode"] == "spike":
         line += f"; recovery {r['recovery_s']} s"
     return line

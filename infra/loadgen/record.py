@@ -46,6 +46,8 @@ def percentile(values: list[float], q: float) -> float | None:
 @dataclass
 class Second:
     orders: int = 0                     # order requests answered (place + cancel)
+    sent: int = 0                       # order requests the load generator sent
+    held: int = 0                       # orders due but held back (a bot told to back off)
     requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     ack_ms: list[float] = field(default_factory=list)
     fill_ms: list[float] = field(default_factory=list)
@@ -59,14 +61,25 @@ class Recorder:
         self.seconds: list[Second] = []
         self.errors: dict[str, int] = {}       # detail -> count
         self.rejections: dict[str, int] = {}
-        self.samples: list[dict] = []          # stack figures, see runner.sample_stack
+        self.samples: list[dict] = []          # stack figures, see stack.StackSampler
         self.fills_unmatched = 0
+        self.capped = 0                        # requests that waited for an in-flight slot
+        self.current = (0.0, "")               # (target orders/s, phase) from now on
 
     def at(self, now: float) -> Second:
         i = max(0, int(now - self.started))
         while len(self.seconds) <= i:
-            self.seconds.append(Second())
+            # Every second carries the target of the phase it falls in, whether or not
+            # the sampler woke up during it (a slow scrape must not halve the target).
+            target, phase = self.current
+            self.seconds.append(Second(target_orders_per_s=target, phase=phase))
         return self.seconds[i]
+
+    def sent(self, now: float) -> None:
+        self.at(now).sent += 1
+
+    def held(self, now: float, n: int = 1) -> None:
+        self.at(now).held += n
 
     def request(self, now: float, outcome: str, detail: str = "", *, order: bool = False,
                 ack_ms: float | None = None) -> None:
@@ -85,6 +98,8 @@ class Recorder:
         self.at(now).fill_ms.append(latency_ms)
 
     def target(self, now: float, orders_per_s: float, phase: str) -> None:
+        """From `now` on the load aims at `orders_per_s` (the phase's target)."""
+        self.current = (orders_per_s, phase)
         s = self.at(now)
         s.target_orders_per_s, s.phase = orders_per_s, phase
 
@@ -100,6 +115,8 @@ class Recorder:
             "seconds": len(window),
             "orders": sum(s.orders for s in window),
             "orders_per_s": round(sum(s.orders for s in window) / n, 1),
+            "sent_orders_per_s": round(sum(s.sent for s in window) / n, 1),
+            "held_orders_per_s": round(sum(s.held for s in window) / n, 1),
             "target_orders_per_s": round(sum(s.target_orders_per_s for s in window) / n, 1),
             "requests": requests,
             "error_rate": round(requests["error"] / answered, 5) if answered else 0.0,

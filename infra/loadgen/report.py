@@ -88,7 +88,8 @@ def markdown(result: dict, pngs: list[str], command: str) -> str:
              f"| seconds measured | {r['seconds']} (setup {r['setup_s']} s before) |",
              f"| orders answered | {r['orders']} ({r['orders_per_s']} /s) |",
              f"| requests sent | {r['requests_sent']} |",
-             f"| load generator CPU | {r.get('loadgen_cpu_s', '-')} s (same machine) |",
+             f"| load generator CPU | {r.get('loadgen_cpu_s', '-')} s, "
+             f"{r.get('loadgen_cpu_us_per_request', '-')} us per request (same machine) |",
              f"| outcomes | {', '.join(f'{k} {v}' for k, v in r['requests'].items())} |",
              f"| error rate | {r['error_rate']:.4%} |",
              f"| order -> ack p50/p95/p99 ms | {_ms(r['ack_ms'])} |",
@@ -103,12 +104,28 @@ def markdown(result: dict, pngs: list[str], command: str) -> str:
         lines.append(f"| recovery after the spike | "
                      f"{'not within the run' if rec is None else f'{rec:.0f} s'} |")
     lines += ["", "## Phases", "",
-              "| phase | x | seconds | target/s | answered/s | error rate | fill p99 ms |",
-              "|---|---|---|---|---|---|---|"]
+              "| phase | x | seconds | target/s | sent/s | answered/s | error rate "
+              "| ack p99 ms | fill p99 ms | busiest processes (% of a core) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for p in r["phases"]:
+        cpu = ", ".join(f"{k} {v:.0f}" for k, v in list(p.get("cpu_pct", {}).items())[:4])
         lines.append(f"| {p['phase']} | {p['multiplier']:g} | {p['seconds']} | "
-                     f"{p['target_orders_per_s']} | {p['orders_per_s']} | "
-                     f"{p['error_rate']:.4%} | {p['fill_ms']['p99']} |")
+                     f"{p['target_orders_per_s']} | {p.get('sent_orders_per_s', '-')} | "
+                     f"{p['orders_per_s']} | {p['error_rate']:.4%} | {p['ack_ms']['p99']} | "
+                     f"{p['fill_ms']['p99']} | {cpu or '-'} |")
+    if any(p.get("stages_ms") for p in r["phases"]):
+        lines += ["", "## Latency per stage", "",
+                  "Milliseconds after the gateway received an order until: the gateway had "
+                  "written it to keel.requests / accounts had written it to keel.orders / "
+                  "the engine had written its events / a read_committed reader saw them "
+                  "(p50 / p99). The client's order->fill adds the gateway's feed and "
+                  "WebSocket on top.", "",
+                  "| phase | requests | orders | events | committed |", "|---|---|---|---|---|"]
+        for p in r["phases"]:
+            st = p.get("stages_ms") or {}
+            cells = [f"{st[h]['p50']:.0f} / {st[h]['p99']:.0f}" if h in st else "-"
+                     for h in ("requests", "orders", "events", "committed")]
+            lines.append(f"| {p['phase']} | " + " | ".join(cells) + " |")
     if r["mode"] == "ramp":
         lines += ["", "## Where it broke", "", _broke(r)]
     if r.get("growth"):
@@ -127,18 +144,21 @@ def markdown(result: dict, pngs: list[str], command: str) -> str:
 
 
 def _broke(r: dict) -> str:
-    last = r["phases"][-1] if r["phases"] else None
-    what = {"error_rate": "the error rate passed its limit",
-            "p99_order_to_fill": "p99 order->fill passed its limit",
-            "lag": "a stage's consumer lag passed its limit",
-            "throughput": "the answered order rate fell below 90% of the target "
-                          "(the stack, or the load generator sharing its cores, could "
-                          "not keep up)"}.get(r["breaking_point"])
-    if what is None or last is None:
+    j = r.get("broke_at")
+    if not j:
         return "Nothing broke within the steps run."
-    return (f"At step {last['phase']} (target {last['target_orders_per_s']} orders/s, "
-            f"answered {last['orders_per_s']}/s, error rate {last['error_rate']:.2%}, "
-            f"fill p99 {last['fill_ms']['p99']} ms): {what}.")
+    out = [r["breaking_point_detail"] + ".", ""]
+    if j["broke"] == "loadgen":
+        out += ["The load generator could not send what the step asked for: this is a limit "
+                "of the machine the load generator shares with the stack, not a verdict on "
+                "the stack.", ""]
+    out += ["| process | CPU % of a core | | stage | lag held (records) |", "|---|---|---|---|---|"]
+    cpu, lag = list(j["cpu_pct"].items()), list(j["lag_held"].items())
+    for i in range(max(len(cpu), len(lag))):
+        c = cpu[i] if i < len(cpu) else ("", "")
+        g = lag[i] if i < len(lag) else ("", "")
+        out.append(f"| {c[0]} | {c[1]} | | {g[0]} | {g[1]} |")
+    return "\n".join(out)
 
 
 def write(out: Path, result: dict, rec: Recorder, command: str) -> Path:

@@ -10,28 +10,22 @@ import random
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from engine.markets import MarketsConfig
 from infra.loadgen import sockets, traders
+from infra.loadgen.keepalive import HttpError
 from infra.loadgen.population import Phase, Trader, phases, population
 from infra.loadgen.record import Recorder
+from infra.loadgen.stack import StackSampler
+from infra.loadgen.stages import StageClock
+from infra.loadgen.verdict import Limits, step_broken, verdict
 from infra.settings import Settings
 
 FUNDS = {"USDT": "1000000000"}        # per user; every base asset gets BASE_FUNDS
 BASE_FUNDS = "1000000"
-
-
-@dataclass
-class Limits:
-    """What counts as broken (ramp stops at the first step that breaks one)."""
-    max_error_rate: float = 0.01
-    p99_fill_ms: float = 50.0
-    max_lag: float = 5000.0           # records behind, at the end of a step, any stage
-    min_achieved: float = 0.9         # achieved / target order rate
 
 
 @dataclass
@@ -98,6 +92,22 @@ def _with_retry(fn, *args, timeout: float = 60.0):
             time.sleep(1.0)
 
 
+async def until_ok(floor: traders.Floor, acct: traders.Account, method: str, path: str,
+                   params: dict, deadline: float, what: str) -> None:
+    """One signed request, retried every 0.5 s until it answers 2xx: the stack may still
+    be starting when a run is launched right after `keel up`."""
+    body: object = ""
+    while True:
+        with contextlib.suppress(HttpError, OSError, TimeoutError):
+            status, body = await floor.rest.request(
+                method, traders.signed_target(acct, path, params), acct.api_key)
+            if 200 <= status < 300:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} refused: {traders.body_json(body)}")
+        await asyncio.sleep(0.5)
+
+
 async def fund(floor: traders.Floor, admin: traders.Account, accounts, markets: MarketsConfig,
                timeout: float = 120.0) -> None:
     """Deposit through the admin API; retried while accounts is still starting."""
@@ -106,18 +116,9 @@ async def fund(floor: traders.Floor, admin: traders.Account, accounts, markets: 
 
     async def one(acct, asset, amount):
         async with sem:
-            while True:
-                url = traders.signed_url(admin, floor.base, "/api/v3/admin/deposit",
-                                         {"userId": acct.user_id, "asset": asset,
-                                          "amount": amount})
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with floor.http.post(url, headers={"X-MBX-APIKEY": admin.api_key}) as r:
-                        if r.status == 200:
-                            return
-                        body = await r.text()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"deposit for user {acct.user_id} refused: {body}")
-                await asyncio.sleep(0.5)
+            await until_ok(floor, admin, "POST", "/api/v3/admin/deposit",
+                           {"userId": acct.user_id, "asset": asset, "amount": amount},
+                           deadline, f"deposit for user {acct.user_id}")
     jobs = [one(a, asset, FUNDS.get(asset, BASE_FUNDS))
             for a in accounts.values() for asset in markets.assets]
     await asyncio.gather(*jobs)
@@ -132,52 +133,13 @@ async def warm_up(floor: traders.Floor, plan: list[Trader], accounts,
     for t in plan:
         if t.kind != "mm":
             continue
-        acct = accounts[("mm", t.index)]
         for pair in sorted(floor.markets.markets):
             for side, factor in (("BUY", "0.999"), ("SELL", "1.001")):
-                while True:
-                    url = traders.signed_url(acct, floor.base, "/api/v3/order", {
-                        "symbol": pair, "side": side, "type": "LIMIT", "timeInForce": "GTC",
-                        "price": traders._price(floor, pair, Decimal(factor)),
-                        "quantity": traders._qty(floor, pair, traders.QUOTE_NOTIONAL * 50),
-                        "newOrderRespType": "ACK"})
-                    body = ""
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        async with floor.http.post(url, headers={"X-MBX-APIKEY": acct.api_key}) as r:
-                            if r.status == 200:
-                                break
-                            body = await r.text()
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"the order path never answered: {body}")
-                    await asyncio.sleep(0.5)
-
-
-def sample_stack(state: dict | None, endpoints: dict[str, str], groups=None) -> dict:
-    """The stack's own view, for the report: lag per stage (the processes' gauges and
-    every consumer group's committed lag), open WebSockets, memory."""
-    from infra.commands.top import scrape, total
-
-    out = {"lag": {}, "rss_mb": {}, "ws_connections": None}
-    if groups is not None:
-        out["lag"].update({f"group {g}": float(v) for g, v in groups.measure().items()})
-    if endpoints:
-        s, _errors = scrape(endpoints, timeout=1.0)
-        out["lag"]["engine"] = total(s, "exchange_engine_consumer_lag")
-        for labels, v in s.get("keel_sink_lag_records", ()):
-            key = f"sink-{labels['sink']}"
-            out["lag"][key] = out["lag"].get(key, 0.0) + v
-        if "exchange_ws_connections_active" in s:
-            out["ws_connections"] = total(s, "exchange_ws_connections_active")
-    for name, info in ((state or {}).get("processes") or {}).items():
-        pid = info.get("pid")
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except (OSError, TypeError):
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                out["rss_mb"][name] = round(int(line.split()[1]) / 1024, 1)
-    return out
+                await until_ok(floor, accounts[("mm", t.index)], "POST", "/api/v3/order", {
+                    "symbol": pair, "side": side, "type": "LIMIT", "timeInForce": "GTC",
+                    "price": traders._price(floor, pair, Decimal(factor)),
+                    "quantity": traders._qty(floor, pair, traders.QUOTE_NOTIONAL * 50),
+                    "newOrderRespType": "ACK"}, deadline, "the order path")
 
 
 async def run_load(cfg: Config, settings: Settings, markets: MarketsConfig,
@@ -197,34 +159,57 @@ async def run_load(cfg: Config, settings: Settings, markets: MarketsConfig,
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         recorder = Recorder(time.perf_counter())
         floor = traders.Floor(http, cfg.base_url.rstrip("/"), markets, recorder,
-                              asyncio.Event(), cfg.max_requests)
+                              asyncio.Event(), cfg.max_requests,
+                              request_timeout=cfg.request_timeout)
         setup_started = time.monotonic()
         await fund(floor, admin, accounts, markets)
         await warm_up(floor, plan, accounts)
         background = await _open_sockets(floor, plan, accounts, rng, counter)
+        groups = clock = None
+        bootstrap = ((state or {}).get("endpoints") or {}).get("kafka")
+        if bootstrap:
+            from infra.loadgen.lag import GroupLag
+            groups = GroupLag(bootstrap)
+            clock = StageClock(bootstrap, settings.topic_prefix)
+            clock.start()
+        sampler = StackSampler(state, endpoints, groups)
         setup_s = time.monotonic() - setup_started
         recorder.started = time.perf_counter()
+        if clock is not None:
+            clock.begin(time.time())
         cpu_started = time.process_time()
         workers = [asyncio.ensure_future(_trade(floor, t, accounts[(t.kind, t.index)],
                                                 random.Random(rng.random())))
                    for t in plan]
         try:
-            groups = None
-            if state and (state.get("endpoints") or {}).get("kafka"):
-                from infra.loadgen.lag import GroupLag
-                groups = GroupLag(state["endpoints"]["kafka"])
-            played, broke = await _play(cfg, floor, shape, state, endpoints, groups)
+            played, broke = await _play(cfg, floor, shape, sampler)
         finally:
             floor.stop.set()
             for task in [*workers, *background]:
                 task.cancel()
             await asyncio.gather(*workers, *background, return_exceptions=True)
-            if floor.tasks:  # answers still on their way belong to the run
-                await asyncio.wait(floor.tasks, timeout=cfg.request_timeout)
+            # Answers still on their way belong to the run.
+            deadline = time.monotonic() + cfg.request_timeout
+            while floor.in_flight > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            cpu_s = time.process_time() - cpu_started
+            if clock is not None:
+                clock.stop()
+            if groups is not None:
+                groups.close()
             await _cancel_quotes(floor, plan, accounts)
-    result = verdict(cfg, recorder, played, broke, setup_s, counter, floor.sent)
-    # The load generator shares the machine's cores with the stack: say what it took.
-    result["loadgen_cpu_s"] = round(time.process_time() - cpu_started, 1)
+            floor.rest.close()
+    result = verdict(cfg, recorder, played, broke, setup_s, counter, floor.sent, clock)
+    # The load generator shares the machine's cores with the stack: say what it took, in
+    # all and per request sent. Watching the stack (metrics sampler, stage clock) runs in
+    # threads of this process; their CPU is said apart from the cost of making the load.
+    observer_s = sampler.cpu_s + (clock.cpu_s if clock else 0.0)
+    result["loadgen_cpu_s"] = round(cpu_s, 2)
+    result["observer_cpu_s"] = round(observer_s, 2)
+    result["loadgen_cpu_us_per_request"] = round((cpu_s - observer_s) * 1e6
+                                                 / max(floor.sent - recorder.capped, 1), 1)
+    result["loadgen_connections"] = floor.rest.opened
+    result["loadgen_capped"] = recorder.capped
     return result, recorder
 
 
@@ -272,16 +257,14 @@ async def _watch(floor, coro, what: str) -> None:
 async def _cancel_quotes(floor, plan, accounts) -> None:
     for t in plan:
         if t.kind == "mm":
+            acct = accounts[("mm", t.index)]
             for pair in floor.markets.markets:
-                url = traders.signed_url(accounts[("mm", t.index)], floor.base,
-                                         "/api/v3/openOrders", {"symbol": pair})
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with floor.http.delete(url, headers={
-                            "X-MBX-APIKEY": accounts[("mm", t.index)].api_key}) as r:
-                        await r.read()
+                with contextlib.suppress(HttpError, OSError, TimeoutError):
+                    await floor.rest.request("DELETE", traders.signed_target(
+                        acct, "/api/v3/openOrders", {"symbol": pair}), acct.api_key)
 
 
-async def _play(cfg: Config, floor, shape: list[Phase], state, endpoints, groups=None):
+async def _play(cfg: Config, floor, shape: list[Phase], sampler: StackSampler):
     """Run the phases second by second; returns (phases played with their second range,
     the limit that broke or None)."""
     from tqdm import tqdm
@@ -299,7 +282,7 @@ async def _play(cfg: Config, floor, shape: list[Phase], state, endpoints, groups
             while time.perf_counter() < end and not floor.stop.is_set():
                 now = time.perf_counter()
                 rec.target(now, cfg.rate * phase.multiplier, phase.name)
-                sample = await asyncio.to_thread(sample_stack, state, endpoints, groups)
+                sample = await asyncio.to_thread(sampler.sample)
                 sample["t"] = round(now - rec.started, 2)
                 sample["phase"] = phase.name
                 rec.samples.append(sample)
@@ -318,84 +301,3 @@ async def _play(cfg: Config, floor, shape: list[Phase], state, endpoints, groups
     finally:
         bar.close()
     return played, broke
-
-
-def step_broken(limits: Limits, rec: Recorder, step) -> str | None:
-    """Which limit a ramp step broke first (in the order an operator cares), or None.
-    The step's first second is a transition and is left out."""
-    phase, first, last = step
-    t = rec.totals(first + 1, last)
-    lag = max((max(s["lag"].values(), default=0.0) for s in rec.samples
-               if s["phase"] == phase.name), default=0.0)
-    if t["error_rate"] > limits.max_error_rate:
-        return "error_rate"
-    p99 = t["fill_ms"]["p99"]
-    if p99 is not None and p99 > limits.p99_fill_ms:
-        return "p99_order_to_fill"
-    if lag > limits.max_lag:
-        return "lag"
-    if t["target_orders_per_s"] and t["orders_per_s"] < limits.min_achieved * t["target_orders_per_s"]:
-        return "throughput"
-    return None
-
-
-def verdict(cfg: Config, rec: Recorder, played, broke, setup_s, counter, sent) -> dict:
-    overall = rec.totals()
-    steps = []
-    for phase, first, last in played:
-        t = rec.totals(first + 1 if cfg.mode == "ramp" else first, last)
-        steps.append({"phase": phase.name, "multiplier": phase.multiplier,
-                      "from_s": first, "to_s": last, **t})
-    out = {"mode": cfg.mode, "users": cfg.users, "base_rate": cfg.rate,
-           "setup_s": round(setup_s, 1), "requests_sent": sent, **overall,
-           "errors": dict(rec.errors), "rejections": dict(rec.rejections),
-           "ws": counter, "phases": steps}
-    if cfg.mode == "ramp":
-        good = [s for s, (p, _, _) in zip(steps, played, strict=True)
-                if not (broke and p is played[-1][0])]
-        best = max(good, key=lambda s: s["orders_per_s"], default=None)
-        out["breaking_point"] = broke or "none (max steps reached)"
-        out["max_sustained_orders_per_s"] = best["orders_per_s"] if best else 0.0
-        out["p99_order_to_fill_ms"] = best["fill_ms"]["p99"] if best else None
-    if cfg.mode == "spike":
-        out["recovery_s"] = recovery_seconds(rec, played)
-    if cfg.mode == "soak":
-        out["growth"] = growth(rec.samples)
-    return out
-
-
-def recovery_seconds(rec: Recorder, played) -> float | None:
-    """Seconds after the spike until a second looks like before it: no errors, fill p99
-    within twice the pre-spike p99 (at least 50 ms), and the spike's backlog drained (no
-    more than 1.5x the target answered in that second). None if that never happened."""
-    if len(played) < 3:
-        return None
-    (_before, b0, b1), (_spike, _s0, s1), (_after, a0, a1) = played
-    base = rec.totals(b0, b1)["fill_ms"]["p99"] or 0.0
-    bound = max(2 * base, 50.0)
-    for i in range(a0, a1):
-        t = rec.totals(i, i + 1)
-        p99 = t["fill_ms"]["p99"]
-        drained = t["orders"] <= 1.5 * max(t["target_orders_per_s"], 1.0)
-        if t["requests"]["error"] == 0 and drained and (p99 is None or p99 <= bound):
-            return float(i - s1)
-    return None
-
-
-def growth(samples: list[dict]) -> dict:
-    """First -> last sample of memory per process, lag per stage and open WebSockets."""
-    if len(samples) < 2:
-        return {}
-    first, last = samples[0], samples[-1]
-    minutes = max((last["t"] - first["t"]) / 60, 1e-9)
-    out = {}
-    for kind in ("rss_mb", "lag"):
-        for name, v in last[kind].items():
-            if name in first[kind]:
-                d = v - first[kind][name]
-                out[f"{kind}:{name}"] = {"first": first[kind][name], "last": v,
-                                         "per_min": round(d / minutes, 2)}
-    if first["ws_connections"] is not None and last["ws_connections"] is not None:
-        out["ws_connections"] = {"first": first["ws_connections"],
-                                 "last": last["ws_connections"]}
-    return out

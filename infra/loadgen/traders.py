@@ -10,15 +10,18 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
-from urllib.parse import urlencode
+from functools import cache
+from urllib.parse import quote
 
 import aiohttp
 
 from engine.markets import MarketsConfig
+from infra.loadgen.keepalive import Pool
 from infra.loadgen.population import Trader
 from infra.loadgen.record import Recorder, classify
 
@@ -34,72 +37,137 @@ class Account:
     secret: str
     tier: str = "standard"
 
+    def __post_init__(self) -> None:
+        # The key's HMAC state, keyed once: each signature copies it (the key schedule is
+        # most of an HMAC of a short query).
+        self.mac = hmac.new(self.secret.encode(), digestmod=hashlib.sha256)
+
+    def sign(self, text: str) -> str:
+        mac = self.mac.copy()
+        mac.update(text.encode())
+        return mac.hexdigest()
+
 
 @dataclass
 class Floor:
-    """What every trader shares: the HTTP session, pacing, the recorder, the budget."""
+    """What every trader shares: the HTTP session (WebSockets), the keep-alive pool
+    (REST), pacing, the recorder, the budget."""
     http: aiohttp.ClientSession
     base: str
     markets: MarketsConfig
     recorder: Recorder
     stop: asyncio.Event
     max_requests: int
-    max_in_flight: int = 512
+    max_in_flight: int = 2048
+    request_timeout: float = 30.0
     multiplier: float = 1.0
     sent: int = 0
     fills_waiting: dict[str, float] = field(default_factory=dict)   # client id -> sent at
-    tasks: set = field(default_factory=set)
+    in_flight: int = 0
 
     def __post_init__(self) -> None:
-        self.slots = asyncio.Semaphore(self.max_in_flight)
+        self.rest = Pool(self.base, self.request_timeout)
 
     def mid(self, pair: str) -> Decimal:
         return MIDS.get(self.markets.market(pair).base, Decimal("100"))
 
-    def spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+
+_PLAIN = re.compile(r"[A-Za-z0-9._~-]*")
+
+
+def query(params: dict) -> str:
+    """urlencode for the load's parameters, which are nearly always plain tokens."""
+    parts = []
+    for k, v in params.items():
+        v = str(v)
+        parts.append(f"{k}={v}" if _PLAIN.fullmatch(v) else f"{k}={quote(v, safe='')}")
+    return "&".join(parts)
+
+
+def signed_target(account: Account, path: str, params: dict) -> str:
+    """path?query&signature=..., Binance-style (the signature covers the query as sent)."""
+    text = query(params)
+    text = f"{text}&timestamp={int(time.time() * 1000)}" if text else \
+        f"timestamp={int(time.time() * 1000)}"
+    return f"{path}?{text}&signature={account.sign(text)}"
 
 
 def signed_url(account: Account, base: str, path: str, params: dict) -> str:
-    params = {**params, "timestamp": int(time.time() * 1000)}
-    text = urlencode(params)
-    sig = hmac.new(account.secret.encode(), text.encode(), hashlib.sha256).hexdigest()
-    return f"{base}{path}?{text}&signature={sig}"
+    return f"{base}{signed_target(account, path, params)}"
 
 
-async def call(floor: Floor, account: Account | None, method: str, path: str, *,
-               order: bool = False, probing: bool = False, cancelling: bool = False,
-               fill_id: str | None = None, **params) -> tuple[int, object]:
-    """One REST request, recorded. Over the request budget it is not sent and the run
-    stops."""
+def body_json(body: object) -> object:
+    """A REST body as JSON (bytes from the pool); what is not JSON stays as text."""
+    if isinstance(body, bytes | bytearray):
+        try:
+            return json.loads(body)
+        except ValueError:
+            return body.decode(errors="replace")
+    return body
+
+
+def send(floor: Floor, account: Account | None, method: str, path: str, *,
+         order: bool = False, probing: bool = False, cancelling: bool = False,
+         fill_id: str | None = None, done=None, **params) -> None:
+    """One REST request, sent now and recorded when answered (done(status, body) then,
+    if given). Over the request budget it is not sent and the run stops. With
+    `max_in_flight` requests unanswered it is not sent either and counts as an error: a
+    stack that slow has broken any latency limit long before, and a queue inside the load
+    generator would only grow (and cost the cores the stack needs)."""
     if floor.sent >= floor.max_requests:
         floor.stop.set()
-        return 0, None
+        if done is not None:
+            done(0, None)
+        return
     floor.sent += 1
-    async with floor.slots:
-        url = (signed_url(account, floor.base, path, params) if account
-               else f"{floor.base}{path}?{urlencode(params)}")
-        headers = {"X-MBX-APIKEY": account.api_key} if account else {}
-        started = time.perf_counter()
-        if fill_id:
-            floor.fills_waiting[fill_id] = started
-        try:
-            async with floor.http.request(method, url, headers=headers) as resp:
-                status, body = resp.status, await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
-            status, body = 0, type(exc).__name__
+    # The clock starts when the request is due: a late answer is the stack's latency.
+    started = time.perf_counter()
+    if order:
+        floor.recorder.sent(started)
+    if floor.in_flight >= floor.max_in_flight:
+        floor.recorder.capped += 1
+        floor.recorder.request(started, "error", f"{method} {path}: not sent, "
+                               f"{floor.max_in_flight} requests unanswered", order=order)
+        if done is not None:
+            done(0, None)
+        return
+    if fill_id:
+        floor.fills_waiting[fill_id] = started
+    floor.in_flight += 1
+    target = signed_target(account, path, params) if account else f"{path}?{query(params)}"
+
+    def answered(status: int, body: object, error: BaseException | None) -> None:
+        floor.in_flight -= 1
         now = time.perf_counter()
-    outcome, detail = ((("error", f"transport {body}")) if status == 0
-                       else classify(status, body, probing=probing, cancelling=cancelling))
-    if outcome == "error":
-        detail = f"{method} {path}: {detail}"
-    if outcome != "ok" and fill_id:
-        floor.fills_waiting.pop(fill_id, None)
-    floor.recorder.request(now, outcome, detail, order=order,
-                           ack_ms=(now - started) * 1000 if order else None)
-    return status, body
+        if error is not None:
+            outcome, detail = "error", f"{method} {path}: transport {type(error).__name__}"
+        elif 200 <= status < 300:
+            outcome, detail = "ok", ""
+        else:
+            body = body_json(body)     # only a refusal is read: it carries the reason
+            outcome, detail = classify(status, body, probing=probing, cancelling=cancelling)
+            if outcome == "error":
+                detail = f"{method} {path}: {detail}"
+        if outcome != "ok" and fill_id:
+            floor.fills_waiting.pop(fill_id, None)
+        floor.recorder.request(now, outcome, detail, order=order,
+                               ack_ms=(now - started) * 1000 if order else None)
+        if done is not None:
+            done(status, body)
+
+    floor.rest.submit(method, target, account.api_key if account else None, answered)
+
+
+async def call(floor: Floor, account: Account | None, method: str, path: str,
+               **kwargs) -> tuple[int, object]:
+    """send(), awaited: (status, body); status 0 when nothing was answered."""
+    answer = asyncio.get_running_loop().create_future()
+
+    def done(status, body):
+        if not answer.done():
+            answer.set_result((status, body))
+    send(floor, account, method, path, done=done, **kwargs)
+    return await answer
 
 
 async def paced(floor: Floor, rate: float, act, rng: random.Random, poisson: bool) -> None:
@@ -118,14 +186,24 @@ async def paced(floor: Floor, rate: float, act, rng: random.Random, poisson: boo
 
 
 def _qty(floor: Floor, pair: str, notional: Decimal) -> str:
-    m = floor.markets.market(pair)
-    q = (notional / floor.mid(pair)).quantize(m.lot_size)
-    return str(max(q, m.lot_size))
+    return _qty_of(floor.markets.market(pair), floor.mid(pair), notional)
 
 
 def _price(floor: Floor, pair: str, factor: Decimal) -> str:
-    m = floor.markets.market(pair)
-    return str((floor.mid(pair) * factor).quantize(m.tick_size))
+    return _price_of(floor.markets.market(pair), floor.mid(pair), factor)
+
+
+# A run uses a handful of (pair, factor) prices and (pair, notional) sizes: Decimal
+# arithmetic once each, not once per order.
+@cache
+def _qty_of(m, mid: Decimal, notional: Decimal) -> str:
+    q = (notional / mid).quantize(m.lot_size)
+    return str(max(q, m.lot_size))
+
+
+@cache
+def _price_of(m, mid: Decimal, factor: Decimal) -> str:
+    return str((mid * factor).quantize(m.tick_size))
 
 
 async def market_maker(floor: Floor, t: Trader, acct: Account, rng: random.Random) -> None:
@@ -133,6 +211,9 @@ async def market_maker(floor: Floor, t: Trader, acct: Account, rng: random.Rando
     cancelling the oldest before placing a new one."""
     pairs = sorted(floor.markets.markets)
     resting = {p: deque() for p in pairs}
+    # Five levels a side, 5 bp apart around the mid.
+    ladder = {"BUY": [1 - k * Decimal("0.0005") for k in range(1, 6)],
+              "SELL": [1 + k * Decimal("0.0005") for k in range(1, 6)]}
     n = 0
 
     def act():
@@ -142,19 +223,18 @@ async def market_maker(floor: Floor, t: Trader, acct: Account, rng: random.Rando
         book = resting[pair]
         if len(book) >= MM_RESTING:
             cid = book.popleft()
-            floor.spawn(call(floor, acct, "DELETE", "/api/v3/order", order=True,
-                             cancelling=True, symbol=pair, origClientOrderId=cid))
+            send(floor, acct, "DELETE", "/api/v3/order", order=True,
+                             cancelling=True, symbol=pair, origClientOrderId=cid)
             return
         side = rng.choice(("BUY", "SELL"))
-        level = Decimal(rng.randint(1, 5)) * Decimal("0.0005")
-        factor = 1 - level if side == "BUY" else 1 + level
+        factor = ladder[side][rng.randint(0, 4)]
         cid = f"m{t.index}x{n}"
         book.append(cid)
-        floor.spawn(call(floor, acct, "POST", "/api/v3/order", order=True, symbol=pair,
+        send(floor, acct, "POST", "/api/v3/order", order=True, symbol=pair,
                          side=side, type="LIMIT", timeInForce="GTC",
                          price=_price(floor, pair, factor),
                          quantity=_qty(floor, pair, QUOTE_NOTIONAL * 5),
-                         newClientOrderId=cid, newOrderRespType="ACK"))
+                         newClientOrderId=cid, newOrderRespType="ACK")
     await paced(floor, t.orders_per_s, act, rng, poisson=False)
 
 
@@ -171,19 +251,19 @@ async def retail(floor: Floor, t: Trader, acct: Account, rng: random.Random) -> 
         if rng.random() < 0.7:
             size = ({"quoteOrderQty": str(QUOTE_NOTIONAL)} if side == "BUY"
                     else {"quantity": _qty(floor, pair, QUOTE_NOTIONAL)})
-            floor.spawn(call(floor, acct, "POST", "/api/v3/order", order=True, fill_id=cid,
+            send(floor, acct, "POST", "/api/v3/order", order=True, fill_id=cid,
                              symbol=pair, side=side, type="MARKET", newClientOrderId=cid,
-                             newOrderRespType="ACK", **size))
+                             newOrderRespType="ACK", **size)
         else:  # a marketable limit order (IOC through the makers' ladder): fills or expires
             factor = Decimal("1.003") if side == "BUY" else Decimal("0.997")
-            floor.spawn(call(floor, acct, "POST", "/api/v3/order", order=True, symbol=pair,
+            send(floor, acct, "POST", "/api/v3/order", order=True, symbol=pair,
                              side=side, type="LIMIT", timeInForce="IOC",
                              price=_price(floor, pair, factor), newClientOrderId=cid,
                              quantity=_qty(floor, pair, QUOTE_NOTIONAL), fill_id=cid,
-                             newOrderRespType="ACK"))
+                             newOrderRespType="ACK")
 
     def check():
-        floor.spawn(call(floor, acct, "GET", "/api/v3/account"))
+        send(floor, acct, "GET", "/api/v3/account")
 
     await asyncio.gather(paced(floor, t.orders_per_s, act, rng, poisson=True),
                          paced(floor, t.balance_checks_per_s, check, rng, poisson=True))
@@ -201,6 +281,9 @@ async def bot(floor: Floor, t: Trader, acct: Account, rng: random.Random,
     def act():
         nonlocal n
         if time.perf_counter() < backoff_until:
+            # Told to back off by its rate limit: the burst is not sent, and the ramp's
+            # check of the load generator's own pace must not read that as falling behind.
+            floor.recorder.held(time.perf_counter(), burst)
             return
         pair = rng.choice(pairs)
         for _ in range(burst):
@@ -208,11 +291,11 @@ async def bot(floor: Floor, t: Trader, acct: Account, rng: random.Random,
             side = rng.choice(("BUY", "SELL"))
             cid = f"b{t.index}x{n}"
             factor = Decimal("1.01") if side == "BUY" else Decimal("0.99")
-            floor.spawn(call(floor, acct, "POST", "/api/v3/order", order=True, probing=True,
+            send(floor, acct, "POST", "/api/v3/order", order=True, probing=True,
                              fill_id=cid, symbol=pair, side=side, type="LIMIT",
                              timeInForce="IOC", price=_price(floor, pair, factor),
                              quantity=_qty(floor, pair, QUOTE_NOTIONAL), newClientOrderId=cid,
-                             newOrderRespType="ACK"))
+                             newOrderRespType="ACK")
 
     async def probe():
         nonlocal backoff_until

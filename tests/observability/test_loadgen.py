@@ -11,7 +11,8 @@ import pytest
 from infra.loadgen.population import headcount, order_shares, phases, population, user_shares
 from infra.loadgen.record import Recorder, classify, percentile
 from infra.loadgen.report import write
-from infra.loadgen.runner import Config, Limits, check_host, step_broken, verdict
+from infra.loadgen.runner import Config, check_host
+from infra.loadgen.verdict import Limits, describe, judge, step_broken, verdict
 
 
 def test_population_follows_the_seed_mix():
@@ -68,6 +69,7 @@ def _recorded(latency_ms: float, errors: int = 0) -> Recorder:
     for sec in range(4):
         rec.target(sec, 100.0, "x1")
         for _ in range(100):
+            rec.sent(sec + 0.4)
             rec.request(sec + 0.5, "ok", order=True, ack_ms=latency_ms / 2)
             rec.fill(sec + 0.5, latency_ms)
         for _ in range(errors):
@@ -86,11 +88,24 @@ def test_ramp_step_verdicts():
     assert step_broken(Limits(), _recorded(10.0, errors=5), step) == "error_rate"
     slow = _recorded(10.0)
     for s in slow.seconds:
-        s.target_orders_per_s = 200.0                  # asked twice what was answered
+        s.sent *= 2                                    # sent twice what was answered
     assert step_broken(Limits(), slow, step) == "throughput"
+    starved = _recorded(10.0)
+    for s in starved.seconds:
+        s.target_orders_per_s = 200.0                  # asked twice what could be sent
+    j = judge(Limits(), starved, step)
+    assert j["broke"] == "loadgen" and j["value"] == 100.0 and j["threshold"] == 180.0
+    for s in starved.seconds:
+        s.held = 100                                   # ... but a bot was told to back off
+    assert step_broken(Limits(), starved, step) is None
     lagging = _recorded(10.0)
-    lagging.samples[-1]["lag"]["engine"] = 10_000.0
-    assert step_broken(Limits(), lagging, step) == "lag"
+    lagging.samples[-1]["lag"]["engine"] = 10_000.0    # one sample: a commit's sawtooth
+    assert step_broken(Limits(), lagging, step) is None
+    for s in lagging.samples[-3:]:
+        s["lag"]["engine"] = 10_000.0                  # held: a backlog
+    j = judge(Limits(), lagging, step)
+    assert (j["broke"], j["stage"], j["value"]) == ("lag", "engine", 10_000.0)
+    assert "lag of engine" in describe(j)
     assert percentile([5, 1, 3, 2, 4], 0.5) == 3
 
 
@@ -130,6 +145,13 @@ def test_baseline_against_the_live_stack_has_no_errors(keel_stack, tmp_path):
     samples = json.loads((out / "report.json").read_text())["samples"]
     assert samples and "engine" in samples[-1]["lag"] and samples[-1]["rss_mb"]
     assert any(k.startswith("group ") for k in samples[-1]["lag"])
+    # CPU per process (and the load generator's own), and each stage's latency.
+    assert "loadgen" in samples[-1]["cpu_pct"] and "gateway" in samples[-1]["cpu_pct"]
+    stages = r["phases"][0]["stages_ms"]
+    assert {"requests", "orders", "events", "committed"} <= set(stages), stages
+    assert stages["requests"]["p50"] <= stages["committed"]["p99"]
+    assert r["loadgen_cpu_us_per_request"] > 0 and r["loadgen_connections"] >= 1
+    assert "## Latency per stage" in text
 
 
 def test_ramp_prints_the_benchmark_line(keel_stack):
@@ -145,7 +167,7 @@ def test_ramp_prints_the_benchmark_line(keel_stack):
 
 def test_spike_recovery_waits_for_the_backlog_to_drain():
     from infra.loadgen.population import Phase
-    from infra.loadgen.runner import recovery_seconds
+    from infra.loadgen.verdict import recovery_seconds
 
     rec = Recorder(0.0)
     answered = [10, 10, 100, 100, 60, 30, 10, 10]        # before x2, spike x2, after x4

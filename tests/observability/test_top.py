@@ -71,6 +71,37 @@ def test_figures_are_rates_and_percentiles_of_the_interval():
     assert "orders/s    100.0" in frame and "sink:DOWN" in frame
 
 
+def test_a_scrape_can_keep_only_the_families_it_needs():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from infra.commands.top import scrape
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = AFTER.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        full, errors = scrape({"engine": url})
+        kept, _ = scrape({"engine": url}, only=("exchange_engine_consumer_lag",
+                                                "keel_sink_dead_letters"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert errors == {} and "exchange_orders_processed_total" in full
+    assert set(kept) == {"exchange_engine_consumer_lag", "keel_sink_dead_letters_total"}
+    assert kept["exchange_engine_consumer_lag"] == full["exchange_engine_consumer_lag"]
+
+
 def test_endpoints_come_from_the_supervisors_http_health_checks():
     state = {"processes": {
         "kafka": {"health": {"kind": "kafka", "target": "127.0.0.1:9092"}},
