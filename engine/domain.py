@@ -16,8 +16,9 @@ place(order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts)
     2. order_id already resting in this book           -> DUPLICATE_ORDER_ID
        (only resting orders count: a finished order's id may be reused by the book;
        the engine service drops a Place whose id is not above the last one of its
-       residue order_id % 4096, and any command whose keel-source request offset is
-       not above the last one from its accounts partition, before any book sees it:
+       residue order_id % 4096, and any non-Place command whose keel-source request
+       offset is not above the last one a non-Place brought from its accounts
+       partition, before any book sees it; a Place's header is never read:
        engine.service.duplicates)
     2b. side, kind, tif or stp outside its enum        -> INVALID_REQUEST
        (a malformed command, hence the request range)

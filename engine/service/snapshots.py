@@ -186,8 +186,17 @@ def _candidates(messages) -> list[_Candidate]:
     return list(found.values())
 
 
-def snapshot_hashes(reader, topic: str, partition: int) -> dict[int, str]:
-    """input offset -> state hash of every complete snapshot still in the log."""
+@dataclass(frozen=True)
+class SnapshotRef:
+    """Where one complete snapshot lies in the log, without its bytes."""
+    input_offset: int
+    state_hash: str
+    first: int          # log offsets of its first and last chunk
+    last: int
+
+
+def snapshot_index(reader, topic: str, partition: int) -> dict[int, SnapshotRef]:
+    """input offset -> the last complete snapshot at that offset still in the log."""
     found: dict[bytes, _Candidate] = {}
     hashes: dict[bytes, str] = {}
     for msg in reader.stream(topic, partition, 0):
@@ -196,9 +205,30 @@ def snapshot_hashes(reader, topic: str, partition: int) -> dict[int, str]:
             hashes[h.get("snapshot", b"")] = h["state_hash"].decode()
         for cand in _candidates([msg]):
             found.setdefault(cand.sid, _Candidate(cand.sid, cand.count, cand.input_offset, {}))
-            found[cand.sid].chunks.update(dict.fromkeys(cand.chunks))   # not the values
-    return {c.input_offset: hashes[c.sid] for c in found.values()
-            if c.complete and c.sid in hashes}
+            # the chunk's log offset, not the message: the bytes are read back on demand
+            found[cand.sid].chunks.update({i: msg.offset() for i in cand.chunks})
+    return {c.input_offset: SnapshotRef(c.input_offset, hashes[c.sid], min(c.chunks.values()),
+                                        max(c.chunks.values()))
+            for c in found.values() if c.complete and c.sid in hashes}
+
+
+def snapshot_hashes(reader, topic: str, partition: int) -> dict[int, str]:
+    """input offset -> state hash of every complete snapshot still in the log."""
+    return {offset: ref.state_hash
+            for offset, ref in snapshot_index(reader, topic, partition).items()}
+
+
+def read_snapshot(reader, codec: Codec, topic: str, partition: int,
+                  ref: SnapshotRef) -> SnapshotRecord:
+    """The snapshot `ref` points at (its chunks read back from the log)."""
+    msgs = reader.read(topic, partition, ref.first, ref.last + 1)
+    [cand] = [c for c in _candidates(msgs)
+              if c.input_offset == ref.input_offset and c.complete
+              and max(m.offset() for m in c.chunks.values()) == ref.last]
+    rec = codec.decode(SNAPSHOT_SCHEMA, b"".join(cand.chunks[i].value()
+                                                 for i in range(cand.count)))
+    return SnapshotRecord(rec["partition"], rec["input_offset"], rec["snapshot"],
+                          rec["state_hash"], rec["created_ts"])
 
 
 def _last_snapshot(reader, topic: str, partition: int,
