@@ -5,21 +5,31 @@ runs a few seconds.
 
     .venv/bin/python bench/gateway.py [--seconds 3] [--ws-clients 1000] [--json]
 
+The public and WebSocket load comes from a client process of its own (this file with
+--client) speaking raw keep-alive HTTP/1.1 and WebSocket, so the figures are the gateway's
+and not aiohttp's client; each phase reports the CPU the gateway and the client spent.
+
 Figures (the last line is JSON with --json):
   public_rps      cached public GETs (/depth, /ticker/price) answered per second
   order_rps       signed POST /api/v3/order (LIMIT, ACK) answered per second
   e2e_p50_ms/p99  POST sent -> the fill's executionReport received on the user's
                   WebSocket, for IOC takers crossing resting makers at --e2e-rate /s
-  ws_msgs_per_s   @trade + @depth messages received per second by --ws-clients clients
+  ws_msgs_per_s   @trade messages received per second by --ws-clients clients, for
+                  synthetic trades produced straight to keel.events (accounts and
+                  settlement are paused meanwhile: those trades are not theirs)
+  *_gw_us         gateway CPU microseconds per public request / order / WS message
+  cpu_s           CPU seconds per process and phase (gateway, client, accounts...)
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +55,7 @@ from infra.postgres import ensure_database  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+PUBLIC_PATHS = ("/api/v3/depth?symbol=BTCUSDT&limit=5", "/api/v3/ticker/price?symbol=BTCUSDT")
 
 
 class Stack:
@@ -97,16 +108,11 @@ class Stack:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time each Keel process used so far: where the bottleneck is."""
-        tick = os.sysconf("SC_CLK_TCK")
         out = {}
         for proc in self.procs:
             name = self.names.get(proc.pid)
-            try:
-                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
             if name:
-                out[name] = round((int(fields[11]) + int(fields[12])) / tick, 1)
+                out[name] = proc_cpu(proc.pid)
         return out
 
     def stop(self) -> None:
@@ -121,6 +127,45 @@ class Stack:
                     proc.kill()
                     proc.wait()
         postgres.stop(self.pg)
+
+
+def proc_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Phase:
+    """CPU each process spends during one phase of the benchmark; with --py-spy, the
+    gateway's stacks over the phase too (collapsed, in <--profile-out>_<name>.txt)."""
+
+    def __init__(self, stack: Stack, name: str, args) -> None:
+        self.stack = stack
+        self.before = stack.cpu_seconds()
+        self.own = time.process_time()
+        self.spy = None
+        if args.py_spy:
+            pid = next(p.pid for p in stack.procs if stack.names.get(p.pid) == "gateway")
+            self.spy = subprocess.Popen(
+                [args.py_spy, "record", "--nonblocking", "-r", "400", "--format", "raw",
+                 "-o", f"{args.profile_out}_{name}.txt", "--pid", str(pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def spent(self) -> dict[str, float]:
+        if self.spy is not None:
+            self.spy.send_signal(signal.SIGINT)
+            self.spy.wait(30)
+        after = self.stack.cpu_seconds()
+        out = {k: round(v - self.before.get(k, 0.0), 2) for k, v in after.items()}
+        out["bench"] = round(time.process_time() - self.own, 2)
+        return out
+
+
+def load_client(base: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--client", *args, "--url", base],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
 class Trader:
@@ -166,7 +211,7 @@ async def timed_loop(seconds: float, workers: int, one) -> tuple[int, float]:
     return done, time.perf_counter() - started
 
 
-async def bench(settings: Settings, users: dict, args) -> dict:
+async def bench(stack: Stack, settings: Settings, users: dict, args) -> dict:
     base = f"http://127.0.0.1:{settings.gateway_port}"
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
@@ -177,16 +222,15 @@ async def bench(settings: Settings, users: dict, args) -> dict:
                 await until_ok(lambda n=name, a=asset, x=amount: t["ops"].call(
                     "POST", "/api/v3/admin/deposit", userId=users[n][2], asset=a, amount=x),
                     "deposit")
-        out: dict[str, float] = {}
-
-        async def public(i, n):
-            path = "/api/v3/depth?symbol=BTCUSDT&limit=5" if n % 2 else \
-                "/api/v3/ticker/price?symbol=BTCUSDT"
-            async with http.get(base + path) as resp:
-                await resp.read()
-                return resp.status == 200
-        done, elapsed = await timed_loop(args.seconds, 32, public)
-        out["public_rps"] = round(done / elapsed)
+        out: dict = {"cpu_s": {}}
+        phase = Phase(stack, "public", args)
+        client = load_client(base, "public", "--seconds", str(args.seconds), "--conns", "32")
+        stdout, _ = await asyncio.to_thread(client.communicate)
+        got = json.loads(stdout.splitlines()[-1])
+        spent = out["cpu_s"]["public"] = phase.spent() | {"client": got["cpu_s"]}
+        out["public_rps"] = round(got["ok"] / got["elapsed"])
+        out["public_errors"] = got["bad"]
+        out["public_gw_us"] = round(spent["gateway"] / max(1, got["ok"]) * 1e6, 1)
 
         async def order(i, n):
             status, _ = await t["mm"].call("POST", "/api/v3/order", symbol="ETHUSDT",
@@ -194,12 +238,30 @@ async def bench(settings: Settings, users: dict, args) -> dict:
                                            price=f"{1000 + (n % 50)}.00", quantity="0.01",
                                            newOrderRespType="ACK")
             return status == 200
+        phase = Phase(stack, "orders", args)
         done, elapsed = await timed_loop(args.seconds, 32, order)
+        spent = out["cpu_s"]["orders"] = phase.spent()
         out["order_rps"] = round(done / elapsed)
+        out["order_gw_us"] = round(spent["gateway"] / max(1, done) * 1e6, 1)
         await t["mm"].call("DELETE", "/api/v3/openOrders", symbol="ETHUSDT")
 
+        phase = Phase(stack, "e2e", args)
         out.update(await e2e(http, base, t, args))
-        out.update(await ws_fanout(http, base, settings, args))
+        out["cpu_s"]["e2e"] = phase.spent()
+        # The synthetic trades of the fan-out phase are not accounts' or settlement's to
+        # settle, and settling them would take the cores the gateway is measured on.
+        paused = [p for p in stack.procs if stack.names.get(p.pid) in ("accounts",
+                                                                      "settlement")]
+        for proc in paused:
+            proc.send_signal(signal.SIGSTOP)
+        phase = Phase(stack, "ws", args)
+        try:
+            out.update(await ws_fanout(base, settings, args))
+        finally:
+            for proc in paused:
+                proc.send_signal(signal.SIGCONT)
+        spent = out["cpu_s"]["ws"] = phase.spent() | {"client": out.pop("ws_client_cpu_s")}
+        out["ws_gw_us"] = round(spent["gateway"] / max(1, out["ws_received"]) * 1e6, 2)
         return out
 
 
@@ -253,7 +315,7 @@ async def e2e(http, base, t, args) -> dict:
             "e2e_samples": len(lat), "e2e_rate": args.e2e_rate}
 
 
-async def ws_fanout(http, base, settings, args) -> dict:
+async def ws_fanout(base, settings, args) -> dict:
     """Fan-out capacity: synthetic trades produced straight to keel.events at full speed
     (the order pipeline is measured above), each pushed to every @trade subscriber."""
     from confluent_kafka import Producer
@@ -261,22 +323,17 @@ async def ws_fanout(http, base, settings, args) -> dict:
     from infra.kafka import producer_config
     from schemas.codec import Codec
 
-    received = 0
-    socks = []
-    for _ in range(args.ws_clients):
-        socks.append(await http.ws_connect(f"{base}/ws/solusdt@trade", compress=0))
-
-    async def drain(ws):
-        nonlocal received
-        async for _msg in ws:
-            received += 1
-    readers = [asyncio.ensure_future(drain(ws)) for ws in socks]
+    client = load_client(base, "ws", "--ws-clients", str(args.ws_clients),
+                         "--path", "/ws/solusdt@trade")
+    line = await asyncio.to_thread(client.stdout.readline)
+    assert line.strip() == "ready", line
     await asyncio.sleep(0.5)
     codec = Codec()
     producer = Producer(producer_config(settings, linger_ms=5))
     partition = load_markets(settings.markets_file).market("SOLUSDT").partition
+    client.stdin.write("go\n")
+    client.stdin.flush()
     stop_at = time.perf_counter() + args.seconds
-    started = time.perf_counter()
     n = 0
     while time.perf_counter() < stop_at:
         for _ in range(50):
@@ -289,17 +346,177 @@ async def ws_fanout(http, base, settings, args) -> dict:
         producer.poll(0)
         await asyncio.sleep(0.005)
     producer.flush(10)
-    expected = n * args.ws_clients
-    deadline = time.monotonic() + 10
-    while received < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    stdout, _ = await asyncio.to_thread(client.communicate, f"{n}\n")
+    got = json.loads(stdout.splitlines()[-1])
+    return {"ws_msgs_per_s": round(got["received"] / got["elapsed"]),
+            "ws_clients": args.ws_clients, "ws_trades_produced": n,
+            "ws_received": got["received"], "ws_payloads_checked": got["checked"],
+            "ws_delivered_fraction": round(got["received"] / got["expected"], 3),
+            "ws_client_cpu_s": got["cpu_s"]}
+
+
+# ---- load clients: run in their own process (`--client public|ws`), cheap by design ----
+# aiohttp's client spends more CPU per request than the gateway does per answer; on two
+# shared cores it would measure itself. These keep-alive clients write pre-built request
+# bytes and parse only what they must (status, Content-Length; WebSocket frame headers).
+
+
+class _HttpLoad(asyncio.Protocol):
+    """One keep-alive connection sending GETs back to back, counting 200 answers."""
+
+    def __init__(self, requests: list[bytes], stop_at: float, done: asyncio.Future) -> None:
+        self.requests, self.stop_at, self.done = requests, stop_at, done
+        self.buf = b""
+        self.ok = self.bad = self.n = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.requests[0])
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end]
+            at = head.lower().find(b"content-length:")
+            length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+            if len(self.buf) < end + 4 + length:
+                return
+            if head[9:12] == b"200":
+                self.ok += 1
+            else:
+                self.bad += 1
+            self.buf = self.buf[end + 4 + length:]
+            self.n += 1
+            if time.perf_counter() >= self.stop_at:
+                self.transport.close()
+                return
+            self.transport.write(self.requests[self.n % len(self.requests)])
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _client_public(host: str, port: int, seconds: float, conns: int) -> dict:
+    loop = asyncio.get_running_loop()
+    requests = [f"GET {p} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode() for p in PUBLIC_PATHS]
+    stop_at = time.perf_counter() + seconds
+    protos = []
+    started = time.perf_counter()
+    for i in range(conns):
+        done = loop.create_future()
+        _, proto = await loop.create_connection(
+            lambda d=done, i=i: _HttpLoad(requests[i % 2:] + requests[:i % 2], stop_at, d),
+            host, port)
+        protos.append(proto)
+    await asyncio.gather(*(p.done for p in protos))
     elapsed = time.perf_counter() - started
-    for r in readers:
-        r.cancel()
-    for ws in socks:
-        await ws.close()
-    return {"ws_msgs_per_s": round(received / elapsed), "ws_clients": args.ws_clients,
-            "ws_trades_produced": n, "ws_delivered_fraction": round(received / expected, 3)}
+    return {"ok": sum(p.ok for p in protos), "bad": sum(p.bad for p in protos),
+            "elapsed": elapsed}
+
+
+class _WsCount(asyncio.Protocol):
+    """A WebSocket client (no compression offered) that counts text frames by their
+    headers; every 1000th payload is parsed to check it is what was published."""
+
+    def __init__(self, path: str, host: str, ready: asyncio.Future) -> None:
+        self.path, self.host, self.ready = path, host, ready
+        self.buf = b""
+        self.upgraded = False
+        self.count = 0
+        self.last = 0.0
+        self.checked = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write((f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
+                         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                         ).encode())
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if b" 101 " not in buf[:end]:
+                self.ready.set_exception(RuntimeError(buf[:end].decode()))
+                return
+            self.upgraded = True
+            self.ready.set_result(None)
+            buf = buf[end + 4:]
+        at, size, n = 0, len(buf), 0
+        while size - at >= 2:
+            op, length = buf[at] & 0x0F, buf[at + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if size - at < 4:
+                    break
+                length, head = int.from_bytes(buf[at + 2:at + 4]), 4
+            elif length == 127:
+                if size - at < 10:
+                    break
+                length, head = int.from_bytes(buf[at + 2:at + 10]), 10
+            if size - at < head + length:
+                break
+            if op == 1:
+                n += 1
+                if (self.count + n) % 1000 == 1:
+                    json.loads(buf[at + head:at + head + length])["e"]   # noqa: B018
+                    self.checked += 1
+            elif op == 9:                   # ping: answer pong (masked, empty)
+                self.transport.write(b"\x8a\x80\x00\x00\x00\x00")
+            at += head + length
+        self.buf = buf[at:]
+        if n:
+            self.count += n
+            self.last = time.perf_counter()
+
+
+async def _client_ws(host: str, port: int, path: str, clients: int) -> dict:
+    loop = asyncio.get_running_loop()
+    protos = []
+    for _ in range(clients):
+        ready = loop.create_future()
+        _, proto = await loop.create_connection(lambda r=ready: _WsCount(path, host, r),
+                                                host, port)
+        await ready
+        protos.append(proto)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print("ready", flush=True)
+    await reader.readline()                             # "go": the producer starts
+    started = time.perf_counter()
+    expected = int(await reader.readline()) * clients   # trades produced
+    deadline = time.monotonic() + 10
+    while sum(p.count for p in protos) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    received = sum(p.count for p in protos)
+    ended = max(p.last for p in protos) if received else time.perf_counter()
+    for p in protos:
+        p.transport.close()
+    return {"received": received, "expected": expected, "elapsed": ended - started,
+            "checked": sum(p.checked for p in protos)}
+
+
+def client_main(args) -> int:
+    import uvloop
+
+    host, port = args.url.split("//")[1].split(":")
+    cpu = time.process_time()
+    if args.client == "public":
+        out = uvloop.run(_client_public(host, int(port), args.seconds, args.conns))
+    else:
+        out = uvloop.run(_client_ws(host, int(port), args.path, args.ws_clients))
+    out["cpu_s"] = round(time.process_time() - cpu, 2)
+    print(json.dumps(out), flush=True)
+    return 0
 
 
 def main() -> int:
@@ -308,7 +525,15 @@ def main() -> int:
     parser.add_argument("--ws-clients", type=int, default=1000)
     parser.add_argument("--e2e-rate", type=float, default=100.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--py-spy", help="py-spy binary: profile the gateway per phase")
+    parser.add_argument("--profile-out", default="/tmp/gateway_profile")
+    parser.add_argument("--client", choices=("public", "ws"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--conns", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client:
+        return client_main(args)
     with tempfile.TemporaryDirectory(prefix="keel-bench-gw-") as tmp:
         stack = Stack(Path(tmp))
         try:
@@ -320,8 +545,8 @@ def main() -> int:
                                           ("taker", "vip", False)):
                     u = create_user(conn, vault, name, tier, admin)
                     users[name] = (u.api_key, u.secret.reveal(), u.user_id)
-            result = asyncio.run(bench(settings, users, args))
-            result["cpu_s"] = stack.cpu_seconds()
+            result = asyncio.run(bench(stack, settings, users, args))
+            result["cpu_s"]["total"] = stack.cpu_seconds()
         finally:
             stack.stop()
     for k, v in result.items():

@@ -24,10 +24,10 @@ def cache_control(ttl_s: float) -> str:
 class ResponseCache:
     def __init__(self, max_entries: int = 10_000) -> None:
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, bytes]] = {}
+        self._entries: dict[str, tuple[float, object]] = {}
         self.hits = self.misses = 0
 
-    def get(self, key: str, now: float) -> bytes | None:
+    def get(self, key: str, now: float):
         hit = self._entries.get(key)
         if hit is not None and hit[0] > now:
             self.hits += 1
@@ -35,7 +35,7 @@ class ResponseCache:
         self.misses += 1
         return None
 
-    def put(self, key: str, body: bytes, now: float, ttl_s: float) -> None:
+    def put(self, key: str, body, now: float, ttl_s: float) -> None:
         if len(self._entries) >= self.max_entries:
             self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
             if len(self._entries) >= self.max_entries:

@@ -27,6 +27,32 @@ class GatewayMetrics:
         self.order_timeouts = Counter("exchange_order_timeouts_total",
                                       "Order requests answered -1007 (no reply in time)",
                                       registry=r)
+        self._routes: dict[tuple[str, str], RouteMetrics] = {}
+
+    def for_route(self, route: str, method: str) -> RouteMetrics:
+        """The route's own series, looked up once: `labels()` takes a lock and builds a key
+        on every call, which a cached public request would otherwise pay twice."""
+        found = self._routes.get((route, method))
+        if found is None:
+            found = self._routes[(route, method)] = RouteMetrics(self, route, method)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RouteMetrics:
+    __slots__ = ("latency", "route", "responses", "by_status")
+
+    def __init__(self, metrics: GatewayMetrics, route: str, method: str) -> None:
+        self.latency = metrics.latency.labels(route, method)
+        self.route = route
+        self.responses = metrics.responses
+        self.by_status: dict[int, object] = {}
+
+    def observe(self, seconds: float, status: int) -> None:
+        self.latency.observe(seconds)
+        counter = self.by_status.get(status)
+        if counter is None:
+            counter = self.by_status[status] = self.responses.labels(self.route, str(status))
+        counter.inc()

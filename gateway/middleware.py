@@ -98,6 +98,5 @@ async def edge(request: web.Request, handler):
         log.exception("unhandled error in %s %s", request.method, route)
         return error_response(errors.unknown_error())
     finally:
-        m = app[METRICS]
-        m.latency.labels(route, request.method).observe(time.perf_counter() - started)
-        m.responses.labels(route, str(status)).inc()
+        app[METRICS].for_route(route, request.method).observe(time.perf_counter() - started,
+                                                              status)

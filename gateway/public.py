@@ -26,25 +26,29 @@ def json_response(data, headers: dict[str, str] | None = None) -> web.Response:
 
 
 def cached(compute: Callable[[web.Request, Params], object]) -> Handler:
-    """Wrap a pure renderer: parameters validated first, then served from the cache."""
+    """Wrap a pure renderer: parameters validated first, then served from the cache.
+
+    What is cached is the whole answer — body bytes and headers — built once per TTL;
+    a hit costs a dict lookup and a Response around them."""
     async def handler(request: web.Request) -> web.Response:
         path = request.path
-        ttl = TTL_S[path]
         cache = request.app[CACHE]
         now = time.monotonic()
         # Fast path on the exact query text: only answers to valid queries are cached.
         raw_key = path + "?" + request.rel_url.raw_query_string
-        body = cache.get(raw_key, now)
-        if body is None:
+        answer = cache.get(raw_key, now)
+        if answer is None:
+            ttl = TTL_S[path]
             params = Params(request.rel_url.raw_query_string)
             key = path + "?" + urlencode(sorted(params.values.items()))
-            body = cache.get(key, now)
-            if body is None:
+            answer = cache.get(key, now)
+            if answer is None:
                 body = json.dumps(compute(request, params), separators=(",", ":")).encode()
-                cache.put(key, body, now, ttl)
-            cache.put(raw_key, body, now, ttl)
-        return web.Response(body=body, content_type="application/json",
-                            headers={"Cache-Control": cache_control(ttl)})
+                answer = (body, {"Content-Type": "application/json",
+                                 "Cache-Control": cache_control(ttl)})
+                cache.put(key, answer, now, ttl)
+            cache.put(raw_key, answer, now, ttl)
+        return web.Response(body=answer[0], headers=answer[1])
     return handler
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 WINDOW_S = 60
 
@@ -79,8 +80,9 @@ class Window:
         return WINDOW_S
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
+    """A tuple, not a frozen dataclass: one is built per request."""
+
     allowed: bool
     used_ip: int
     used_key: int | None
@@ -100,15 +102,23 @@ class RateLimiter:
     def charge(self, now: float, ip: str, weight: int, api_key: str | None = None,
                tier: str = "standard") -> Verdict:
         now_s = int(now)
-        self._sweep(now_s)
-        checks: list[tuple[Window, int, str]] = []
-        ip_window = self._ips.get(ip) or self._ips.setdefault(ip, Window())
-        checks.append((ip_window, self.limits.per_ip, "IP"))
+        if now_s - self._last_sweep >= WINDOW_S:
+            self._sweep(now_s)
+        ip_window = self._ips.get(ip)
+        if ip_window is None:
+            ip_window = self._ips[ip] = Window()
         key_window = None
-        if api_key is not None:
-            key_window = self._keys.get(api_key) or self._keys.setdefault(api_key, Window())
-            checks.append((key_window, self.limits.for_tier(tier), "API key"))
-        checks.append((self._global, self.limits.global_ceiling, "global"))
+        limits = self.limits
+        if api_key is None:
+            checks = ((ip_window, limits.per_ip, "IP"), (self._global, limits.global_ceiling,
+                                                          "global"))
+        else:
+            key_window = self._keys.get(api_key)
+            if key_window is None:
+                key_window = self._keys[api_key] = Window()
+            checks = ((ip_window, limits.per_ip, "IP"),
+                      (key_window, limits.for_tier(tier), "API key"),
+                      (self._global, limits.global_ceiling, "global"))
         for window, limit, scope in checks:
             window.expire(now_s)
             if window.total + weight > limit:
@@ -120,8 +130,6 @@ class RateLimiter:
 
     def _sweep(self, now_s: int) -> None:
         """Forget idle clients once a minute so memory follows active clients only."""
-        if now_s - self._last_sweep < WINDOW_S:
-            return
         self._last_sweep = now_s
         for table in (self._ips, self._keys):
             for name in [n for n, w in table.items()

@@ -7,8 +7,8 @@ is why every order carries a client order id the user can query by afterwards.
 from __future__ import annotations
 
 import asyncio
-import threading
-import uuid
+import itertools
+import os
 
 from confluent_kafka import Producer
 
@@ -30,23 +30,30 @@ class RequestBus:
         self.timeout_s = timeout_s
         self.producer = Producer(producer_config(settings, client_id="keel-gateway",
                                                  linger_ms=1))
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="gateway-producer", daemon=True)
-        self._poller.start()
+        # Ids are a random per-process prefix and a counter: unique across instances and
+        # restarts without a uuid4 (an os.urandom call, which gives up the GIL) per order.
+        self._prefix = os.urandom(8).hex()
+        self._ids = itertools.count(1)
+        # Delivery reports are served from the loop (poll(0) after each produce and on a
+        # timer), not by a thread of their own contending for the GIL with the handlers.
+        self._reports = asyncio.get_running_loop().create_task(self._serve_reports())
 
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self.producer.poll(0.05)
+    async def _serve_reports(self) -> None:
+        while True:
+            self.producer.poll(0)
+            await asyncio.sleep(0.05)
 
     def close(self) -> None:
-        self._stop.set()
-        self._poller.join(5)
+        self._reports.cancel()
         self.producer.flush(5)
         del self.producer          # librdkafka's client goes now, not whenever GC runs
 
-    @staticmethod
-    def new_request_id() -> str:
-        return uuid.uuid4().hex
+    def new_request_id(self) -> str:
+        return f"{self._prefix}{next(self._ids):x}"
+
+    def new_client_order_id(self) -> str:
+        """A default newClientOrderId: at most 36 characters, as Binance allows."""
+        return f"keel{self._prefix[:12]}{next(self._ids):x}"
 
     async def ask(self, user_id: int, ts: int, body: tuple[str, dict], request_id: str | None = None,
                   timeout_s: float | None = None) -> dict:
@@ -68,6 +75,7 @@ class RequestBus:
             self.producer.produce(self.topic, value, key=user_key(user_id),
                                   partition=user_partition(user_id, self.partitions),
                                   on_delivery=on_delivery)
+            self.producer.poll(0)
         except BufferError:
             self.folding.forget_reply(request_id)
             raise errors.disconnected("The gateway's Kafka queue is full; retry shortly.") from None

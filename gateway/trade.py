@@ -12,7 +12,7 @@ import asyncio
 
 from aiohttp import web
 
-from engine.domain import Rejected, ResultCode
+from engine.domain import OrderKind, Rejected, ResultCode
 from gateway import errors
 from gateway import render as r
 from gateway.context import BUS, CLOCK_MS, CONFIG, FOLDING, MARKETS, METRICS
@@ -58,8 +58,9 @@ async def new_order(request: web.Request) -> web.Response:
     folding = request.app[FOLDING]
     form = parse_new_order(params, request.app[MARKETS])
     pair = form.market.pair
-    form = protection_price(form, *folding.market.books[pair].depth(1000))
-    client_id = form.client_order_id or f"keel{request.app[BUS].new_request_id()[:20]}"
+    if form.kind == OrderKind.MARKET:      # only a market order needs the book's levels
+        form = protection_price(form, *folding.market.books[pair].depth(1000))
+    client_id = form.client_order_id or request.app[BUS].new_client_order_id()
     known = folding.orders.by_client.get((principal.user_id, client_id))
     if known is not None and not known.final:
         raise errors.ApiError(-2010, "Duplicate order sent.")

@@ -23,6 +23,9 @@ from gateway.market import INTERVALS
 from gateway.public import json_response
 from gateway.signed import api_key_principal
 
+# Open stream sockets, closed "going away" when the gateway shuts down: otherwise every
+# open WebSocket holds SIGTERM up for aiohttp's whole shutdown timeout.
+SOCKETS = web.AppKey("ws_sockets", set)
 _STREAM = re.compile(r"^([a-z0-9]+)@(trade|depth|depth@100ms|ticker|miniTicker|kline_(\w+))$")
 
 
@@ -70,6 +73,9 @@ async def _serve(request: web.Request, combined: bool, streams: list[str],
         hub.attach_user(sub, user_id)
     metrics = app[METRICS]
     metrics.ws_active.inc()
+    sockets = app.get(SOCKETS)
+    if sockets is not None:
+        sockets.add(ws)
     loop = asyncio.get_running_loop()
     sub.on_drop = lambda: loop.create_task(_close_dropped(ws, request))
     try:
@@ -84,6 +90,8 @@ async def _serve(request: web.Request, combined: bool, streams: list[str],
     finally:
         hub.remove(sub)
         sub.dropped = True               # nothing more is written to this socket
+        if sockets is not None:
+            sockets.discard(ws)
         metrics.ws_active.dec()
         await ws.close()
     return ws
@@ -172,7 +180,17 @@ async def listen_key_keepalive(request: web.Request) -> web.Response:
     return json_response({})
 
 
+async def close_all(app: web.Application) -> None:
+    """on_shutdown: every open stream is told the server is going away (1001)."""
+    sockets = list(app[SOCKETS])
+    if sockets:
+        await asyncio.wait([asyncio.ensure_future(ws.close(code=1001, message=b"shutting down"))
+                            for ws in sockets], timeout=2.0)
+
+
 def add_routes(app: web.Application) -> None:
+    app[SOCKETS] = set()
+    app.on_shutdown.append(close_all)
     app.router.add_get("/ws", raw_ws)
     app.router.add_get("/ws/{tail:.+}", raw_ws_path)
     app.router.add_get("/stream", combined)
