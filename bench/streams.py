@@ -2,15 +2,17 @@
 
     .venv/bin/python bench/streams.py [--json] [--bootstrap HOST:PORT]
                                       [--requests 20000] [--rate 2000] [--seconds 10]
+                                      [--only accounts|latency|marketdata]
 
 Starts its own in-memory tansu broker unless --bootstrap is given; each phase uses fresh
 topics (its own KEEL_TOPIC_PREFIX) and real `keel streams ROLE` worker processes.
   accounts_msgs_per_s    --requests requests (deposits, then limit orders of 200 users)
                          preloaded on keel.requests, then one accounts worker drains them:
-                         requests / time from its first to its last committed reply.
+                         requests / time from its first to its last committed reply;
+  accounts_cpu_us_per_msg  the worker's CPU time over the same stretch, per request.
   added_latency_p99_ms   a running accounts worker offered --rate orders/s for --seconds:
                          per order, time from producing the request to reading its Place on
-                         keel.orders (read_committed, i.e. after the worker's commit).
+                         keel.orders (read_committed; the reader's own fetch wait is 1 ms).
   marketdata_msgs_per_s  engine events (accepts and trades on 3 pairs) preloaded on
                          keel.events, one marketdata worker drains them: events / time
                          from its first to its last committed ticker.
@@ -110,13 +112,20 @@ def produce_requests(producer: Producer, settings: Settings, codec: Codec, reqs)
         producer.poll(0)
 
 
-def reader(settings: Settings, short: str) -> Consumer:
-    c = Consumer(consumer_config(settings, f"bench-{uuid.uuid4().hex[:8]}"))
+def reader(settings: Settings, short: str, **overrides) -> Consumer:
+    c = Consumer(consumer_config(settings, f"bench-{uuid.uuid4().hex[:8]}", **overrides))
     c.subscribe([settings.topic(short)])
     return c
 
 
-def drain(consumer: Consumer, count: int, deadline_s: float) -> tuple[float, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drain(consumer: Consumer, count: int, deadline_s: float,
+          on_first=None) -> tuple[float, float]:
     """Read `count` records; (wall time of the first, of the last)."""
     first = last = 0.0
     seen = 0
@@ -127,13 +136,15 @@ def drain(consumer: Consumer, count: int, deadline_s: float) -> tuple[float, flo
         msgs = [m for m in consumer.consume(10_000, 0.2) if m.error() is None]
         if msgs:
             now = time.monotonic()
+            if not first and on_first is not None:
+                on_first()
             first = first or now
             last = now
             seen += len(msgs)
     return first, last
 
 
-def bench_accounts(bootstrap: str, data: Path, n: int) -> float:
+def bench_accounts(bootstrap: str, data: Path, n: int) -> tuple[float, float]:
     settings = fresh(bootstrap, data)
     codec = Codec()
     producer = Producer(producer_config(settings, "bench", linger_ms=20))
@@ -143,20 +154,27 @@ def bench_accounts(bootstrap: str, data: Path, n: int) -> float:
     assert producer.flush(60) == 0
     replies = reader(settings, "replies")
     proc = worker(settings, "accounts", data / "accounts-throughput.log")
+    cpu: list[float] = []
     try:
-        first, last = drain(replies, len(reqs), 600)
+        first, last = drain(replies, len(reqs), 600,
+                            on_first=lambda: cpu.append(cpu_seconds(proc.pid)))
+        cpu.append(cpu_seconds(proc.pid))
     finally:
         stop(proc)
         replies.close()
-    # the first poll that returned replies already held a whole committed batch
-    return len(reqs) / max(last - first, 1e-9)
+    # the first poll that returned replies already held a whole committed batch; the CPU
+    # figure (the worker's own, from its first to its last reply) is what a loaded
+    # machine changes least
+    return len(reqs) / max(last - first, 1e-9), 1e6 * (cpu[1] - cpu[0]) / len(reqs)
 
 
 def bench_latency(bootstrap: str, data: Path, rate: int, seconds: float) -> dict:
     settings = fresh(bootstrap, data)
     codec = Codec()
     producer = Producer(producer_config(settings, "bench", linger_ms=0))
-    orders = reader(settings, "orders")
+    # tansu holds a fetch for its whole max wait (librdkafka's default 500 ms) when the
+    # partition has nothing new: the reader must not add its own wait to the figure.
+    orders = reader(settings, "orders", fetch_wait_max_ms=1)
     proc = worker(settings, "accounts", data / "accounts-latency.log")
     try:
         ts = int(time.time() * 1000)
@@ -238,7 +256,10 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=40_000)
     ap.add_argument("--rate", type=int, default=2_000)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--only", choices=("accounts", "latency", "marketdata"),
+                    help="run one phase (the others are left out of the JSON)")
     args = ap.parse_args()
+    wanted = {args.only} if args.only else {"accounts", "latency", "marketdata"}
     broker = None
     with tempfile.TemporaryDirectory(prefix="keel-bench-streams-") as tmp:
         data = Path(tmp)
@@ -253,17 +274,22 @@ def main() -> int:
             bootstrap = f"127.0.0.1:{port}"
             while not HealthCheck("kafka", bootstrap).run(timeout=1.0).ok:
                 time.sleep(0.1)
+        result: dict = {}
         try:
-            result = {"accounts_msgs_per_s": round(bench_accounts(bootstrap, data,
-                                                                  args.requests))}
-            print(f"accounts: {result['accounts_msgs_per_s']} requests/s per worker",
-                  flush=True)
-            result |= bench_latency(bootstrap, data, args.rate, args.seconds)
-            print(f"latency at {args.rate}/s: p50 {result['added_latency_p50_ms']} ms, "
-                  f"p99 {result['added_latency_p99_ms']} ms", flush=True)
-            result["marketdata_msgs_per_s"] = round(bench_marketdata(bootstrap, data,
-                                                                     args.events))
-            print(f"marketdata: {result['marketdata_msgs_per_s']} events/s", flush=True)
+            if "accounts" in wanted:
+                rate, cpu_us = bench_accounts(bootstrap, data, args.requests)
+                result["accounts_msgs_per_s"] = round(rate)
+                result["accounts_cpu_us_per_msg"] = round(cpu_us, 1)
+                print(f"accounts: {result['accounts_msgs_per_s']} requests/s per worker, "
+                      f"{result['accounts_cpu_us_per_msg']} us CPU per request", flush=True)
+            if "latency" in wanted:
+                result |= bench_latency(bootstrap, data, args.rate, args.seconds)
+                print(f"latency at {args.rate}/s: p50 {result['added_latency_p50_ms']} ms, "
+                      f"p99 {result['added_latency_p99_ms']} ms", flush=True)
+            if "marketdata" in wanted:
+                result["marketdata_msgs_per_s"] = round(bench_marketdata(bootstrap, data,
+                                                                         args.events))
+                print(f"marketdata: {result['marketdata_msgs_per_s']} events/s", flush=True)
         finally:
             if broker is not None:
                 broker.send_signal(signal.SIGTERM)

@@ -14,6 +14,7 @@ from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
+from streams import fastpath
 from streams.app import app, emit, keel_topic, run_batches, table
 from streams.dlq import dead_letter
 from streams.keys import user_partition
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics) -> None:
+    fastpath.install()
     codec = Codec.from_settings(settings)
     units = Units.from_markets(markets)
     n = settings.user_partitions
@@ -37,7 +39,7 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     replies = keel_topic(settings, "replies", n)
     balances = keel_topic(settings, "balances", n)
     dlq = keel_topic(settings, "dlq", 1)
-    users = Staged(table("users", n), private=True)
+    users = Staged(table("users", n))      # Accounts copies what it changes
     accounts = Accounts(units, users)
 
     async def publish(out: Outcome, message) -> None:
@@ -47,16 +49,21 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
         for cmd, request_id in out.commands:
             await emit(orders, key=cmd.pair.encode(), value=codec.encode_command(cmd, request_id),
                        partition=units.pairs[cmd.pair].partition, headers=source)
+        # Replies and balances are built here from decoded records and integer arithmetic:
+        # no schema check (it cost more than the encoding).
         for reply in out.replies:
             await emit(replies, key=reply["request_id"].encode(),
-                       value=codec.encode("reply", reply))
+                       value=codec.encode("reply", reply, validate=False))
         for bal in out.balances:
             # keyed by user and asset (the topic is compacted: one row per asset survives),
             # partitioned by user like every other per-user topic
             await emit(balances, key=f'{bal["user_id"]}:{bal["asset"]}'.encode(),
-                       value=codec.encode("balance", bal),
+                       value=codec.encode("balance", bal, validate=False),
                        partition=user_partition(bal["user_id"], n))
         metrics.outputs.inc(len(out.commands) + len(out.replies) + len(out.balances))
+
+    async def end_batch() -> None:
+        accounts.end_batch()
 
     async def reject(message, code: int, reason: str) -> None:
         await emit(dlq, key=message.topic.encode(),
@@ -91,4 +98,5 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
 
     @app.agent(source, name="accounts")
     async def gate(stream):
-        await run_batches(stream, handle, staged=(users,), state_first=True)
+        await run_batches(stream, handle, staged=(users,), after_batch=end_batch,
+                          state_first=True)

@@ -124,21 +124,44 @@ def processing(event):
 
 
 _outputs: list = []        # (topic, send arguments) of the batch in hand
+_sender = None             # streams.outputs.Outputs, made on the first batch with outputs
+_names: dict = {}          # Faust topic -> its one topic name
 
 
-async def emit(topic, **kwargs) -> None:
+async def emit(topic, key=None, value=None, partition=None, headers=None) -> None:
     """Queue an output record; run_batches sends the batch's outputs together, before or
     after the batch's state as the agent asks, and commits only once they are delivered."""
-    _outputs.append((topic, kwargs))
+    _outputs.append((topic, key, value, partition, headers))
 
 
 async def _send_outputs() -> None:
-    import asyncio
+    """Send the batch's outputs and wait until all are acknowledged (streams.outputs says
+    why librdkafka). Under exactly_once they go through Faust, inside its transactions."""
+    global _sender
+    if not _outputs:
+        return
+    if app.conf.processing_guarantee.value == "exactly_once":
+        import asyncio
 
-    sent = [await topic.send(**kwargs) for topic, kwargs in _outputs]
+        sent = [await topic.send(key=key, value=value, partition=partition, headers=headers)
+                for topic, key, value, partition, headers in _outputs]
+        _outputs.clear()
+        await app.producer.flush()
+        await asyncio.gather(*sent)          # raises if a send failed: nothing commits
+        return
+    if _sender is None:
+        from streams.outputs import Outputs
+
+        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+        _sender = Outputs(bootstrap, f"{app.conf.id}-outputs")
+    produce = _sender.produce
+    for topic, key, value, partition, headers in _outputs:
+        name = _names.get(topic)
+        if name is None:
+            name = _names[topic] = topic.get_topic_name()
+        produce(name, key, value, partition, headers)
     _outputs.clear()
-    await app.producer.flush()
-    await asyncio.gather(*sent)          # raises if a send failed: nothing commits
+    await _sender.flush()
 
 
 async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.05,

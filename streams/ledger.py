@@ -11,9 +11,11 @@ touched users once per batch, after the batch's outputs are durable):
     w   {request id: [asset, amount]}                   (pending withdrawals, held)
     s   {pair: [seq, [[order_id, reason], ...]]}        (last engine seq applied)
     n   {"requests": offset, "settlements": offset}     (last input offsets applied)
-    d   {request offset: [code, message, pair, order_id, client id]}  (last DECISIONS)
+    d   {request offset: [code, message, pair, order_id, client id]}  (this batch's)
 
-The user dicts are mutated in place: the adapter hands out a private copy per batch.
+A user's dict is copied (two levels) the first time a batch touches it and then mutated
+in place; nested lists are never changed in place, only replaced, so the table's own
+value stays as the last written batch left it. `end_batch` starts the next copy.
 
 Exactly-once effects on an at-least-once log: the worker writes a batch's user states
 before it sends the batch's outputs. A record redelivered after a crash is recognised by
@@ -65,13 +67,25 @@ class Accounts:
     def __init__(self, units: Units, users: MutableMapping | None = None) -> None:
         self.units = units
         self.users = {} if users is None else users
+        self._mine: dict = {}           # key -> this batch's copy of the user
+        self._floor: dict = {}          # partition -> the batch's first request offset
 
     def user(self, uid: int) -> dict:
         key = str(uid)
+        u = self._mine.get(key)
+        if u is not None:
+            return u
         u = self.users.get(key)
-        if u is None:
-            u = self.users[key] = new_user()
+        # Two levels suffice (see the module docstring); a deepcopy of a busy user's
+        # thousands of ids cost more than the rules themselves.
+        u = new_user() if u is None else {part: rows.copy() for part, rows in u.items()}
+        self.users[key] = self._mine[key] = u
         return u
+
+    def end_batch(self) -> None:
+        """The batch's users are written: the next batch copies before it changes them."""
+        self._mine.clear()
+        self._floor.clear()
 
     def _seen(self, u: dict, source: str, offset: int | None) -> bool:
         """True for a record at or below the last offset applied from `source`."""
@@ -119,6 +133,7 @@ class Accounts:
         out = Outcome()
         uid, rid, ts = request["user_id"], request["request_id"], request["ts"]
         u = self.user(uid)
+        _forget_before(u["d"], self._floor.setdefault(partition, offset))
         if self._seen(u, "requests", offset):
             return self._rebuild(u, request, offset)
         kind, body = request["body"]
@@ -346,6 +361,20 @@ class Accounts:
                 spent = -sum(e["held_delta"] for e in record["entries"] if e["asset"] == entry[2])
                 u["o"][str(order_id)] = entry[:3] + [entry[3] - spent, entry[4]]
         return out
+
+
+def _forget_before(decisions: dict, floor: int) -> None:
+    """Drop the decisions of requests before `floor`, the batch's first offset on the
+    user's partition. Those were handled by an earlier batch of this worker, whose outputs
+    were delivered before this batch began, or lie before the committed offset, so no
+    replay will ask for them again. What stays is at most one batch's worth, and the
+    user's value (copied and written to the changelog each batch) stays small.
+    Decisions are kept in offset order (a user lives on one partition)."""
+    while decisions:
+        first = next(iter(decisions))
+        if int(first) >= floor:
+            return
+        del decisions[first]
 
 
 def _remember_cid(u: dict, cid: str, order_id: int) -> None:
