@@ -152,12 +152,14 @@ def _broke(r: dict) -> str:
         out += ["The load generator could not send what the step asked for: this is a limit "
                 "of the machine the load generator shares with the stack, not a verdict on "
                 "the stack.", ""]
-    out += ["| process | CPU % of a core | | stage | lag held (records) |", "|---|---|---|---|---|"]
+    out += ["| process | CPU % of a core | waited for a CPU % | | stage | lag held (records) |",
+            "|---|---|---|---|---|---|"]
     cpu, lag = list(j["cpu_pct"].items()), list(j["lag_held"].items())
+    wait = j.get("runq_wait_pct") or {}
     for i in range(max(len(cpu), len(lag))):
         c = cpu[i] if i < len(cpu) else ("", "")
         g = lag[i] if i < len(lag) else ("", "")
-        out.append(f"| {c[0]} | {c[1]} | | {g[0]} | {g[1]} |")
+        out.append(f"| {c[0]} | {c[1]} | {wait.get(c[0], '')} | | {g[0]} | {g[1]} |")
     return "\n".join(out)
 
 

@@ -264,8 +264,24 @@ async def _cancel_quotes(floor, plan, accounts) -> None:
                         acct, "/api/v3/openOrders", {"symbol": pair}), acct.api_key)
 
 
+async def _sampling(floor, sampler: StackSampler, current: list) -> None:
+    """About once a second, the stack's figures, tagged with the phase running when the
+    sample was taken. Apart from the phases' clock: on a starved machine a sample can
+    take seconds, and a step must still last what it says."""
+    rec = floor.recorder
+    while not floor.stop.is_set():
+        began = time.perf_counter()
+        phase = current[0]
+        sample = await asyncio.to_thread(sampler.sample)
+        sample["t"] = round(began - rec.started, 2)
+        sample["phase"] = phase
+        sample["in_flight"] = floor.in_flight
+        rec.samples.append(sample)
+        await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - began)))
+
+
 async def _play(cfg: Config, floor, shape: list[Phase], sampler: StackSampler):
-    """Run the phases second by second; returns (phases played with their second range,
+    """Run the phases for their seconds; returns (phases played with their second range,
     the limit that broke or None)."""
     from tqdm import tqdm
 
@@ -274,23 +290,22 @@ async def _play(cfg: Config, floor, shape: list[Phase], sampler: StackSampler):
                desc=f"loadgen {cfg.mode}")
     played, broke = [], None
     rec = floor.recorder
+    current = [shape[0].name if shape else ""]
+    sampling = asyncio.ensure_future(_sampling(floor, sampler, current))
     try:
         for phase in shape:
             floor.multiplier = phase.multiplier
+            current[0] = phase.name
+            rec.target(time.perf_counter(), cfg.rate * phase.multiplier, phase.name)
             first = int(time.perf_counter() - rec.started)
             end = time.perf_counter() + phase.seconds
-            while time.perf_counter() < end and not floor.stop.is_set():
-                now = time.perf_counter()
-                rec.target(now, cfg.rate * phase.multiplier, phase.name)
-                sample = await asyncio.to_thread(sampler.sample)
-                sample["t"] = round(now - rec.started, 2)
-                sample["phase"] = phase.name
-                rec.samples.append(sample)
-                last = rec.totals(max(0, int(now - rec.started) - 1), int(now - rec.started))
+            while (now := time.perf_counter()) < end and not floor.stop.is_set():
+                await asyncio.sleep(min(1.0, end - now))
+                second = int(time.perf_counter() - rec.started)
+                last = rec.totals(max(0, second - 1), second)
                 bar.set_postfix(orders_s=last["orders_per_s"], errors=sum(rec.errors.values()),
                                 fill_p99=last["fill_ms"]["p99"])
                 bar.update(1)
-                await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - now)))
             played.append((phase, first, int(time.perf_counter() - rec.started)))
             if cfg.mode == "ramp":
                 broke = step_broken(cfg.limits, rec, played[-1])
@@ -299,5 +314,7 @@ async def _play(cfg: Config, floor, shape: list[Phase], sampler: StackSampler):
             if floor.stop.is_set():
                 break
     finally:
+        sampling.cancel()
+        await asyncio.gather(sampling, return_exceptions=True)
         bar.close()
     return played, broke

@@ -1,8 +1,9 @@
 """The stack's own view during a load run, sampled about once a second: lag per stage
 (the processes' gauges and every consumer group's committed lag), open WebSockets, and
-per process its memory and CPU (percent of one core over the last sample; a process
-counts with everything in its process group, as `keel up` starts each in its own, so the
-broker and PostgreSQL's backends count under their service). The load generator counts
+per process its memory, its CPU and the time it waited runnable for a CPU (percent of
+one core over the last sample; a process counts with everything in its process group,
+as `keel up` starts each in its own, so the broker and PostgreSQL's backends count under
+their service). The load generator counts
 itself as `loadgen`: it shares the cores with what it measures."""
 from __future__ import annotations
 
@@ -15,20 +16,39 @@ WANTED = ("exchange_engine_consumer_lag", "keel_sink_lag_records",
           "exchange_ws_connections_active")
 
 
-def group_cpu_seconds() -> dict[int, float]:
-    """process group -> CPU seconds (user + system) of its live members, from /proc."""
-    out: dict[int, float] = {}
+def group_times(groups: set[int]) -> dict[int, tuple[float, float]]:
+    """process group -> (CPU seconds, seconds waited runnable for a CPU) of its live
+    members, from /proc. The wait (schedstat, every thread) is what the machine's other
+    load costs a process: a stage can be slow without being busy when it waits its turn."""
+    out: dict[int, tuple[float, float]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             text = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
+            fields = text[text.rindex(")") + 2:].split()   # after "pid (comm) "
+            pgrp = int(fields[2])
+            if pgrp not in groups:
+                continue
+            cpu = (int(fields[11]) + int(fields[12])) / TICKS
+            waited = 0.0
+            for task in os.scandir(f"/proc/{entry.name}/task"):
+                waited += int(Path(f"{task.path}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
             continue
-        fields = text[text.rindex(")") + 2:].split()   # after "pid (comm) "
-        pgrp, utime, stime = int(fields[2]), int(fields[11]), int(fields[12])
-        out[pgrp] = out.get(pgrp, 0.0) + (utime + stime) / TICKS
+        c, w = out.get(pgrp, (0.0, 0.0))
+        out[pgrp] = (c + cpu, w + waited)
     return out
+
+
+def own_times() -> tuple[float, float]:
+    waited = 0.0
+    for task in os.scandir("/proc/self/task"):
+        try:
+            waited += int(Path(f"{task.path}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            pass
+    return time.process_time(), waited
 
 
 def rss_mb(pid: int) -> float | None:
@@ -50,20 +70,23 @@ class StackSampler:
         self.last: tuple[float, dict[str, float]] | None = None
         self.cpu_s = 0.0             # this sampler's own CPU (the load generator's share)
 
-    def _cpu(self) -> dict[str, float]:
-        """Percent of one core per process since the previous call ({} the first time)."""
-        groups = group_cpu_seconds()
+    def _cpu(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Per process since the previous call ({} the first time), in percent of one
+        core: CPU used, and time its threads waited runnable for a CPU."""
+        groups = group_times(set(self.pids.values()))
         now = time.monotonic()
-        seconds = {name: groups.get(pid, 0.0) for name, pid in self.pids.items()}
-        seconds["loadgen"] = time.process_time()
-        out = {}
+        seconds = {name: groups.get(pid, (0.0, 0.0)) for name, pid in self.pids.items()}
+        seconds["loadgen"] = own_times()
+        cpu, wait = {}, {}
         if self.last is not None:
             then, before = self.last
             span = max(now - then, 1e-6)
-            out = {name: round(100 * max(v - before.get(name, v), 0.0) / span, 1)
-                   for name, v in seconds.items()}
+            for name, (c, w) in seconds.items():
+                c0, w0 = before.get(name, (c, w))
+                cpu[name] = round(100 * max(c - c0, 0.0) / span, 1)
+                wait[name] = round(100 * max(w - w0, 0.0) / span, 1)
         self.last = (now, seconds)
-        return out
+        return cpu, wait
 
     def sample(self) -> dict:
         began = time.thread_time()
@@ -75,7 +98,9 @@ class StackSampler:
     def _sample(self) -> dict:
         from infra.commands.top import scrape, total
 
-        out = {"lag": {}, "rss_mb": {}, "cpu_pct": self._cpu(), "ws_connections": None}
+        cpu, wait = self._cpu()
+        out = {"lag": {}, "rss_mb": {}, "cpu_pct": cpu, "runq_wait_pct": wait,
+               "ws_connections": None}
         if self.groups is not None:
             out["lag"].update({f"group {g}": float(v) for g, v in self.groups.measure().items()})
         if self.endpoints:

@@ -30,11 +30,25 @@ def held_lag(samples: list[dict], window: int = 3) -> dict[str, float]:
     return {k: min(s["lag"].get(k, 0.0) for s in tail) for k in sorted(stages)}
 
 
-def mean_cpu(samples: list[dict]) -> dict[str, float]:
-    """Average CPU (% of one core) per process over the samples that measured it."""
+def backlog_growing(samples: list[dict], sent_per_s: float, short: float) -> bool:
+    """Answers falling behind what was sent, as a backlog: requests unanswered still
+    growing over the second half of the step by at least `short` of what was sent then.
+    A step's answers trail its sends by the latency, so answered/s alone reads short at
+    every step up (by rate x latency); a stack that keeps up holds its in-flight count
+    level after that, one that does not keeps adding to it."""
+    counts = [s["in_flight"] for s in samples if s.get("in_flight") is not None]
+    if len(counts) < 4:
+        return True                    # nothing to tell them apart: answered/s decides
+    half = counts[len(counts) // 2:]
+    return half[-1] - half[0] > short * sent_per_s * (len(half) - 1)
+
+
+def mean_cpu(samples: list[dict], key: str = "cpu_pct") -> dict[str, float]:
+    """Average CPU (% of one core) per process over the samples that measured it
+    (key "runq_wait_pct": time waited runnable for a CPU, likewise)."""
     sums: dict[str, list[float]] = {}
     for s in samples:
-        for name, v in (s.get("cpu_pct") or {}).items():
+        for name, v in (s.get(key) or {}).items():
             sums.setdefault(name, []).append(v)
     return {k: round(sum(v) / len(v), 1) for k, v in sorted(sums.items(), key=lambda kv: -sum(kv[1]))}
 
@@ -54,7 +68,8 @@ def judge(limits: Limits, rec: Recorder, step) -> dict:
            "sent_orders_per_s": t["sent_orders_per_s"],
            "answered_orders_per_s": t["orders_per_s"], "error_rate": t["error_rate"],
            "p99_order_to_fill_ms": t["fill_ms"]["p99"], "p99_order_to_ack_ms": t["ack_ms"]["p99"],
-           "lag_held": lag, "cpu_pct": mean_cpu(samples), "broke": None}
+           "lag_held": lag, "cpu_pct": mean_cpu(samples),
+           "runq_wait_pct": mean_cpu(samples, "runq_wait_pct"), "broke": None}
 
     def broke(limit: str, value, threshold, **more) -> dict:
         return {**out, "broke": limit, "value": value, "threshold": threshold, **more}
@@ -67,8 +82,10 @@ def judge(limits: Limits, rec: Recorder, step) -> dict:
     if worst[1] > limits.max_lag:
         return broke("lag", worst[1], limits.max_lag, stage=worst[0])
     sent, target = t["sent_orders_per_s"], t["target_orders_per_s"]
-    if sent and t["orders_per_s"] < limits.min_achieved * sent:
-        return broke("throughput", t["orders_per_s"], round(limits.min_achieved * sent, 1))
+    if (sent and t["orders_per_s"] < limits.min_achieved * sent
+            and backlog_growing(samples, sent, 1 - limits.min_achieved)):
+        return broke("throughput", t["orders_per_s"], round(limits.min_achieved * sent, 1),
+                     in_flight=[s.get("in_flight") for s in samples])
     due = sent + t["held_orders_per_s"]
     if target and due < limits.min_achieved * target:
         return broke("loadgen", due, round(limits.min_achieved * target, 1))
@@ -89,11 +106,14 @@ def describe(j: dict) -> str:
             "throughput": "orders answered/s against sent",
             "loadgen": "orders the load generator sent/s against the target"}[j["broke"]]
     cpu = ", ".join(f"{k} {v:.0f}%" for k, v in list(j["cpu_pct"].items())[:6]) or "-"
+    waited = sum((j.get("runq_wait_pct") or {}).values())
     hops = ", ".join(f"{h} p50 {v['p50']:.0f} p99 {v['p99']:.0f}"
                      for h, v in (j.get("stages_ms") or {}).items())
     return (f"{j['step']} (target {j['target_orders_per_s']}/s, sent {j['sent_orders_per_s']}/s, "
             f"answered {j['answered_orders_per_s']}/s) broke {j['broke']}: {what} "
             f"{j['value']} against {j['threshold']}; CPU {cpu}"
+            + (f"; the stack's processes waited {waited:.0f}% of a core runnable for a CPU"
+               if waited else "")
             + (f"; ms after the gateway received an order: {hops}" if hops else ""))
 
 
@@ -119,7 +139,9 @@ def verdict(cfg, rec: Recorder, played, broke, setup_s, counter, sent, clock=Non
         samples = _step_samples(rec, phase.name)
         steps.append({"phase": phase.name, "multiplier": phase.multiplier,
                       "from_s": first, "to_s": last, **t,
-                      "cpu_pct": mean_cpu(samples), "lag_held": held_lag(samples),
+                      "cpu_pct": mean_cpu(samples),
+                      "runq_wait_pct": mean_cpu(samples, "runq_wait_pct"),
+                      "lag_held": held_lag(samples),
                       "stages_ms": stage_figures(clock, lo, last)})
     out = {"mode": cfg.mode, "users": cfg.users, "base_rate": cfg.rate,
            "setup_s": round(setup_s, 1), "requests_sent": sent, **overall,

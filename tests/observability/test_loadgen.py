@@ -90,6 +90,12 @@ def test_ramp_step_verdicts():
     for s in slow.seconds:
         s.sent *= 2                                    # sent twice what was answered
     assert step_broken(Limits(), slow, step) == "throughput"
+    for s in slow.samples:
+        s["in_flight"] = 50                            # ... but answers only trail sends:
+    assert step_broken(Limits(), slow, step) is None   # the backlog holds level
+    for i, s in enumerate(slow.samples):
+        s["in_flight"] = 50 + 100 * i                  # a backlog growing by 100 a second
+    assert step_broken(Limits(), slow, step) == "throughput"
     starved = _recorded(10.0)
     for s in starved.seconds:
         s.target_orders_per_s = 200.0                  # asked twice what could be sent
