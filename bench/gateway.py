@@ -71,6 +71,7 @@ class Stack:
 
         kport, pport, gport = free_port(), free_port(), free_port()
         self.procs.append(kafka.spawn(kport, self.root / "kafka.log"))
+        self.names[self.procs[-1].pid] = "broker"
         pg_log = open(self.root / "postgres.log", "ab")  # noqa: SIM115
         self.pg = postgres.spawn(self.root / "pg", pport, stdout=pg_log)
         dsn = f"postgresql://postgres@127.0.0.1:{pport}/keel"
@@ -223,6 +224,11 @@ async def bench(stack: Stack, settings: Settings, users: dict, args) -> dict:
                     "POST", "/api/v3/admin/deposit", userId=users[n][2], asset=a, amount=x),
                     "deposit")
         out: dict = {"cpu_s": {}}
+        # What the processes burn with no traffic (fetch loops, timers): the per-request
+        # figures below include it, so it is measured on its own first.
+        phase = Phase(stack, "idle", args)
+        await asyncio.sleep(2.0)
+        out["cpu_s"]["idle_2s"] = phase.spent()
         phase = Phase(stack, "public", args)
         client = load_client(base, "public", "--seconds", str(args.seconds), "--conns", "32")
         stdout, _ = await asyncio.to_thread(client.communicate)
@@ -273,6 +279,7 @@ async def e2e(http, base, t, args) -> dict:
         key = (await resp.json())["listenKey"]
     sent: dict[str, float] = {}
     lat: list[float] = []
+    acks: list[float] = []          # POST -> ACK: gateway -> accounts -> gateway only
     async with http.ws_connect(f"{base}/ws/{key}") as ws:
         async def read():
             async for msg in ws:
@@ -295,11 +302,12 @@ async def e2e(http, base, t, args) -> dict:
             cid = f"e2e{i}"
 
             async def one(cid=cid):
-                sent[cid] = time.perf_counter()
+                sent[cid] = t0 = time.perf_counter()
                 await t["taker"].call("POST", "/api/v3/order", symbol="BTCUSDT", side="BUY",
                                       type="LIMIT", timeInForce="IOC", price="30000.00",
                                       quantity="0.001", newClientOrderId=cid,
                                       newOrderRespType="ACK")
+                acks.append((time.perf_counter() - t0) * 1000)
             tasks.append(asyncio.ensure_future(one()))
             await asyncio.sleep(max(0.0, start + (i + 1) * gap - time.perf_counter()))
         await asyncio.gather(*tasks)
@@ -312,7 +320,8 @@ async def e2e(http, base, t, args) -> dict:
         return {"e2e_p50_ms": None, "e2e_p99_ms": None, "e2e_samples": 0}
     return {"e2e_p50_ms": round(statistics.median(lat), 2),
             "e2e_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2),
-            "e2e_samples": len(lat), "e2e_rate": args.e2e_rate}
+            "e2e_samples": len(lat), "e2e_rate": args.e2e_rate,
+            "ack_p50_ms": round(statistics.median(acks), 2) if acks else None}
 
 
 async def ws_fanout(base, settings, args) -> dict:

@@ -284,3 +284,34 @@ def test_response_cache_ttl_and_bound():
     assert (TTL_S["/api/v3/ticker/24hr"], TTL_S["/api/v3/depth"], TTL_S["/api/v3/trades"],
             TTL_S["/api/v3/exchangeInfo"]) == (1.0, 0.1, 0.5, 60.0)
     assert cache_control(60.0) == "public, max-age=60"
+
+
+def test_new_order_bodies_are_schema_valid():
+    """The gateway sends new orders to keel.requests without the codec's schema walk (it
+    costs as much as the encoding): every form parse_new_order accepts, with the default
+    client order id, must therefore encode as a valid OrderRequest."""
+    from gateway.order_form import protection_price
+    from schemas.codec import Codec
+
+    codec = Codec()
+    prefix = "0123456789abcdef"
+    queries = [
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&price=100.50&quantity=0.1",
+        "symbol=ETHUSDT&side=SELL&type=LIMIT&timeInForce=IOC&price=2000&quantity=0.01"
+        "&newClientOrderId=my-order_1",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=FOK&price=1&quantity=20"
+        "&selfTradePreventionMode=EXPIRE_BOTH",
+        "symbol=BTCUSDT&side=SELL&type=LIMIT_MAKER&price=30000&quantity=0.001",
+        "symbol=BTCUSDT&side=SELL&type=MARKET&quoteOrderQty=10",
+        "symbol=BTCUSDT&side=BUY&type=MARKET&quoteOrderQty=10",
+        "symbol=BTCUSDT&side=SELL&type=MARKET&quantity=0.5",
+        "symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.5",
+    ]
+    for n, query in enumerate(queries):
+        form = protection_price(_order(query), [(2_999_000, 10**6)], [(3_000_000, 10**6)])
+        client_id = form.client_order_id or f"keel{prefix[:12]}{2**64 + n:x}"
+        assert len(client_id) <= 36
+        record = {"request_id": f"{prefix}{n:x}", "user_id": 7, "ts": 1, "body":
+                  form.body(client_id)}
+        data = codec.encode("order_request", record, validate=True)
+        assert codec.decode("order_request", data)["body"] == form.body(client_id), query
