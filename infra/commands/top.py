@@ -208,9 +208,12 @@ def render(f: dict, data_dir: str) -> str:
     lag = "  ".join(f"{k}={v}" for k, v in f["lag_records"].items()) or "-"
     streams = "  ".join(f"{k} {v}/s" for k, v in f["streams_per_s"].items()) or "(none running)"
     e = f["errors"]
+    cpu = "  ".join(f"{n} {v:.0f}/{f['wait_pct'].get(n, 0):.0f}"
+                    for n, v in sorted(f.get("cpu_pct", {}).items(), key=lambda kv: -kv[1]))
     lines = [
         f"keel top  {data_dir}  {time.strftime('%H:%M:%S')}  (last {f['interval_s']} s)",
         f"processes   {procs}",
+        f"CPU %       {cpu or '-'}   (used/waited for a CPU, % of one core)",
         f"orders/s    {f['orders_per_s']:<10} engine latency  {pcts(f['engine_latency_ms'])}",
         f"REST/s      {f['rest_per_s']:<10} POST order      {pcts(f['rest_order_latency_ms'])}"
         f"   4xx/s {f['rest_errors_per_s']['4xx']}  5xx/s {f['rest_errors_per_s']['5xx']}",
@@ -239,9 +242,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not state:
         print(f"keel top: keel up is not running on {settings.data_dir}", file=sys.stderr)
         return 1
+    from infra.loadgen.stack import StackSampler
+
     endpoints = metrics_endpoints(state)
     interval = max(args.interval, 0.2)
     groups = _group_lag(state)
+    cpu = StackSampler(state, {})      # CPU per process from /proc, over each interval
+    cpu.sample()
     before, _ = scrape(endpoints)
     taken = time.monotonic()
     try:
@@ -251,6 +258,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             now = time.monotonic()
             f = figures(before, after, now - taken, errors, endpoints,
                         groups.measure() if groups else None)
+            usage = cpu.sample()
+            usage["cpu_pct"].pop("loadgen", None)      # that is keel top itself here
+            usage["runq_wait_pct"].pop("loadgen", None)
+            f["cpu_pct"], f["wait_pct"] = usage["cpu_pct"], usage["runq_wait_pct"]
             if args.once:
                 print(json.dumps(f) if args.json else render(f, state["data_dir"]), flush=True)
                 return 0
