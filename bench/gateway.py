@@ -5,8 +5,8 @@ runs a few seconds.
 
     .venv/bin/python bench/gateway.py [--seconds 3] [--ws-clients 1000] [--json]
 
-The public and WebSocket load comes from a client process of its own (this file with
---client) speaking raw keep-alive HTTP/1.1 and WebSocket, so the figures are the gateway's
+The public and WebSocket load comes from a client process of its own
+(bench/gateway_load.py) speaking raw keep-alive HTTP/1.1 and WebSocket, so the figures are the gateway's
 and not aiohttp's client; each phase reports the CPU the gateway and the client spent.
 
 Figures (the last line is JSON with --json):
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
@@ -55,7 +54,6 @@ from infra.postgres import ensure_database  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-PUBLIC_PATHS = ("/api/v3/depth?symbol=BTCUSDT&limit=5", "/api/v3/ticker/price?symbol=BTCUSDT")
 
 
 class Stack:
@@ -150,7 +148,7 @@ class Phase:
         if args.py_spy:
             pid = next(p.pid for p in stack.procs if stack.names.get(p.pid) == "gateway")
             self.spy = subprocess.Popen(
-                [args.py_spy, "record", "--nonblocking", "-r", "400", "--format", "raw",
+                [args.py_spy, "record", "--nonblocking", "--gil", "-r", "400", "--format", "raw",
                  "-o", f"{args.profile_out}_{name}.txt", "--pid", str(pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -165,7 +163,8 @@ class Phase:
 
 
 def load_client(base: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, "--client", *args, "--url", base],
+    return subprocess.Popen([sys.executable, str(REPO / "bench" / "gateway_load.py"), *args,
+                             "--url", base],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -364,170 +363,6 @@ async def ws_fanout(base, settings, args) -> dict:
             "ws_client_cpu_s": got["cpu_s"]}
 
 
-# ---- load clients: run in their own process (`--client public|ws`), cheap by design ----
-# aiohttp's client spends more CPU per request than the gateway does per answer; on two
-# shared cores it would measure itself. These keep-alive clients write pre-built request
-# bytes and parse only what they must (status, Content-Length; WebSocket frame headers).
-
-
-class _HttpLoad(asyncio.Protocol):
-    """One keep-alive connection sending GETs back to back, counting 200 answers."""
-
-    def __init__(self, requests: list[bytes], stop_at: float, done: asyncio.Future) -> None:
-        self.requests, self.stop_at, self.done = requests, stop_at, done
-        self.buf = b""
-        self.ok = self.bad = self.n = 0
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(self.requests[0])
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buf[:end]
-            at = head.lower().find(b"content-length:")
-            length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
-            if len(self.buf) < end + 4 + length:
-                return
-            if head[9:12] == b"200":
-                self.ok += 1
-            else:
-                self.bad += 1
-            self.buf = self.buf[end + 4 + length:]
-            self.n += 1
-            if time.perf_counter() >= self.stop_at:
-                self.transport.close()
-                return
-            self.transport.write(self.requests[self.n % len(self.requests)])
-
-    def connection_lost(self, exc) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-
-async def _client_public(host: str, port: int, seconds: float, conns: int) -> dict:
-    loop = asyncio.get_running_loop()
-    requests = [f"GET {p} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode() for p in PUBLIC_PATHS]
-    stop_at = time.perf_counter() + seconds
-    protos = []
-    started = time.perf_counter()
-    for i in range(conns):
-        done = loop.create_future()
-        _, proto = await loop.create_connection(
-            lambda d=done, i=i: _HttpLoad(requests[i % 2:] + requests[:i % 2], stop_at, d),
-            host, port)
-        protos.append(proto)
-    await asyncio.gather(*(p.done for p in protos))
-    elapsed = time.perf_counter() - started
-    return {"ok": sum(p.ok for p in protos), "bad": sum(p.bad for p in protos),
-            "elapsed": elapsed}
-
-
-class _WsCount(asyncio.Protocol):
-    """A WebSocket client (no compression offered) that counts text frames by their
-    headers; every 1000th payload is parsed to check it is what was published."""
-
-    def __init__(self, path: str, host: str, ready: asyncio.Future) -> None:
-        self.path, self.host, self.ready = path, host, ready
-        self.buf = b""
-        self.upgraded = False
-        self.count = 0
-        self.last = 0.0
-        self.checked = 0
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write((f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                         ).encode())
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            if b" 101 " not in buf[:end]:
-                self.ready.set_exception(RuntimeError(buf[:end].decode()))
-                return
-            self.upgraded = True
-            self.ready.set_result(None)
-            buf = buf[end + 4:]
-        at, size, n = 0, len(buf), 0
-        while size - at >= 2:
-            op, length = buf[at] & 0x0F, buf[at + 1] & 0x7F
-            head = 2
-            if length == 126:
-                if size - at < 4:
-                    break
-                length, head = int.from_bytes(buf[at + 2:at + 4]), 4
-            elif length == 127:
-                if size - at < 10:
-                    break
-                length, head = int.from_bytes(buf[at + 2:at + 10]), 10
-            if size - at < head + length:
-                break
-            if op == 1:
-                n += 1
-                if (self.count + n) % 1000 == 1:
-                    json.loads(buf[at + head:at + head + length])["e"]   # noqa: B018
-                    self.checked += 1
-            elif op == 9:                   # ping: answer pong (masked, empty)
-                self.transport.write(b"\x8a\x80\x00\x00\x00\x00")
-            at += head + length
-        self.buf = buf[at:]
-        if n:
-            self.count += n
-            self.last = time.perf_counter()
-
-
-async def _client_ws(host: str, port: int, path: str, clients: int) -> dict:
-    loop = asyncio.get_running_loop()
-    protos = []
-    for _ in range(clients):
-        ready = loop.create_future()
-        _, proto = await loop.create_connection(lambda r=ready: _WsCount(path, host, r),
-                                                host, port)
-        await ready
-        protos.append(proto)
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    print("ready", flush=True)
-    await reader.readline()                             # "go": the producer starts
-    started = time.perf_counter()
-    expected = int(await reader.readline()) * clients   # trades produced
-    deadline = time.monotonic() + 10
-    while sum(p.count for p in protos) < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    received = sum(p.count for p in protos)
-    ended = max(p.last for p in protos) if received else time.perf_counter()
-    for p in protos:
-        p.transport.close()
-    return {"received": received, "expected": expected, "elapsed": ended - started,
-            "checked": sum(p.checked for p in protos)}
-
-
-def client_main(args) -> int:
-    import uvloop
-
-    host, port = args.url.split("//")[1].split(":")
-    cpu = time.process_time()
-    if args.client == "public":
-        out = uvloop.run(_client_public(host, int(port), args.seconds, args.conns))
-    else:
-        out = uvloop.run(_client_ws(host, int(port), args.path, args.ws_clients))
-    out["cpu_s"] = round(time.process_time() - cpu, 2)
-    print(json.dumps(out), flush=True)
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -536,13 +371,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--py-spy", help="py-spy binary: profile the gateway per phase")
     parser.add_argument("--profile-out", default="/tmp/gateway_profile")
-    parser.add_argument("--client", choices=("public", "ws"), help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--conns", type=int, default=32, help=argparse.SUPPRESS)
-    parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.client:
-        return client_main(args)
     with tempfile.TemporaryDirectory(prefix="keel-bench-gw-") as tmp:
         stack = Stack(Path(tmp))
         try:

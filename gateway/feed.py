@@ -91,22 +91,23 @@ class Feed:
                 if first is None:
                     continue
                 msgs = [first, *consumer.consume(1000, 0)]
-                done = threading.Event()
+                done = threading.Lock()          # released by the loop when folded
+                done.acquire()
                 self._loop.call_soon_threadsafe(self._deliver_batch, msgs, done)
-                while not self._stop.is_set() and not done.wait(0.5):
+                while not self._stop.is_set() and not done.acquire(timeout=0.5):
                     pass
         except RuntimeError:             # the loop closed under us at shutdown
             pass
         finally:
             consumer.close()
 
-    def _deliver_batch(self, msgs, done: threading.Event) -> None:
+    def _deliver_batch(self, msgs, done: threading.Lock) -> None:
         try:
             self._deliver(msgs)
         except Exception:
             log.exception("feed batch failed")
         finally:
-            done.set()
+            done.release()
 
     def _deliver(self, msgs) -> None:
         handlers = self._handlers

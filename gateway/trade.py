@@ -47,6 +47,12 @@ async def _wait(request: web.Request, future: asyncio.Future) -> None:
         pass
 
 
+def _depth_reached(folding, pair: str, order_id: int, seq: int) -> asyncio.Future:
+    """Resolves once the local book has folded the engine's depth up to `seq`."""
+    return folding.wait_order(pair, order_id,
+                              lambda _st, _ev: folding.depth_seen.get(pair, 0) >= seq)
+
+
 def _order_ref(params: Params) -> tuple[int | None, str | None]:
     order_id = params.integer("orderId", low=0)
     client_id = params.client_order_id("origClientOrderId")
@@ -155,6 +161,10 @@ async def amend_keep_priority(request: web.Request) -> web.Response:
     await _wait(request, waiter)
     if seen and type(seen[0]) is Rejected:
         raise errors.from_result(seen[0].code, "cancel")
+    if seen and hasattr(seen[0], "seq"):
+        # Read-your-writes for the book too: the amend's depth diff comes on keel.depth,
+        # which may be folded after the event itself.
+        await _wait(request, _depth_reached(folding, state.pair, state.order_id, seen[0].seq))
     return json_response({"transactTime": state.update_time, "executionId": state.update_time,
                           "amendedOrder": r.order(folding.units[state.pair], state)})
 

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import socket
+import zlib
 
 import aiohttp
 from aiohttp import web
@@ -175,6 +176,60 @@ def test_shared_frames_decode_for_deflate_and_plain_clients():
                         assert got == want
                 for sock in socks:
                     await sock.close()
+        finally:
+            await runner.cleanup()
+    asyncio.run(main())
+
+
+def _read_frames(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """(first header byte, payload) of `count` server frames, read off a raw socket."""
+    buf, out = b"", []
+    while len(out) < count:
+        while True:
+            n = buf[1] & 0x7F if len(buf) >= 2 else -1
+            at = 4 if n == 126 else 10 if n == 127 else 2
+            if n >= 0 and len(buf) >= at:
+                if at > 2:
+                    n = int.from_bytes(buf[2:at], "big")
+                if len(buf) >= at + n:
+                    out.append((buf[0], buf[at:at + n]))
+                    buf = buf[at + n:]
+                    break
+            buf += sock.recv(65536)
+    return out
+
+
+def test_deflated_frames_inflate_with_one_persistent_context():
+    """A browser-style client keeps one inflater for the whole connection (it may: the
+    server's frames only have to be decodable in order). Every shared frame is final,
+    RSV1-flagged, and inflates in sequence once the 00 00 ff ff tail is put back."""
+    async def main():
+        app, runner, port = await _serve(outbox=4096)
+        hub = app[HUB]
+        try:
+            s = socket.create_connection(("127.0.0.1", port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            s.sendall((f"GET /ws/ethusdt@trade HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                       "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+                       "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await asyncio.to_thread(s.recv, 1)
+            assert b"server_no_context_takeover" in head
+            while not hub.has("ethusdt@trade"):
+                await asyncio.sleep(0.01)
+            sent = [{"e": "trade", "n": n, "p": "1234.5" * (n % 9) * (n % 4) ** 4}
+                    for n in range(40)]
+            for data in sent:
+                hub.publish("ethusdt@trade", data, "ETHUSDT")
+            frames = await asyncio.to_thread(_read_frames, s, len(sent))
+            inflater = zlib.decompressobj(-15)
+            for (first, payload), data in zip(frames, sent, strict=True):
+                assert first == 0xC1                     # FIN, RSV1 (deflated), text
+                text = inflater.decompress(payload + b"\x00\x00\xff\xff")
+                assert json.loads(text) == data
+            s.close()
         finally:
             await runner.cleanup()
     asyncio.run(main())
