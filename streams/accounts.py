@@ -96,7 +96,12 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
         await publish(out, message)
         metrics.inputs.inc()
 
+    # How long a batch waits for more records: fewer, larger batches (each costs a few
+    # broker round trips) against the time a request waits. Lower it where the latency
+    # of one order matters more than the worker's throughput.
+    within = float(settings.extra.get("KEEL_ACCOUNTS_BATCH_WAIT_MS", "50")) / 1000
+
     @app.agent(source, name="accounts")
     async def gate(stream):
-        await run_batches(stream, handle, staged=(users,), after_batch=end_batch,
-                          state_first=True)
+        await run_batches(stream, handle, within=within, staged=(users,),
+                          after_batch=end_batch, state_first=True)
