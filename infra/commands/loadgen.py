@@ -49,6 +49,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout", type=float, default=30.0,
                         help="seconds a REST answer may take before it counts as an error "
                              "(keep above KEEL_GATEWAY_ORDER_TIMEOUT_MS)")
+    parser.add_argument("--recv-window", type=int, default=None,
+                        help="recvWindow (ms) on signed requests; the gateway's default is "
+                             "5000, and a request it reads later than that is refused "
+                             "(-1021, an error)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--report", type=Path, default=None, help="write report.md + PNGs here")
     parser.add_argument("--json", action="store_true", help="last line: the result as JSON")
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                  step_seconds=args.step_seconds, max_requests=args.max_requests,
                  seed=args.seed, allowed_hosts=tuple(args.allow_host),
                  progress=not args.no_progress and sys.stderr.isatty(),
-                 request_timeout=args.request_timeout,
+                 request_timeout=args.request_timeout, recv_window=args.recv_window,
                  limits=Limits(args.max_error_rate, args.p99_fill_ms, args.max_lag))
     # The stack's metrics (lag, memory) when a keel up runs on this data dir.
     state = read_state(settings) if supervisor_running(settings) else None

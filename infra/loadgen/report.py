@@ -1,6 +1,6 @@
 """`--report DIR`: report.md with the run's figures and, when matplotlib is installed
 (`pip install keel[loadgen]`), PNG charts: throughput, order->ack and order->fill
-latency p50/p95/p99, error rate, consumer lag per stage, memory per process."""
+latency p50/p95/p99, error rate, consumer lag per stage, memory and CPU per process."""
 from __future__ import annotations
 
 import json
@@ -71,6 +71,9 @@ def charts(rec: Recorder, out: Path) -> list[str]:
     procs = sorted({k for s in rec.samples for k in s["rss_mb"]})
     save("memory.png", "Memory per process (RSS)", "MB",
          [(k, st, [s["rss_mb"].get(k) for s in rec.samples]) for k in procs])
+    busy = sorted({k for s in rec.samples for k in s.get("cpu_pct", {})})
+    save("cpu.png", "CPU per process (the load generator's own included)", "% of one core",
+         [(k, st, [s.get("cpu_pct", {}).get(k) for s in rec.samples]) for k in busy])
     return written
 
 

@@ -42,6 +42,7 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()
     progress: bool = True
     request_timeout: float = 30.0     # seconds; keep above the gateway's order timeout
+    recv_window: int | None = None    # ms; the gateway's default (5000) when None
 
 
 def check_host(url: str, allowed: tuple[str, ...]) -> None:
@@ -100,7 +101,8 @@ async def until_ok(floor: traders.Floor, acct: traders.Account, method: str, pat
     while True:
         with contextlib.suppress(HttpError, OSError, TimeoutError):
             status, body = await floor.rest.request(
-                method, traders.signed_target(acct, path, params), acct.api_key)
+                method, traders.signed_target(acct, path, params, floor.recv_window),
+                acct.api_key)
             if 200 <= status < 300:
                 return
         if time.monotonic() > deadline:
@@ -160,7 +162,8 @@ async def run_load(cfg: Config, settings: Settings, markets: MarketsConfig,
         recorder = Recorder(time.perf_counter())
         floor = traders.Floor(http, cfg.base_url.rstrip("/"), markets, recorder,
                               asyncio.Event(), cfg.max_requests,
-                              request_timeout=cfg.request_timeout)
+                              request_timeout=cfg.request_timeout,
+                              recv_window=cfg.recv_window)
         setup_started = time.monotonic()
         await fund(floor, admin, accounts, markets)
         await warm_up(floor, plan, accounts)
@@ -185,13 +188,18 @@ async def run_load(cfg: Config, settings: Settings, markets: MarketsConfig,
             played, broke = await _play(cfg, floor, shape, sampler)
         finally:
             floor.stop.set()
-            for task in [*workers, *background]:
+            for task in workers:
                 task.cancel()
-            await asyncio.gather(*workers, *background, return_exceptions=True)
-            # Answers still on their way belong to the run.
+            await asyncio.gather(*workers, return_exceptions=True)
+            # Answers still on their way belong to the run, and so do the fills (or ends)
+            # of the orders answered: the user streams stay open until they arrive.
             deadline = time.monotonic() + cfg.request_timeout
-            while floor.in_flight > 0 and time.monotonic() < deadline:
+            while ((floor.in_flight > 0 or floor.fills_waiting)
+                   and time.monotonic() < deadline):
                 await asyncio.sleep(0.05)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             cpu_s = time.process_time() - cpu_started
             if clock is not None:
                 clock.stop()

@@ -60,6 +60,7 @@ class Floor:
     max_requests: int
     max_in_flight: int = 2048
     request_timeout: float = 30.0
+    recv_window: int | None = None
     multiplier: float = 1.0
     sent: int = 0
     fills_waiting: dict[str, float] = field(default_factory=dict)   # client id -> sent at
@@ -84,8 +85,13 @@ def query(params: dict) -> str:
     return "&".join(parts)
 
 
-def signed_target(account: Account, path: str, params: dict) -> str:
-    """path?query&signature=..., Binance-style (the signature covers the query as sent)."""
+def signed_target(account: Account, path: str, params: dict,
+                  recv_window: int | None = None) -> str:
+    """path?query&signature=..., Binance-style (the signature covers the query as sent).
+    recv_window: how long after its timestamp the gateway may still accept the request
+    (the gateway's default, 5000 ms, when None)."""
+    if recv_window is not None:
+        params = {**params, "recvWindow": recv_window}
     text = query(params)
     text = f"{text}&timestamp={int(time.time() * 1000)}" if text else \
         f"timestamp={int(time.time() * 1000)}"
@@ -134,7 +140,8 @@ def send(floor: Floor, account: Account | None, method: str, path: str, *,
     if fill_id:
         floor.fills_waiting[fill_id] = started
     floor.in_flight += 1
-    target = signed_target(account, path, params) if account else f"{path}?{query(params)}"
+    target = (signed_target(account, path, params, floor.recv_window) if account
+              else f"{path}?{query(params)}")
 
     def answered(status: int, body: object, error: BaseException | None) -> None:
         floor.in_flight -= 1

@@ -159,6 +159,10 @@ def verdict(cfg, rec: Recorder, played, broke, setup_s, counter, sent, clock=Non
             j["stages_ms"] = steps[-1]["stages_ms"]
             out["broke_at"] = j
             out["breaking_point_detail"] = describe(j)
+            if len(played) == 1:
+                out["breaking_point_detail"] += (
+                    f" (the first step: nothing was sustained; start lower than --rate "
+                    f"{cfg.rate:g} to find what holds)")
     if cfg.mode == "spike":
         out["recovery_s"] = recovery_seconds(rec, played)
     if cfg.mode == "soak":

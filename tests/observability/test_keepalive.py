@@ -101,3 +101,7 @@ def test_signatures_are_what_the_gateway_checks():
     # The same key signs twice from its one keyed state.
     assert acct.sign("x=1") == sign("s3cret-value", "x=1") == acct.sign("x=1")
     assert query({}) == "" and query({"a": 1, "b": "x y"}) == "a=1&b=x%20y"
+    qs = signed_target(acct, "/api/v3/account", {}, recv_window=60000).partition("?")[2]
+    payload, signature = payload_and_signature(qs, "")
+    assert qs.startswith("recvWindow=60000&timestamp=") and signature == sign("s3cret-value",
+                                                                              payload)

@@ -75,7 +75,8 @@ def _recorded(latency_ms: float, errors: int = 0) -> Recorder:
         for _ in range(errors):
             rec.request(sec + 0.5, "error", "503 -1007")
     rec.samples = [{"t": s, "phase": "x1", "lag": {"engine": 0.0}, "rss_mb": {"engine": 50.0},
-                    "ws_connections": 3} for s in range(4)]
+                    "cpu_pct": {"engine": 20.0, "loadgen": 5.0}, "ws_connections": 3}
+                   for s in range(4)]
     return rec
 
 
@@ -126,7 +127,7 @@ def test_report_is_markdown_with_charts(tmp_path):
     assert "| orders answered | 400 (100.0 /s) |" in text
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     pytest.importorskip("matplotlib")
-    assert pngs == ["errors.png", "lag.png", "latency_ack.png", "latency_fill.png",
+    assert pngs == ["cpu.png", "errors.png", "lag.png", "latency_ack.png", "latency_fill.png",
                     "memory.png", "throughput.png"]
     for name in pngs:
         assert f"![{name}]({name})" in text
@@ -137,7 +138,8 @@ def test_baseline_against_the_live_stack_has_no_errors(keel_stack, tmp_path):
     out = tmp_path / "report"
     result = keel_stack.keel("loadgen", "baseline", "--users", "10", "--rate", "20",
                              "--seconds", "6", "--report", str(out), "--json",
-                             "--request-timeout", "90", timeout=400)
+                             "--request-timeout", "90", "--recv-window", "60000",
+                             timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     r = json.loads(result.stdout.strip().splitlines()[-1])
     assert r["requests"]["error"] == 0, r["errors"]
@@ -163,7 +165,8 @@ def test_baseline_against_the_live_stack_has_no_errors(keel_stack, tmp_path):
 def test_ramp_prints_the_benchmark_line(keel_stack):
     result = keel_stack.keel("loadgen", "ramp", "--users", "10", "--rate", "10",
                              "--step-seconds", "3", "--seconds", "6", "--json",
-                             "--request-timeout", "90", timeout=400)
+                             "--request-timeout", "90", "--recv-window", "60000",
+                             timeout=400)
     assert result.returncode in (0, 1), result.stderr
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"max_sustained_orders_per_s", "p99_order_to_fill_ms", "breaking_point"} <= set(last)
