@@ -17,6 +17,8 @@ Figures (the last line is JSON with --json):
   ws_msgs_per_s   @trade messages received per second by --ws-clients clients, for
                   synthetic trades produced straight to keel.events (accounts and
                   settlement are paused meanwhile: those trades are not theirs)
+  instant_order_rps  with --instant-accounts: ACK orders per second when accounts is
+                  replaced by a replier answering at once (the gateway's own capacity)
   *_gw_us         gateway CPU microseconds per public request / order / WS message
   cpu_s           CPU seconds per process and phase (gateway, client, accounts...)
 """
@@ -259,15 +261,38 @@ async def bench(stack: Stack, settings: Settings, users: dict, args) -> dict:
                                                                       "settlement")]
         for proc in paused:
             proc.send_signal(signal.SIGSTOP)
-        phase = Phase(stack, "ws", args)
         try:
+            if args.instant_accounts:          # first: the fan-out phase leaves a backlog
+                out.update(await instant_orders(stack, settings, args, order))
+            phase = Phase(stack, "ws", args)
             out.update(await ws_fanout(base, settings, args))
+            spent = out["cpu_s"]["ws"] = phase.spent() | {"client": out.pop("ws_client_cpu_s")}
+            out["ws_gw_us"] = round(spent["gateway"] / max(1, out["ws_received"]) * 1e6, 2)
         finally:
             for proc in paused:
                 proc.send_signal(signal.SIGCONT)
-        spent = out["cpu_s"]["ws"] = phase.spent() | {"client": out.pop("ws_client_cpu_s")}
-        out["ws_gw_us"] = round(spent["gateway"] / max(1, out["ws_received"]) * 1e6, 2)
         return out
+
+
+async def instant_orders(stack: Stack, settings: Settings, args, order) -> dict:
+    """The gateway's own order capacity: accounts (paused) is stood in for by a replier
+    that answers every request at once, so only the gateway's side of an ACK order is
+    left — HTTP, auth, form, produce, reply wait. Not the exchange's order rate."""
+    replier = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "gateway_load.py"), "replier", "--url",
+         settings.bootstrap, "--topic-prefix", settings.topic_prefix],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = await asyncio.to_thread(replier.stdout.readline)
+    assert line.strip() == "ready", line
+    phase = Phase(stack, "orders_instant", args)
+    done, elapsed = await timed_loop(args.seconds, 64, order)
+    spent = phase.spent()
+    stdout, _ = await asyncio.to_thread(replier.communicate, "")
+    got = json.loads(stdout.splitlines()[-1])
+    spent["replier"] = got["cpu_s"]
+    return {"instant_order_rps": round(done / elapsed), "instant_replied": got["replied"],
+            "instant_order_gw_us": round(spent["gateway"] / max(1, done) * 1e6, 1),
+            "cpu_s_orders_instant": spent}
 
 
 async def e2e(http, base, t, args) -> dict:
@@ -369,6 +394,8 @@ def main() -> int:
     parser.add_argument("--ws-clients", type=int, default=1000)
     parser.add_argument("--e2e-rate", type=float, default=100.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--instant-accounts", action="store_true",
+                        help="also measure orders with accounts replaced by an instant replier")
     parser.add_argument("--py-spy", help="py-spy binary: profile the gateway per phase")
     parser.add_argument("--profile-out", default="/tmp/gateway_profile")
     args = parser.parse_args()

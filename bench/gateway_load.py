@@ -11,6 +11,10 @@ so the figures are the gateway's.
         connects every client, prints "ready", reads "go" then the number of messages
         published on stdin, counts text frames until all arrived (or 10 s); prints
         {"received", "expected", "elapsed", "checked", "cpu_s"}
+    gateway_load.py replier --url BOOTSTRAP --topic-prefix P
+        stands in for accounts, answering every keel.requests record at once with an OK
+        reply (no funds, no engine): what is left of an order's cost is the gateway's.
+        Runs until stdin closes; prints {"replied", "cpu_s"}
 """
 from __future__ import annotations
 
@@ -169,19 +173,65 @@ async def _client_ws(host: str, port: int, path: str, clients: int) -> dict:
             "checked": sum(p.checked for p in protos)}
 
 
+def _replier(bootstrap: str, prefix: str) -> dict:
+    import threading
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from schemas.codec import Codec
+
+    codec = Codec(topic_prefix=prefix)
+    conf = {"bootstrap.servers": bootstrap, "group.id": "bench-replier",
+            "enable.auto.commit": False, "fetch.wait.max.ms": 5}
+    consumer = Consumer(conf)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    topic = f"{prefix}requests"
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    # From the end: only requests sent from now on are answered.
+    consumer.assign([TopicPartition(topic, p, -1) for p in parts])
+    closed = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
+    replied, order_id = 0, 10**12
+    print("ready", flush=True)
+    while not closed.is_set():
+        for msg in consumer.consume(500, 0.05):
+            if msg.error() is not None or msg.value() is None:
+                continue
+            req = codec.decode("order_request", msg.value())
+            kind, body = req["body"]
+            order_id += 1
+            reply = {"request_id": req["request_id"], "user_id": req["user_id"],
+                     "ts": req["ts"], "code": 0, "message": "", "pair": body.get("pair"),
+                     "order_id": order_id, "client_order_id": body.get("client_order_id")}
+            producer.produce(f"{prefix}replies", codec.encode("reply", reply),
+                             key=req["request_id"].encode())
+            replied += 1
+        producer.poll(0)
+    producer.flush(5)
+    consumer.close()
+    return {"replied": replied}
+
+
 def main() -> int:
     import uvloop
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("public", "ws"))
+    parser.add_argument("kind", choices=("public", "ws", "replier"))
+    parser.add_argument("--topic-prefix", default="keel.")
     parser.add_argument("--url", required=True)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--conns", type=int, default=32)
     parser.add_argument("--ws-clients", type=int, default=1000)
     parser.add_argument("--path", default="/ws/solusdt@trade")
     args = parser.parse_args()
-    host, port = args.url.split("//")[1].split(":")
     cpu = time.process_time()
+    if args.kind == "replier":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        out = _replier(args.url, args.topic_prefix)
+        out["cpu_s"] = round(time.process_time() - cpu, 2)
+        print(json.dumps(out), flush=True)
+        return 0
+    host, port = args.url.split("//")[1].split(":")
     if args.kind == "public":
         out = uvloop.run(_client_public(host, int(port), args.seconds, args.conns))
     else:

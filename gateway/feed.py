@@ -2,17 +2,21 @@
 topics it folds (every instance sees every pair), read on a thread and handed to the
 event loop batch by batch.
 
-The thread waits for the loop to finish each batch before polling again, so a busy loop
-slows the consumer instead of piling up memory. A batch is handed over as a plain
-callback (no task, no chained futures): at order rates most batches hold one or two
-records, and the hand-over was costing more than folding them. `ready` is set once every partition has
-reached the end it had at start: before that, order state and books are still catching up.
+Batches go into a FIFO the loop drains in one plain callback, scheduled only when none is
+pending; the loop never has to wake the thread. At order rates most batches hold one or
+two records, and a per-batch hand-over (a task and chained futures, later a lock the loop
+released) cost more than folding them — the wake-up syscall is made holding the GIL.
+When MAX_QUEUED batches wait, the thread pauses, so a busy loop slows the consumer instead
+of piling up memory. `ready` is set once every partition has reached the end it had at
+start: before that, order state and books are still catching up.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
+from collections import deque
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -23,6 +27,7 @@ from infra.settings import Settings
 from schemas.codec import Codec, CodecError
 
 log = logging.getLogger("keel.gateway.feed")
+MAX_QUEUED = 8                      # batches (of up to 1000 records) waiting for the loop
 TOPICS = ("events", "depth", "tickers", "candles", "balances", "replies")
 
 
@@ -39,6 +44,8 @@ class Feed:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending_eof: set[tuple[str, int]] = set()
+        self._queue: deque[list] = deque()
+        self._scheduled = False
         full = {settings.topic(t): t for t in TOPICS}
         self._short = full
         self._handlers = {
@@ -90,24 +97,30 @@ class Feed:
                 first = consumer.poll(0.05)
                 if first is None:
                     continue
-                msgs = [first, *consumer.consume(1000, 0)]
-                done = threading.Lock()          # released by the loop when folded
-                done.acquire()
-                self._loop.call_soon_threadsafe(self._deliver_batch, msgs, done)
-                while not self._stop.is_set() and not done.acquire(timeout=0.5):
-                    pass
+                self._queue.append([first, *consumer.consume(1000, 0)])
+                # The loop clears the flag before it drains, so a batch appended after its
+                # last look always finds the flag clear and schedules a drain of its own.
+                if not self._scheduled:
+                    self._scheduled = True
+                    self._loop.call_soon_threadsafe(self._drain)
+                while len(self._queue) >= MAX_QUEUED and not self._stop.is_set():
+                    time.sleep(0.002)
         except RuntimeError:             # the loop closed under us at shutdown
             pass
         finally:
             consumer.close()
 
-    def _deliver_batch(self, msgs, done: threading.Lock) -> None:
-        try:
-            self._deliver(msgs)
-        except Exception:
-            log.exception("feed batch failed")
-        finally:
-            done.release()
+    def _drain(self) -> None:
+        self._scheduled = False
+        queue = self._queue
+        # Only what is queued now: a batch appended meanwhile has scheduled its own drain,
+        # so a busy feed cannot keep the loop from serving requests in between.
+        for _ in range(len(queue)):
+            msgs = queue.popleft()
+            try:
+                self._deliver(msgs)
+            except Exception:
+                log.exception("feed batch failed")
 
     def _deliver(self, msgs) -> None:
         handlers = self._handlers
