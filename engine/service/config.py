@@ -46,7 +46,8 @@ class EngineOptions:
     dlq_topic: str
     group_id: str = "keel-engine"
     max_batch: int = 5000               # records per transaction at most
-    max_batch_ms: float = 1.0           # how long a batch may wait to fill after its first record
+    max_batch_ms: float = 1.0           # how long a batch may wait to fill after its first
+                                        # record, when more is already at the broker
     snapshot_every: int = 200_000       # input records between engine snapshots
     snapshot_every_s: float = 60.0      # ... or seconds, whichever comes first
     chunk_bytes: int = 512 * 1024       # snapshot chunk size (under any broker's 1 MB default)
@@ -58,6 +59,13 @@ class EngineOptions:
     committed_poll_s: float = 0.1       # how often a standby reads the primary's offset
     impl: str = "auto"                  # engine implementation: auto | c | python
     linger_ms: float = 0                # producer linger inside a transaction
+    # Not lower: tansu 0.6 answers a fetch with whatever it assembled when this wait runs
+    # out, and a backlog of small batches (a live writer's, linger 0) takes it longer than
+    # a few ms: 100k such records caught up in ~0.5-2.4 s at 20 ms, never at 2 or 5 ms
+    # (0 records in 20 s at a machine load of ~20), and a restarted engine never went
+    # live. The price: a record reaching tansu while a fetch waits may wait with it
+    # (Apache Kafka answers at the first record).
+    fetch_wait_ms: int = 20
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -82,6 +90,7 @@ class EngineOptions:
             takeover_s=_num(x, "KEEL_ENGINE_TAKEOVER_MS", 1000, float) / 1000,
             impl=x.get("KEEL_ENGINE_IMPL", "auto") or "auto",
             linger_ms=_num(x, "KEEL_ENGINE_LINGER_MS", 0, float),
+            fetch_wait_ms=_num(x, "KEEL_ENGINE_FETCH_WAIT_MS", 20),
         )
 
     def with_(self, **changes) -> EngineOptions:

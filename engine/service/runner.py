@@ -20,7 +20,14 @@ from engine.markets import MarketsConfig
 from engine.service.config import EngineOptions, transactional_id
 from engine.service.heartbeat import Heartbeats, live_primary
 from engine.service.metrics import EngineMetrics
-from engine.service.partition import TXN_TIMEOUT, Fenced, PartitionWorker, Role, TransactionFailed
+from engine.service.partition import (
+    TXN_TIMEOUT,
+    Fenced,
+    Interrupted,
+    PartitionWorker,
+    Role,
+    TransactionFailed,
+)
 from engine.service.reader import LogReader
 from engine.service.tools import ensure_engine_topics
 from infra.kafka import consumer_config, producer_config
@@ -31,6 +38,10 @@ from schemas.codec import Codec
 log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FENCED = 0, 3
 IDLE_WAIT = 0.02
+# SIGTERM to exit: the shutdown snapshot and the clients' goodbyes share this budget, so a
+# process whose broker is gone still exits promptly (it lingered ~60 s: a 30 s snapshot
+# transaction, then an unbounded flush).
+STOP_BUDGET = 3.0
 STANDBY_BUFFER = 200_000        # records held past the committed offset before pausing
 
 
@@ -69,8 +80,8 @@ class EngineService:
     def _consumer(self) -> Consumer:
         return Consumer(consumer_config(
             self.settings, self.opts.group_id, "keel-engine",
-            fetch_wait_max_ms=5, fetch_min_bytes=1, queued_max_messages_kbytes=65_536,
-            max_partition_fetch_bytes=8 * 1024 * 1024))
+            fetch_wait_max_ms=self.opts.fetch_wait_ms, fetch_min_bytes=1,
+            queued_max_messages_kbytes=65_536, max_partition_fetch_bytes=8 * 1024 * 1024))
 
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():
@@ -88,6 +99,10 @@ class EngineService:
             event(log, "fenced: another instance owns the partition; writing nothing more",
                   logging.ERROR, reason=str(exc), exit_code=EXIT_FENCED)
             return EXIT_FENCED
+        except Interrupted as exc:
+            event(log, "stopped with a transaction unfinished; the next writer aborts it",
+                  logging.WARNING, reason=str(exc))
+            return EXIT_OK
         finally:
             self._close()
 
@@ -98,6 +113,7 @@ class EngineService:
         for p in self.partitions:
             worker = PartitionWorker(p, self.markets, opts, self.codec, self.metrics)
             worker.stale = lambda p=p: self._other_live(p)
+            worker.stopping = lambda: self.stopping
             worker.recover(reader, reader.committed(opts.orders_topic, p), lambda offset, p=p:
                            self.consumer.incremental_assign(
                                [TopicPartition(opts.orders_topic, p, offset)]))
@@ -139,12 +155,30 @@ class EngineService:
                 lag_at = now
                 self._observe()
         event(log, "stopping", partitions=self.partitions)
+        deadline = time.monotonic() + STOP_BUDGET
+        if not self._broker_answers(1.0):
+            # librdkafka's send_offsets_to_transaction does not keep its timeout while no
+            # broker is reachable (it waited out the 60 s transaction timeout): skip the
+            # shutdown snapshot, the next start replays from the last one.
+            event(log, "broker unreachable: stopping without a shutdown snapshot",
+                  logging.WARNING)
+            return EXIT_OK
         for w in self.workers.values():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break       # the log's last snapshot and offsets stay valid
             try:
-                w.checkpoint()
-            except TransactionFailed:
+                w.checkpoint(left)
+            except (TransactionFailed, Interrupted):
                 pass        # the log's last snapshot and offsets stay valid
         return EXIT_OK
+
+    def _broker_answers(self, timeout: float) -> bool:
+        try:
+            self.consumer.list_topics(self.opts.orders_topic, timeout=timeout)
+        except Exception:  # noqa: BLE001 - any failure means "not now"
+            return False
+        return True
 
     def _take_over(self, p: int) -> None:
         worker = self.workers[p]
@@ -164,7 +198,11 @@ class EngineService:
             return
         received = time.monotonic()
         msgs = [first] + consumer.consume(opts.max_batch - 1, 0)
-        if opts.max_batch_ms > 0 and len(msgs) < opts.max_batch:
+        # The time bound fills a batch only when more records are already at the broker
+        # (a backlog: the next fetch brings them at once). At a steady rate what is queued
+        # is all there is until the next fetch, so waiting added max_batch_ms to every
+        # record's latency for nothing: close the batch now.
+        if opts.max_batch_ms > 0 and len(msgs) < opts.max_batch and self._behind(msgs[-1]):
             left = received + opts.max_batch_ms / 1000 - time.monotonic()
             if left > 0:
                 msgs += consumer.consume(opts.max_batch - len(msgs), left)
@@ -181,6 +219,20 @@ class EngineService:
                 touched.add(worker)
         for worker in touched:
             self._step(worker)
+
+    def _behind(self, last) -> bool:
+        """More of `last`'s partition is at the broker than reached us: the high watermark
+        the last fetch reported (no broker round trip) lies past the record just taken.
+        (With several partitions only the last record's is asked: a batch is closed early
+        at worst, never held.)"""
+        if last.error() is not None:
+            return False
+        try:
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.opts.orders_topic, last.partition()), cached=True)
+        except Exception:  # noqa: BLE001 - unknown: behave as before, wait for the batch
+            return True
+        return high < 0 or high > last.offset() + 1
 
     def _step(self, worker: PartitionWorker) -> None:
         try:
@@ -223,7 +275,10 @@ class EngineService:
                 m.depth.labels(pair, "ask").set(sum(q for _, q in asks))
 
     def _close(self) -> None:
-        closers = [w.producer.flush for w in self.workers.values() if w.producer is not None]
+        # Bounded: after a commit nothing transactional is left to deliver, and a broker
+        # that is gone would hold an unbounded flush for the messages' whole timeout.
+        closers = [lambda w=w: w.producer.flush(1.0) for w in self.workers.values()
+                   if w.producer is not None]
         for closer in (*closers, self.beats.close, self.consumer.close, self.reader.close):
             try:
                 closer()
