@@ -91,12 +91,31 @@ class Shutdown:
     def request(self) -> None:
         self.requested = True
         if not self.busy:
-            os._exit(0)
+            _exit(0)
 
     def batch_committed(self) -> None:
         self.busy = False
         if self.requested:
-            os._exit(0)
+            _exit(0)
+
+    def batch_failed(self) -> None:
+        """A batch raised: end the process, uncommitted. Faust would restart the agent on
+        the same stream, which never hands out the batch's records again, and the next
+        batch's commit would pass over them: their effects lost for good. The partitions'
+        next owner (this worker restarted) replays from the last commit instead."""
+        _exit(1)
+
+
+def _exit(code: int) -> None:
+    import sys
+
+    # os._exit skips the interpreter's flush: Faust logs to a buffered stdout
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: S110 - exiting anyway
+            pass
+    os._exit(code)
 
 
 shutdown = Shutdown()
@@ -108,6 +127,13 @@ class Worker(faust.Worker):
 
     def _on_sigint(self) -> None:
         shutdown.request()
+
+    def on_setup_root_logger(self, logger, level: int) -> None:
+        # mode points the root logger at a buffered stdout in its own format; Keel's
+        # processes log JSON lines to stderr (and a worker that exits leaves its last words)
+        from infra.logs import setup_logging
+
+        setup_logging(logging.getLevelName(level), process="streams")
 
 
 @contextmanager
@@ -178,31 +204,49 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
 
     The agent commits between batches (Faust's timer is only a far backstop) and acks
     only after everything is written, so a commit on rebalance never runs ahead of it.
-    A batch is up to `max_batch` records or what arrived within `within` seconds.
+    The table state counts as written once every one of its changelog records is
+    acknowledged (compat item 8), and a batch that raises ends the process uncommitted
+    (Shutdown.batch_failed). A batch is up to `max_batch` records or what arrived within
+    `within` seconds.
     """
     _install_task_dump()
     async for events in stream.take_events(max_batch, within=within):
         shutdown.busy = True
-        generation = app.consumer_generation_id
-        for event in events:
-            with processing(event):
-                await handle(event)
-        if app.consumer_generation_id != generation:
-            log.warning("batch spans a rebalance", extra={
-                "events": len(events), "generation": [generation, app.consumer_generation_id]})
-        if not state_first:
-            await _send_outputs()
-        for table in staged:
-            table.write_back(processing)
-        if after_batch is not None:
-            await after_batch()
-        await app.producer.flush()
-        if state_first:
-            await _send_outputs()
-        for event in events:
-            event.ack()
-        await app.consumer.commit()
+        try:
+            await _complete(events, handle, staged, after_batch, state_first)
+        except Exception:
+            log.exception("batch failed, exiting uncommitted", extra={"fields": {
+                "events": len(events), "first": _where(events[0]), "last": _where(events[-1])}})
+            shutdown.batch_failed()
         shutdown.batch_committed()
+
+
+async def _complete(events, handle, staged, after_batch, state_first: bool) -> None:
+    generation = app.consumer_generation_id
+    for event in events:
+        with processing(event):
+            await handle(event)
+    if app.consumer_generation_id != generation:
+        log.warning("batch spans a rebalance", extra={"fields": {
+            "events": len(events), "generation": [generation, app.consumer_generation_id]}})
+    if not state_first:
+        await _send_outputs()
+    for table in staged:
+        table.write_back(processing)
+    if after_batch is not None:
+        await after_batch()
+    await app.producer.flush()
+    await compat.changelog_written()     # flush() alone is no proof (compat item 8)
+    if state_first:
+        await _send_outputs()
+    for event in events:
+        event.ack()
+    await app.consumer.commit()
+
+
+def _where(event) -> str:
+    message = event.message
+    return f"{message.topic}[{message.partition}]@{message.offset}"
 
 
 def _install_task_dump() -> None:

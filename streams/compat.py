@@ -51,6 +51,30 @@
    batch's base + 1), before the rest of that batch; `read_to_end` reads on until the
    broker stays quiet, and table recovery (4.) uses it.
 
+8. Changelog writes are waited for. A table write queues its changelog record in Faust's
+   ProducerBuffer and drops the future; `Producer.flush()` is no proof of delivery: the
+   buffer's flush returns when one record takes over 0.1 s to go out, and a record its
+   sender task has already taken off the queue (size 0) but not yet handed to aiokafka is
+   in neither the buffer nor aiokafka's batches. Seen in a marketdata run: after
+   `app.producer.flush()` one checkpoint record of the batch was still undelivered when
+   the offsets were committed; a worker stopped right then restarts from the checkpoint
+   before it and skips that batch's effects for good. Every changelog record's future is
+   now kept, and `changelog_written` waits for all of them (delivery or the send's
+   error) before run_batches acks and commits.
+
+9. Nothing fetched is dropped when the flow resumes. mode's FlowControlEvent.resume()
+   empties every stream queue, and Faust calls it at the end of each table recovery
+   right after seeking the input partitions to their committed offsets. The seek runs in
+   the consumer's thread, whose fetcher at once delivers records from there into the
+   queues, so the clear threw away records Faust had already marked read (and aiokafka
+   had moved past): a restarted marketdata worker's second batch began 5-87 records
+   further on in each partition, and the next commit passed over them for good (issue
+   5: tickers short of trades; the same drop of keel.requests records would leave
+   requests without replies). Records are dropped where they must be, on revoke and
+   stop (Faust's explicit flow_control.clear()); whatever is queued when the flow
+   resumes belongs to partitions assigned and sought from their commit, so at worst it
+   is delivered twice, in order, and run_batches' consumers drop the copies.
+
 Items 2 and 3 matter only under exactly_once, which Keel no longer uses by default
 (streams.app explains why); they stay so that KEEL_STREAMS_GUARANTEE=exactly_once works
 on Apache Kafka.
@@ -66,6 +90,8 @@ from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, Schema, 
 
 _applied = False
 fetch_max_wait_ms = 10
+CHANGELOG_TIMEOUT_S = 60.0
+_changelog_sent: list = []       # futures of the changelog records written since the last wait
 PRODUCER_BUFFER_MAX = 10_000_000
 # The input partition whose record is being processed (set by streams.app.run_batches);
 # a send to a non-co-partitioned topic joins that partition's transaction.
@@ -95,6 +121,12 @@ def read_to_end(consumer, topic: str, partition: int, start: int, quiet: float =
     The end is where the broker stays silent for `quiet` seconds after saying "end of
     partition": tansu 0.6 says it at its listed end (the last batch's base + 1), before
     the rest of that batch, which the next fetch still returns."""
+    for msg in read_records(consumer, topic, partition, start, quiet):
+        yield msg.offset()
+
+
+def read_records(consumer, topic: str, partition: int, start: int, quiet: float = 0.3):
+    """The records themselves (confluent_kafka Messages), as `read_to_end` reads them."""
     import time
 
     from confluent_kafka import KafkaError, TopicPartition
@@ -117,7 +149,7 @@ def read_to_end(consumer, topic: str, partition: int, start: int, quiet: float =
             quiet_since = quiet_since or now
             continue
         quiet_since = None if quiet_since is None else now
-        yield msg.offset()
+        yield msg
 
 
 def committed_ends(bootstrap: str, tps: list, listed: dict) -> dict:
@@ -146,8 +178,25 @@ def committed_ends(bootstrap: str, tps: list, listed: dict) -> dict:
     return ends
 
 
+async def changelog_written(timeout: float = CHANGELOG_TIMEOUT_S) -> int:
+    """Wait until every table changelog record written so far is acknowledged by the
+    broker (item 8); raise the first send error, or TimeoutError. Returns how many."""
+    pending = list(_changelog_sent)
+    _changelog_sent.clear()
+    if not pending:
+        return 0
+    # asyncio.wait, not wait_for(gather): a timeout must not cancel Faust's futures
+    done, late = await asyncio.wait(pending, timeout=timeout)
+    if late:
+        raise TimeoutError(f"{len(late)} of {len(pending)} changelog records not "
+                           f"acknowledged after {timeout} s")
+    for fut in pending:
+        fut.result()                 # raises the send's error
+    return len(pending)
+
+
 def apply(fetch_wait_ms: int = 10) -> None:
-    """Install both fixes (idempotent); call before the Faust app starts."""
+    """Install the fixes (idempotent); call before the Faust app starts."""
     global _applied, fetch_max_wait_ms
     fetch_max_wait_ms = fetch_wait_ms
     if _applied:
@@ -226,3 +275,21 @@ def apply(fetch_wait_ms: int = 10) -> None:
 
     Consumer._new_offset = new_offset      # item 6
 
+    from faust.tables.base import Collection
+
+    send_changelog = Collection.send_changelog
+
+    def send_changelog_kept(self, *args, **kwargs):
+        fut = send_changelog(self, *args, **kwargs)
+        _changelog_sent.append(fut)
+        return fut
+
+    Collection.send_changelog = send_changelog_kept     # item 8
+
+    from mode.utils.queues import FlowControlEvent
+
+    def resume_keeping_queued(self) -> None:
+        self._suspend.clear()
+        self._resume.set()
+
+    FlowControlEvent.resume = resume_keeping_queued     # item 9

@@ -27,7 +27,7 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     dlq = keel_topic(settings, "dlq", 1)
     checkpoints = table("pairs", markets.partitions)
     stats: dict[str, PairStats] = {}
-    touched: dict[str, object] = {}          # pair -> an event of it in this batch
+    touched: dict[str, tuple] = {}           # pair -> (an event of it, its state) this batch
 
     def stats_for(pair: str) -> PairStats:
         s = stats.get(pair)
@@ -49,19 +49,21 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
             return await reject(message, exc.code, exc.reason)
         if ev.pair not in home:
             return await reject(message, ResultCode.UNKNOWN_PAIR, f"unknown pair {ev.pair}")
-        ticker, new_candles = stats_for(ev.pair).apply(ev)
+        state = stats_for(ev.pair)
+        ticker, new_candles = state.apply(ev)
         key, partition = ev.pair.encode(), home[ev.pair]
         if ticker is not None:
             await emit(tickers, key=key, value=codec.encode("ticker", ticker), partition=partition)
         for candle in new_candles:
             await emit(candles, key=key, value=codec.encode("candle", candle), partition=partition)
-        touched[ev.pair] = event
+        touched[ev.pair] = (event, state)
         metrics.inputs.inc()
 
     async def checkpoint() -> None:
-        for pair, event in touched.items():
+        # the state the batch folded its events into, even if a revoke emptied `stats`
+        for pair, (event, state) in touched.items():
             with processing(event):          # the pair's partition's changelog
-                checkpoints[pair] = stats[pair].dump()
+                checkpoints[pair] = state.dump()
         touched.clear()
 
     @app.on_partitions_revoked.connect

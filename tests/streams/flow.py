@@ -11,7 +11,8 @@ from confluent_kafka import Consumer, TopicPartition
 from engine.service.config import group_id as engine_group
 from infra.kafka import consumer_config
 from infra.settings import Settings
-from streams.compat import read_to_end
+from schemas.codec import Codec
+from streams.compat import read_records, read_to_end
 from tests.streams.sim import place, request
 
 MIDS = {"BTCUSDT": (6_500_000, 8, 40), "ETHUSDT": (350_000, 15, 60), "SOLUSDT": (15_000, 34, 120)}
@@ -149,3 +150,37 @@ def wait_quiescent(settings: Settings, markets_partitions: int, check=lambda: No
         ok = all(max(seen[t]) == 0 for _, t, _ in plan)
         calm = calm + 1 if ok else 0
         time.sleep(1.0)
+
+
+def explain_missing_replies(settings: Settings, sent: list[dict], replies: list[dict]) -> str:
+    """Why some requests have no reply (for a failure message): where those requests sit
+    in keel.requests against the accounts group's commit, and whether their replies are on
+    keel.replies for a read_uncommitted reader though not for the test's read_committed one."""
+    codec, n = Codec(), settings.user_partitions
+    missing = {r["request_id"] for r in sent} - {r["request_id"] for r in replies}
+    group = Consumer(consumer_config(settings, f"{settings.topic_prefix}streams-accounts"))
+    reader = Consumer({"bootstrap.servers": settings.bootstrap,
+                       "group.id": f"explain-{uuid.uuid4().hex[:6]}",
+                       "isolation.level": "read_uncommitted", "enable.auto.commit": False,
+                       "enable.partition.eof": True})
+    lines = [f"{len(missing)} requests without a reply, e.g. {sorted(missing)[:5]}"]
+    try:
+        uncommitted = set()
+        for p in range(n):
+            for msg in read_records(reader, settings.topic("replies"), p, 0):
+                rid = codec.decode("reply", msg.value())["request_id"]
+                if rid in missing:
+                    uncommitted.add(rid)
+        lines.append(f"{len(uncommitted)} of them have a reply a read_uncommitted reader sees")
+        topic = settings.topic("requests")
+        for p in range(n):
+            committed = group.committed([TopicPartition(topic, p)], timeout=10)[0].offset
+            where = [msg.offset() for msg in read_records(reader, topic, p, 0)
+                     if codec.decode("order_request", msg.value())["request_id"] in missing]
+            if where:
+                lines.append(f"requests[{p}] committed at {committed}: missing at offsets "
+                             f"{where[:20]}{' ...' if len(where) > 20 else ''}")
+    finally:
+        reader.close()
+        group.close()
+    return "\n".join(lines)

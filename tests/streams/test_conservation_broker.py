@@ -14,7 +14,14 @@ import pytest
 from engine.domain import Trade
 from engine.markets import load_markets
 from infra.settings import DEFAULT_MARKETS
-from tests.streams.flow import Traffic, expected_totals, latest, totals, wait_quiescent
+from tests.streams.flow import (
+    Traffic,
+    expected_totals,
+    explain_missing_replies,
+    latest,
+    totals,
+    wait_quiescent,
+)
 
 MARKETS = load_markets(DEFAULT_MARKETS)
 
@@ -25,10 +32,6 @@ def test_conservation_with_10k_orders(workers, client):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "known, open (issue 5), intermittent: passed in my runs and one clean-clone CI run, "
-    "failed in the next: after both workers were SIGKILLed the replies never all came "
-    "(10,987 of >11,000; requests lag 112-1,040 per partition stuck). Cause not found."))
 def test_conservation_with_10k_orders_and_workers_killed_mid_run(workers, client):
     run_conservation(workers, client, restart=True)
 
@@ -74,8 +77,12 @@ def run_conservation(workers, client, restart: bool) -> None:
                    wait=180.0)
     # replies are at-least-once (a replayed request's reply is rebuilt and sent again)
     want_ids = {r["request_id"] for r in sent}
-    replies = client.read("replies", decode_reply,
-                          lambda got: {r["request_id"] for r in got} >= want_ids)
+    try:
+        replies = client.read("replies", decode_reply,
+                              lambda got: {r["request_id"] for r in got} >= want_ids)
+    except AssertionError as exc:
+        got = client.read("replies", decode_reply, lambda got: True)
+        raise AssertionError(explain_missing_replies(client.settings, sent, got)) from exc
     answered = {r["request_id"] for r in replies}
     assert answered == {r["request_id"] for r in sent}
     events = client.read("events", codec.decode_event, lambda got: len(got) > 0, quiet=3.0)
