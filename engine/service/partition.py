@@ -2,9 +2,11 @@
 
 A partition is a STANDBY (applies input quietly up to the group's committed offset),
 TAKING_OVER (has fenced the old writer and catches up to the committed offset), or
-PRIMARY (one Kafka transaction per batch: events, dead letters, depth, sometimes a
-snapshot, and the input offset). The state machine lives here; the process loop in
-engine.service.runner only feeds records and ticks.
+PRIMARY (one Kafka transaction per batch: events, dead letters, depth and the input
+offset; when a snapshot is due, a second transaction right after it holding the snapshot
+and the same offset, so a snapshot's cost never delays a batch's events). The state
+machine lives here; the process loop in engine.service.runner only feeds records and
+ticks.
 """
 from __future__ import annotations
 
