@@ -4,6 +4,7 @@ close and a timeout handled, and signatures the gateway's own check accepts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from aiohttp import web
@@ -13,7 +14,9 @@ from infra.loadgen.keepalive import HttpError, Pool
 from infra.loadgen.traders import Account, query, signed_target
 
 
-async def _serve(handler) -> tuple[web.AppRunner, str]:
+@contextlib.asynccontextmanager
+async def _pool_on(handler, timeout: float):
+    """A Pool on a real aiohttp server (port 0) answering with `handler`; both closed."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app, access_log=None)
@@ -21,7 +24,12 @@ async def _serve(handler) -> tuple[web.AppRunner, str]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    return runner, f"http://127.0.0.1:{port}"
+    pool = Pool(f"http://127.0.0.1:{port}", timeout=timeout)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        await runner.cleanup()
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -36,9 +44,7 @@ async def _echo(request: web.Request) -> web.Response:
 
 def test_answers_match_requests_over_reused_connections():
     async def main():
-        runner, base = await _serve(_echo)
-        pool = Pool(base, timeout=10)
-        try:
+        async with _pool_on(_echo, 10) as pool:
             for i in range(20):                       # one at a time: one connection
                 status, body = await pool.request("POST", f"/a?i={i}", "k1")
                 assert status == 200
@@ -50,26 +56,18 @@ def test_answers_match_requests_over_reused_connections():
             assert 1 < pool.opened <= 51              # side by side: more connections
             status, body = await pool.request("DELETE", "/c?status=400", "k2")
             assert status == 400 and b'"DELETE"' in body
-        finally:
-            pool.close()
-            await runner.cleanup()
     asyncio.run(main())
 
 
 def test_a_closed_connection_is_replaced_and_a_timeout_fails_the_request():
     async def main():
-        runner, base = await _serve(_echo)
-        pool = Pool(base, timeout=0.3)
-        try:
+        async with _pool_on(_echo, 0.3) as pool:
             assert (await pool.request("GET", "/close"))[0] == 200
             assert (await pool.request("GET", "/after"))[0] == 200
             assert pool.opened == 2                   # the server said close: a new one
             with pytest.raises(TimeoutError):
                 await pool.request("GET", "/slow?s=2")
             assert (await pool.request("GET", "/again"))[0] == 200
-        finally:
-            pool.close()
-            await runner.cleanup()
     asyncio.run(main())
 
 
@@ -78,14 +76,9 @@ def test_a_server_gone_is_an_http_error():
         async def drop(request):
             request.transport.close()
             await asyncio.sleep(1)
-        runner, base = await _serve(drop)
-        pool = Pool(base, timeout=5)
-        try:
+        async with _pool_on(drop, 5) as pool:
             with pytest.raises(HttpError):
                 await pool.request("GET", "/x")
-        finally:
-            pool.close()
-            await runner.cleanup()
     asyncio.run(main())
 
 
