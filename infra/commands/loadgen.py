@@ -11,7 +11,9 @@ PostgreSQL and KEEL_GATEWAY_MASTER_KEY as the gateway) and funded through the ad
 deposit endpoint. The gateway's per-IP and VIP limits must allow the rate asked for
 (KEEL_GATEWAY_IP_LIMIT, KEEL_GATEWAY_VIP_LIMIT): a 429 on those scopes counts as an error.
 With --json the last line is one JSON object (ramp: max_sustained_orders_per_s,
-p99_order_to_fill_ms, breaking_point). Exit codes: 0 no errors, 1 errors seen (or the
+p99_order_to_fill_ms, breaking_point, and where it broke: breaking_point_detail and
+broke_at with the limit's value, CPU and CPU wait per process, lag per stage and latency
+per stage of the order path). Exit codes: 0 no errors, 1 errors seen (or the
 ramp broke on its first step), 2 bad usage.
 """
 from __future__ import annotations
@@ -45,7 +47,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="bound on REST requests sent; the run stops when reached")
     parser.add_argument("--max-error-rate", type=float, default=0.01)
     parser.add_argument("--p99-fill-ms", type=float, default=50.0)
-    parser.add_argument("--max-lag", type=float, default=5000.0)
+    parser.add_argument("--max-lag", type=float, default=5000.0,
+                        help="records a stage may hold behind over 3 samples in a row")
     parser.add_argument("--request-timeout", type=float, default=30.0,
                         help="seconds a REST answer may take before it counts as an error "
                              "(keep above KEEL_GATEWAY_ORDER_TIMEOUT_MS)")
