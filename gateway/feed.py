@@ -2,8 +2,8 @@
 topics it folds (every instance sees every pair), read on a thread and handed to the
 event loop batch by batch.
 
-Batches go into a FIFO the loop drains in one plain callback, scheduled only when none is
-pending; the loop never has to wake the thread. At order rates most batches hold one or
+Batches go into a FIFO the loop drains, a batch per plain callback, with a drain scheduled
+only when none is pending; the loop never has to wake the thread. At order rates most batches hold one or
 two records, and a per-batch hand-over (a task and chained futures, later a lock the loop
 released) cost more than folding them — the wake-up syscall is made holding the GIL.
 When MAX_QUEUED batches wait, the thread pauses, so a busy loop slows the consumer instead
@@ -98,8 +98,8 @@ class Feed:
                 if first is None:
                     continue
                 self._queue.append([first, *consumer.consume(1000, 0)])
-                # The loop clears the flag before it drains, so a batch appended after its
-                # last look always finds the flag clear and schedules a drain of its own.
+                # The loop clears the flag only with the queue empty and looks again after,
+                # so no batch is left behind without a drain scheduled.
                 if not self._scheduled:
                     self._scheduled = True
                     self._loop.call_soon_threadsafe(self._drain)
@@ -111,16 +111,21 @@ class Feed:
             consumer.close()
 
     def _drain(self) -> None:
-        self._scheduled = False
+        """One batch per loop turn, as before: what it published is flushed to the
+        WebSocket clients, and waiting requests are served, before the next is folded."""
         queue = self._queue
-        # Only what is queued now: a batch appended meanwhile has scheduled its own drain,
-        # so a busy feed cannot keep the loop from serving requests in between.
-        for _ in range(len(queue)):
-            msgs = queue.popleft()
+        if queue:
             try:
-                self._deliver(msgs)
+                self._deliver(queue.popleft())
             except Exception:
                 log.exception("feed batch failed")
+        if queue:
+            self._loop.call_soon(self._drain)
+            return
+        self._scheduled = False
+        if queue:                        # appended after our look, while the flag was set
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
 
     def _deliver(self, msgs) -> None:
         handlers = self._handlers
