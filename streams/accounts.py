@@ -14,7 +14,6 @@ from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
-from streams import fastpath
 from streams.app import app, emit, keel_topic, run_batches, table
 from streams.dlq import dead_letter
 from streams.keys import user_partition
@@ -27,7 +26,6 @@ log = logging.getLogger(__name__)
 
 
 def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics) -> None:
-    fastpath.install()
     codec = Codec.from_settings(settings)
     units = Units.from_markets(markets)
     n = settings.user_partitions

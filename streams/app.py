@@ -32,7 +32,7 @@ import faust
 from faust.streams import _current_event
 
 from infra.settings import Settings
-from streams import compat
+from streams import compat, fastpath
 
 ROLES = ("accounts", "settlement", "marketdata")
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def configure(role: str, settings: Settings) -> faust.App:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     compat.apply(int(settings.extra.get("KEEL_STREAMS_FETCH_WAIT_MS", "10")))
+    fastpath.install()              # records reach the streams without 4 tasks each
     conf = faust_settings(role, settings)
     Path(conf["datadir"]).mkdir(parents=True, exist_ok=True)   # Faust makes only the leaf
     app.config_from_object(conf, force=True)
