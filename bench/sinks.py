@@ -8,9 +8,11 @@ its own, then measures, with the real sink code (SinkLoop + stores) in this proc
                                update; clickhouse_depth_levels_per_s counts price levels)
   lag_p99_ms                   PostgreSQL sink at a steady produce rate: store commit time
                                minus each event's ts (set at produce time), p99
-`--only postgres` (repeatable) runs a part alone. The PostgreSQL sink writes batches on
-worker threads (sinks/loop.py), so the timing ends with loop.finish(): the last batch is
-committed, not just polled.
+plus the sink process's CPU per record (postgres_sink_cpu_us_per_event,
+clickhouse_cpu_us_per_row: steadier than rates on a shared machine; chDB runs in the
+process, the PostgreSQL server does not). `--only postgres` (repeatable) runs a part
+alone. Both sinks write batches on worker threads (sinks/loop.py), so the timing ends
+with loop.finish(): the last batch is committed, not just polled.
 """
 from __future__ import annotations
 
@@ -58,10 +60,14 @@ def _wait_kafka(bootstrap: str) -> None:
         time.sleep(0.1)
 
 
-def _drain(loop, ends: dict[tuple[str, int], int], timeout: float = 900) -> float:
+def _drain(loop, ends: dict[tuple[str, int], int], timeout: float = 900
+           ) -> tuple[float, float]:
     """Run the loop until every partition's position reaches its end; returns the seconds
-    from the first batch written to the last commit (the group join is not counted)."""
+    from the first batch written to the last commit (the group join is not counted) and
+    the CPU seconds this process used meanwhile (all its threads: consumer, decoding,
+    writers, and chDB, which runs inside it; not the PostgreSQL server's)."""
     first = None
+    cpu = time.process_time()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if loop.step() and first is None:
@@ -70,7 +76,7 @@ def _drain(loop, ends: dict[tuple[str, int], int], timeout: float = 900) -> floa
             [TopicPartition(t, p) for (t, p) in ends])
         if all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in positions):
             loop.finish()                # a pipelined loop still has the last batch in flight
-            return time.monotonic() - first
+            return time.monotonic() - first, time.process_time() - cpu
     raise RuntimeError("the sink did not catch up in time")
 
 
@@ -97,12 +103,13 @@ def bench_postgres(settings: Settings, ops: int) -> dict:
     loop, store = postgres_loop(settings, threading.Event(), SinkMetrics("postgres"))
     _timed(loop)
     try:
-        seconds = _drain(loop, {(topic, p): end for p, end in ends.items()})
+        seconds, cpu = _drain(loop, {(topic, p): end for p, end in ends.items()})
     finally:
         loop.source.close()
         store.close()
     return {"postgres_trades_per_s": round(trades / seconds),
             "postgres_events_per_s": round(len(events) / seconds),
+            "postgres_sink_cpu_us_per_event": round(cpu / len(events) * 1e6, 2),
             "postgres_trades": trades, "postgres_events": len(events),
             "postgres_seconds": round(seconds, 2)}
 
@@ -121,12 +128,13 @@ def bench_clickhouse(settings: Settings, n: int) -> dict:
                               SinkMetrics("clickhouse"))
     _timed(loop)
     try:
-        seconds = _drain(loop, {(topic, p): end for p, end in ends.items()})
+        seconds, cpu = _drain(loop, {(topic, p): end for p, end in ends.items()})
     finally:
         loop.source.close()
         client.close()
     return {"clickhouse_depth_rows_per_s": round(len(depth) / seconds),
             "clickhouse_depth_levels_per_s": round(levels / seconds),
+            "clickhouse_cpu_us_per_row": round(cpu / len(depth) * 1e6, 2),
             "clickhouse_depth_rows": len(depth), "clickhouse_depth_levels": levels,
             "clickhouse_seconds": round(seconds, 2)}
 

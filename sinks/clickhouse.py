@@ -14,22 +14,29 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 
+import numpy as np
 from confluent_kafka import TopicPartition
 
 from engine.domain import Trade
 from infra.logs import event
-from schemas.codec import CodecError
+from schemas.codec import Codec, CodecError, RegistryUnavailable
+from sinks import depth_columns
 from sinks.clickhouse_schema import (
     DEPTH_COLUMNS,
     INSERT_SETTINGS,
     TRADE_COLUMNS,
     statements,
 )
-from sinks.depth_avro import HEADER_LEN, current_header, insert_file, read_head
+from sinks.depth_avro import current_header, insert_file
 
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
+
+
+def _database_error() -> type[BaseException]:
+    from clickhouse_connect.driver.exceptions import DatabaseError
+    return DatabaseError
 
 
 def _transient() -> tuple[type[BaseException], ...]:
@@ -54,6 +61,15 @@ class _Replay:
     complete: bool = False
 
 
+@dataclass
+class RawDepth:
+    """A partition's depth records of one batch, all read by depth_columns: bodies for
+    ClickHouse, heads for the replay marks and day cuts."""
+    values: list
+    offsets: np.ndarray
+    heads: depth_columns.DepthHeads
+
+
 class ClickHouseStore:
     def __init__(self, client, events_topic: str, depth_topic: str,
                  lock: threading.Lock | None = None, depth_ttl_days: int = 30,
@@ -63,7 +79,10 @@ class ClickHouseStore:
         self.raw_depth = raw_depth
         self.dead_letter = dead_letter           # (topic, partition, offset, value, CodecError)
         self._codec = None
-        self.lock = lock or threading.Lock()
+        self.lock = lock or threading.Lock()           # the client: one thread at a time
+        # The marks and the block being replayed: a batch written on the loop's worker
+        # thread and a rebalance (positions(), on the polling thread) never interleave.
+        self._state = threading.Lock()
         self.events_topic = events_topic
         self.depth_topic = depth_topic
         self.depth_ttl_days = depth_ttl_days
@@ -82,7 +101,7 @@ class ClickHouseStore:
     def positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Where to resume each partition, from the tables; also primes the seq marks."""
         out = []
-        with self.lock:
+        with self._state, self.lock:
             for tp in partitions:
                 if tp.topic == self.events_topic:
                     start = self._resume_trades(tp.partition)
@@ -119,52 +138,79 @@ class ClickHouseStore:
 
     # ---- writing ----
 
-    def decode(self, codec):
-        """A message -> (topic kind, partition, offset, value) decoder for SinkLoop."""
+    def prepare(self, codec):
+        """A messages -> (items, [(message, CodecError)]) function for SinkLoop, run where
+        the batch is polled. Items are (kind, partition, offset, value): 0 an engine
+        event, 1 a decoded depth update, 3 a RawDepth of a whole partition's depth."""
         events, depth = self.events_topic, self.depth_topic
         self._codec = codec
-        raw_header = current_header() if self.raw_depth else None
+        header = current_header() if self.raw_depth else None
 
-        def decode(m):
-            topic = m.topic()
-            if topic == events:
-                return (0, m.partition(), m.offset(), codec.decode_event(m.value()))
-            if topic == depth:
-                value = m.value()
-                if raw_header is not None and value[:HEADER_LEN] == raw_header:
-                    return (2, m.partition(), m.offset(), value)
-                return (1, m.partition(), m.offset(), codec.decode("depth_update", value))
-            raise ValueError(f"unexpected topic {topic}")
-        return decode
+        def prepare(msgs: list) -> tuple[list, list]:
+            items, dead, by_partition = [], [], {}
+            decode_event = codec.decode_event
+            for m in msgs:
+                topic = m.topic()
+                if topic == depth:
+                    by_partition.setdefault(m.partition(), []).append(m)
+                elif topic == events:
+                    try:
+                        items.append((0, m.partition(), m.offset(), decode_event(m.value())))
+                    except RegistryUnavailable:
+                        raise
+                    except CodecError as exc:
+                        dead.append((m, exc))
+                else:
+                    raise ValueError(f"unexpected topic {topic}")
+            for p, ms in by_partition.items():
+                values = [m.value() for m in ms]
+                if header is not None:
+                    heads = depth_columns.read(values, header)
+                    if len(heads) == len(values):
+                        offsets = np.fromiter((m.offset() for m in ms), np.int64, len(ms))
+                        items.append((3, p, int(offsets[0]), RawDepth(values, offsets, heads)))
+                        continue
+                # Any record the walk does not vouch for sends its partition's whole
+                # batch through the codec: rows reach the table in offset order (resuming
+                # trusts max(_offset)).
+                for m, value in zip(ms, values, strict=True):
+                    try:
+                        items.append((1, p, m.offset(), codec.decode("depth_update", value)))
+                    except RegistryUnavailable:
+                        raise
+                    except CodecError as exc:
+                        dead.append((m, exc))
+            return items, dead
+        return prepare
 
     def write(self, items: list) -> Written:
         """Insert a batch; on any failure the in-memory marks and the block being replayed
         are as before, so a retry of the same items builds the same blocks (same tokens:
         whatever of them did reach the tables is dropped as a repeat)."""
-        saved = (dict(self._trade_marks), dict(self._depth_marks),
-                 {p: _Replay(r.first, r.last, list(r.rows), r.complete)
-                  for p, r in self._replay.items()})
-        try:
-            return self._write(items)
-        except BaseException:
-            self._trade_marks, self._depth_marks, self._replay = saved
-            raise
+        with self._state:
+            saved = (dict(self._trade_marks), dict(self._depth_marks),
+                     {p: _Replay(r.first, r.last, list(r.rows), r.complete)
+                      for p, r in self._replay.items()})
+            try:
+                return self._write(items)
+            except BaseException:
+                self._trade_marks, self._depth_marks, self._replay = saved
+                raise
 
     def _write(self, items: list) -> Written:
         out = Written()
         trades: dict[int, list] = {}
         depth: dict[int, list] = {}
-        raw: dict[int, list] = {}
+        raw: list[tuple[int, RawDepth, np.ndarray]] = []
         replay = self._replay
-        items = self._one_depth_path(items)
         for kind, p, offset, value in items:
             if kind == 0:
                 if type(value) is Trade:
                     self._trade(p, offset, value, trades, out)
                 if replay and p in replay and offset >= replay[p].last:
                     replay[p].complete = True
-            elif kind == 2:
-                self._raw_depth(p, offset, value, raw, out)
+            elif kind == 3:
+                raw.append((p, value, self._fresh(value, out)))
             else:
                 self._depth(p, offset, value, depth, out)
         with self.lock:
@@ -182,29 +228,13 @@ class ClickHouseStore:
             for p, rows in depth.items():
                 for block in _blocks(rows, 1, DAY_MS):
                     self._insert("depth", DEPTH_COLUMNS, p, block)
-            for p, rows in raw.items():
-                for block in _blocks(rows, 2, DAY_MS):
-                    self._insert_raw(p, block)
-        return out
-
-    def _one_depth_path(self, items: list) -> list:
-        """A partition whose batch mixes raw and decoded depth goes all decoded: its rows
-        must reach the table in offset order (resuming trusts max(_offset))."""
-        mixed = {p for kind, p, _, _ in items if kind == 1}
-        if not mixed or not any(kind == 2 for kind, _, _, _ in items):
-            return items
-        out = []
-        for item in items:
-            kind, p, offset, value = item
-            if kind == 2 and p in mixed:
-                decoded = self._decode_depth(p, offset, value)
-                if decoded is not None:
-                    out.append((1, p, offset, decoded))
-            else:
-                out.append(item)
+            for block in _raw_blocks(raw):
+                self._insert_raw(block)
         return out
 
     def _decode_depth(self, p: int, offset: int, value: bytes):
+        if self._codec is None:                # prepare() was not asked for: a test
+            self._codec = Codec()
         try:
             return self._codec.decode("depth_update", value)
         except CodecError as exc:
@@ -213,42 +243,61 @@ class ClickHouseStore:
             self.dead_letter(self.depth_topic, p, offset, value, exc)
             return None
 
-    def _raw_depth(self, p: int, offset: int, value: bytes, raw: dict, out: Written) -> None:
-        try:
-            pair, _, last, ts, snapshot = read_head(value)
-        except (IndexError, ValueError):
-            # A body whose first fields do not parse cannot decode: the codec says why and
-            # the record goes to keel.dlq.
-            if self._decode_depth(p, offset, value) is not None:
-                raise RuntimeError("depth head unreadable but the record decodes") from None
-            return
-        mark = (last, int(snapshot))
-        if mark <= self._depth_marks.get(pair, (0, 0)):
-            return
-        self._depth_marks[pair] = mark
-        raw.setdefault(p, []).append((offset, value, ts))
-        out.depth_rows += 1
-        if ts > out.max_ts:
-            out.max_ts = ts
+    def _fresh(self, chunk: RawDepth, out: Written) -> np.ndarray:
+        """Indices of the chunk's records past their pair's mark (the rest were stored
+        before: a replay), advancing the marks as _depth does one record at a time."""
+        heads = chunk.heads
+        mark = heads.mark()
+        keep = np.zeros(len(heads), bool)
+        for code, pair in enumerate(heads.pairs):
+            rows = np.flatnonzero(heads.pair == code)
+            if not rows.size:
+                continue
+            last, snapshot = self._depth_marks.get(pair, (0, 0))
+            stored = min(last * 2 + snapshot, np.iinfo(np.int64).max)
+            mine = mark[rows]
+            # A record is new when it passes the stored mark and every record before it.
+            before = np.maximum.accumulate(np.concatenate(([stored], mine[:-1])))
+            keep[rows] = mine > before
+            top = int(max(stored, mine.max()))
+            if top > stored:
+                self._depth_marks[pair] = (top >> 1, top & 1)
+        index = np.flatnonzero(keep)
+        if index.size:
+            out.depth_rows += int(index.size)
+            out.depth_levels += int(heads.levels[index].sum())
+            out.max_ts = max(out.max_ts, int(heads.ts[index].max()))
+        return index
 
-    def _insert_raw(self, p: int, block: list) -> None:
-        token = f"depth:{p}:{block[0][0]}:{block[-1][0]}"
+    def _insert_raw(self, block: list[tuple[int, RawDepth, np.ndarray]]) -> None:
+        """One insert of (partition, chunk, indices of the chunk) parts, all of one day."""
+        values, offsets, partitions, ranges = [], [], [], []
+        for p, chunk, index in block:
+            values += (chunk.values if len(index) == len(chunk.values)
+                       else [chunk.values[i] for i in index.tolist()])
+            offsets.append(chunk.offsets[index])
+            partitions.append(np.full(len(index), p, np.int64))
+            ranges.append(f"{p}:{chunk.offsets[index[0]]}:{chunk.offsets[index[-1]]}")
+        offsets, partitions = np.concatenate(offsets), np.concatenate(partitions)
         try:
-            insert_file(self.client, [(o, v) for o, v, _ in block], p, token)
+            insert_file(self.client, values, offsets, partitions, "depth:" + ",".join(ranges))
         except self.transient:
             raise
-        except Exception as exc:
-            # ClickHouse could not read a body: decode them here, set the bad ones aside
-            # and insert the rest the ordinary way.
+        except _database_error() as exc:
+            # ClickHouse could not read a body (the walk should have caught it): decode
+            # them here, set the bad ones aside and insert the rest the ordinary way.
+            # Only ClickHouse's refusal: a bug of ours must not quietly send every block
+            # down this slow path.
             event(log, "depth block unreadable by ClickHouse, decoding in Python",
-                  logging.WARNING, partition=p, error=str(exc)[:300])
-            rows = []
-            for offset, value, _ in block:
+                  logging.WARNING, error=str(exc)[:300])
+            rows: dict[int, list] = {}
+            for offset, p, value in zip(offsets.tolist(), partitions.tolist(), values,
+                                        strict=True):
                 d = self._decode_depth(p, offset, value)
                 if d is not None:
-                    rows.append(_depth_row(d, p, offset))
-            if rows:
-                self._insert("depth", DEPTH_COLUMNS, p, rows)
+                    rows.setdefault(p, []).append(_depth_row(d, p, offset))
+            for p, part in rows.items():
+                self._insert("depth", DEPTH_COLUMNS, p, part)
 
     def _trade(self, p: int, offset: int, e: Trade, trades: dict, out: Written) -> None:
         if e.seq <= self._trade_marks.get(e.pair, 0):
@@ -305,6 +354,26 @@ def _blocks(rows: list, ts_index: int, span_ms: int) -> list[list]:
             blocks.append([])
             current = key
         blocks[-1].append(row)
+    return blocks
+
+
+def _raw_blocks(raw: list[tuple[int, RawDepth, np.ndarray]]) -> list[list]:
+    """Insert blocks of the raw depth path: [(partition, chunk, indices)] each, all rows of
+    a block in one day (one table partition, so one part: all or nothing).
+
+    Inserts cost chDB a lot per insert (a 5k-row insert ~5 us a row, 50k ~2.5), so when
+    every partition's kept records fall on one day, as nearly always, the whole batch is
+    one block. Otherwise each partition is cut into its runs of one day, in offset
+    order, one block each (resuming trusts max(_offset) per partition, so a partition's
+    blocks go in in order)."""
+    raw = [(p, chunk, keep) for p, chunk, keep in raw if keep.size]
+    days = [chunk.heads.ts[keep] // DAY_MS for _, chunk, keep in raw]
+    if len({int(d[0]) for d in days}) == 1 and all((d == d[0]).all() for d in days):
+        return [raw] if raw else []
+    blocks = []
+    for (p, chunk, keep), day in zip(raw, days, strict=True):
+        for run in np.split(keep, np.flatnonzero(day[1:] != day[:-1]) + 1):
+            blocks.append([(p, chunk, run)])
     return blocks
 
 

@@ -1,15 +1,21 @@
 """keel.depth records handed to ClickHouse undecoded: the fast path of the depth load.
 
 Decoding a depth update in Python (fastavro, a dict per price level) costs far more than
-the insert. With embedded chDB the sink instead wraps the records' Avro bodies, as they
-came off the topic, in an Avro object container file and lets ClickHouse's `Avro` input
-format decode them. Each body is prefixed with its Kafka offset as one more Avro long, so
-the container's schema is DepthUpdate with a leading `_offset` field and every row knows
-its source position without a row-number trick.
+the insert. With embedded chDB the sink instead hands ClickHouse the records' Avro bodies,
+as they came off the topic, inside an Avro object container file, and ClickHouse's `Avro`
+input format decodes them. Every record of an insert block sits in one Avro block: that
+is safe because sinks/depth_columns.py has walked each body to its last byte first, so
+ClickHouse's reader cuts the block exactly where the records end.
 
-Python still reads each record's first five fields (pair, update ids, ts, snapshot flag)
-to drop replayed updates and cut blocks at day boundaries; the levels are never decoded
-here. Records of any other writer version take the ordinary codec path.
+Each record keeps its 10-byte single-object header slot, declared in the container's
+schema as a `fixed` field in front of the DepthUpdate fields, and the slot is overwritten
+with the record's Kafka offset and partition (8 and 2 bytes, little-endian). So the
+container is the topic's bytes with one array store, no per-record copy in Python, every
+row knows its source position without a row-number trick, and one insert can carry the
+records of several partitions.
+
+Records of any other writer version, or any shape the walk does not vouch for, take the
+ordinary codec path.
 """
 from __future__ import annotations
 
@@ -17,11 +23,13 @@ import json
 import os
 import tempfile
 
+import numpy as np
+
 from schemas.catalog import default_catalog
 from schemas.codec import MARKER
+from sinks.depth_columns import HEADER_LEN
 
 _SYNC = b"keel-depth-sync!"                      # any 16 bytes
-HEADER_LEN = 10
 
 
 def current_header() -> bytes:
@@ -41,7 +49,9 @@ def _long(n: int) -> bytes:
 def _container_header() -> bytes:
     raw = json.loads(default_catalog().schema("depth_update").text)
     raw["name"] = "DepthRow"
-    raw["fields"] = [{"name": "_offset", "type": "long"}] + raw["fields"]
+    raw["fields"] = [{"name": "_position",
+                      "type": {"type": "fixed", "name": "Position", "size": HEADER_LEN}},
+                     *raw["fields"]]
     schema = json.dumps(raw).encode()
     meta = (_long(2) + _long(11) + b"avro.schema" + _long(len(schema)) + schema
             + _long(10) + b"avro.codec" + _long(4) + b"null" + _long(0))
@@ -51,63 +61,51 @@ def _container_header() -> bytes:
 _CONTAINER_HEADER = _container_header()
 
 
-def read_head(value: bytes) -> tuple[str, int, int, int, bool]:
-    """(pair, first_update_id, last_update_id, ts, is_snapshot) of a single-object body;
-    raises ValueError when the bytes end early."""
-    pos = HEADER_LEN
-    fields = []
-    for i in range(5):
-        if i == 4:
-            fields.append(value[pos] == 1)
-            break
-        shift = n = 0
-        while True:
-            b = value[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        n = (n >> 1) ^ -(n & 1)
-        if i == 0:
-            fields.append(value[pos:pos + n].decode())
-            pos += n
-        else:
-            fields.append(n)
-    pair, first, last, ts, snapshot = fields
-    return pair, first, last, ts, snapshot
+def container_parts(values: list[bytes], offsets: np.ndarray, partitions: np.ndarray
+                    ) -> tuple[bytes, memoryview, bytes]:
+    """(head, records, tail) of an Avro container holding `values` (single-object bytes,
+    each already walked by depth_columns) in one block, each header slot overwritten with
+    the record's offset (8 bytes) and partition (2 bytes), little-endian."""
+    buf = np.frombuffer(b"".join(values), np.uint8).copy()
+    lens = np.fromiter(map(len, values), np.int64, count=len(values))
+    starts = np.cumsum(lens) - lens
+    slot = starts[:, None] + np.arange(HEADER_LEN)
+    position = np.empty((len(values), HEADER_LEN), np.uint8)
+    position[:, :8] = np.asarray(offsets, "<u8").view(np.uint8).reshape(-1, 8)
+    position[:, 8:] = np.asarray(partitions, "<u2").view(np.uint8).reshape(-1, 2)
+    buf[slot] = position
+    head = _CONTAINER_HEADER + _long(len(values)) + _long(len(buf))
+    return head, memoryview(buf), _SYNC
 
 
-def container(rows: list[tuple[int, bytes]]) -> bytes:
-    """An Avro object container of (offset, single-object bytes) rows, one row per block:
-    the reader then checks every body against its own length, so a truncated record is an
-    error for its block instead of silently eating its neighbour's bytes."""
-    parts = [_CONTAINER_HEADER]
-    one = _long(1)
-    for offset, value in rows:
-        body = _long(offset) + value[HEADER_LEN:]
-        parts += (one, _long(len(body)), body, _SYNC)
-    return b"".join(parts)
+def container(values: list[bytes], offsets: np.ndarray, partitions: np.ndarray) -> bytes:
+    head, records, tail = container_parts(values, offsets, partitions)
+    return head + records.tobytes() + tail
 
 
 INSERT = """
 INSERT INTO depth (pair, ts, first_update_id, last_update_id, is_snapshot, bid_prices,
                    bid_qtys, ask_prices, ask_qtys, _partition, _offset)
 SELECT pair, fromUnixTimestamp64Milli(ts, 'UTC'), first_update_id, last_update_id,
-       is_snapshot, bids.price, bids.qty, asks.price, asks.qty, {partition}, _offset
+       is_snapshot, bids.price, bids.qty, asks.price, asks.qty,
+       reinterpretAsUInt16(substring(_position, 9, 2)),
+       reinterpretAsUInt64(substring(_position, 1, 8))
 FROM file('{path}', 'Avro')
 SETTINGS insert_deduplication_token = '{token}', max_threads = 1
 """
 
 
-def insert_file(client, rows: list[tuple[int, bytes]], partition: int, token: str,
-                directory: str | None = None) -> None:
-    """Insert the rows through a temp container file that chDB reads itself."""
+def insert_file(client, values: list[bytes], offsets: np.ndarray, partitions: np.ndarray,
+                token: str, directory: str | None = None) -> None:
+    """Insert the records through a temp container file that chDB reads itself."""
+    if len(partitions) and int(np.max(partitions)) > 0xFFFF:
+        raise ValueError("a partition number past 65535 does not fit the position slot")
     fd, path = tempfile.mkstemp(prefix="depth-", suffix=".avro", dir=directory)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(container(rows))
-        client.command(INSERT.format(partition=int(partition), path=path.replace("'", ""),
+            for part in container_parts(values, offsets, partitions):
+                out.write(part)
+        client.command(INSERT.format(path=path.replace("'", ""),
                                      token=token.replace("'", "")))
     finally:
         os.unlink(path)

@@ -92,8 +92,10 @@ def clickhouse_loop(settings: Settings, client, lock, stop: threading.Event,
     source = Source(settings, group(settings, "clickhouse"),
                     [settings.topic("events"), settings.topic("depth")],
                     client_id="sink-clickhouse", max_records=max_records, on_assign=assigned)
-    loop = SinkLoop("clickhouse", source, store.decode(codec), store.write, store.transient,
-                    dlq, metrics, stop)
+    # Pipelined, one batch in flight: the next batch is polled and its depth heads read
+    # while chDB (which lets go of the GIL) inserts the previous one.
+    loop = SinkLoop("clickhouse", source, None, store.write, store.transient, dlq, metrics,
+                    stop, prepare=store.prepare(codec), pipeline=True, depth=1)
     return loop, store
 
 

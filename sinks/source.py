@@ -4,6 +4,7 @@ store is away (partitions paused, the group membership kept alive by polling).
 """
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 
@@ -72,14 +73,18 @@ class Source:
         # steady rate, the full timeout. Not eager: a whole batch or the timeout, for a
         # store that wants few large inserts (ClickHouse).
         wait = self.poll_timeout if timeout is None else timeout
-        if self.eager:
-            msgs = self.consumer.consume(self.max_records, 0)
-            if not msgs:                   # the first record ends the wait, not the batch
-                msgs = self.consumer.consume(1, wait)
-                if msgs:
-                    msgs += self.consumer.consume(self.max_records - 1, 0)
-        else:
-            msgs = self.consumer.consume(self.max_records, wait)
+        # The collector is paused while a batch's Message objects are made: each is
+        # tracked, so 20k of them set off ~30 young collections and the older ones
+        # that cascade from them, each walking every live object (1.7 of 2.4 us per
+        # record on the consuming thread). Messages hold no cycles; one collection
+        # after the batch does the same job.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            msgs = self._consume(wait)
+        finally:
+            if collecting:
+                gc.enable()
         bad = [m for m in msgs if m.error() is not None]
         if not bad:
             return msgs
@@ -87,6 +92,16 @@ class Source:
             if m.error().code() not in _QUIET:
                 event(log, "consumer error", logging.WARNING, error=str(m.error()))
         return [m for m in msgs if m.error() is None]
+
+    def _consume(self, wait: float) -> list:
+        if self.eager:
+            msgs = self.consumer.consume(self.max_records, 0)
+            if not msgs:                   # the first record ends the wait, not the batch
+                msgs = self.consumer.consume(1, wait)
+                if msgs:
+                    msgs += self.consumer.consume(self.max_records - 1, 0)
+            return msgs
+        return self.consumer.consume(self.max_records, wait)
 
     @staticmethod
     def ends(msgs: list) -> dict[tuple[str, int], int]:

@@ -3,10 +3,12 @@ exactly once (SIGKILL included), candles equal to those of the PostgreSQL trades
 `keel sql` reading (never writing) while the sink runs."""
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import signal
 import time
+import urllib.request
 from datetime import UTC, datetime
 
 import psycopg
@@ -134,6 +136,21 @@ def test_depth_trades_and_candles_once_equal_to_postgres_and_sql_reads_only(
         assert stop(ch) == 0
 
 
+def _owner_counts(port: int) -> tuple[int, int] | None:
+    """(trades, depth rows) straight from the owner's read-only endpoint: cheap enough to
+    poll every few ms (keel sql starts a Python each time). None while it is not up."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/query?readonly=1&format=JSONEachRow",
+        data=b"SELECT (SELECT count() FROM trades) AS t, (SELECT count() FROM depth) AS d",
+        method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            row = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    return int(row["t"]), int(row["d"])
+
+
 def test_sigkill_repeatedly_loses_and_doubles_nothing_views_included(
         kafka_bootstrap, prefix, tmp_path):
     events = engine_events(265_000, seed=11)
@@ -142,25 +159,27 @@ def test_sigkill_repeatedly_loses_and_doubles_nothing_views_included(
     depth = depth_updates(50_000)
     _produce_all(kafka_bootstrap, prefix, events, depth)
     env = _ch_env(kafka_bootstrap, prefix, tmp_path)
+    port = int(env["KEEL_EMBEDDED_CLICKHOUSE_PORT"])
     want = (len(trades), len(depth))
+    total = sum(want)
     rng = random.Random(9)
-    kills, seen = 0, []
+    kills, progress = 0, []
     proc = sink_process("clickhouse", env, tmp_path / "ch.log")
     try:
-        while kills < 5:
-            # Kill once this run is writing (so mid-batch, not while joining the group).
-            before = seen[-1] if seen else (0, 0)
-            counts = wait_for(lambda b=before: (c := _counts(env)) and (c == want or c > b) and c,
-                              timeout=180, every=0.2, what="the sink to write")
-            if counts == want:
-                break
-            time.sleep(rng.uniform(0.1, 1.0))
+        # Kill at fixed shares of the rows, so every kill lands mid-load however fast the
+        # sink is (a random delay let a faster sink finish first, or killed it while it
+        # was still joining the group); right after an insert the next is usually on.
+        for share in range(1, 7):
+            wait_for(lambda m=total * share // 8: sum(_owner_counts(port) or (0,)) >= m,
+                     timeout=300, every=0.02, what=f"{share}/8 of the rows")
+            time.sleep(rng.uniform(0, 0.05))
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
             kills += 1
             proc = sink_process("clickhouse", env, tmp_path / "ch.log")
-            seen.append(wait_for(lambda: _counts(env), timeout=120, every=0.2, what="the owner"))
-        wait_for(lambda: _counts(env) == want, timeout=600, what="every row")
+            progress.append(wait_for(lambda: _owner_counts(port), timeout=120, every=0.1,
+                                     what="the owner"))
+        wait_for(lambda: _owner_counts(port) == want, timeout=600, what="every row")
         # No duplicate even before merges (count without FINAL), and views exact.
         assert _sql(env, "SELECT count() AS n, uniqExact(pair, trade_id) AS u FROM trades") == [
             {"n": len(trades), "u": len(trades)}]
@@ -168,8 +187,10 @@ def test_sigkill_repeatedly_loses_and_doubles_nothing_views_included(
             assert _ch_candles(env, name) == candles(trades, seconds)
     finally:
         assert stop(proc) == 0
-    assert kills >= 3, f"only {kills} kills landed before the sink finished"
-    assert seen == sorted(seen) and seen[-1] < want   # each kill landed mid-load
+    assert kills == 6
+    # Each kill landed mid-load: progress only grows and the last was short of the end.
+    assert all(a <= b for x, y in itertools.pairwise(progress) for a, b in zip(x, y, strict=True))
+    assert sum(progress[-1]) < total
 
 
 def test_bad_depth_records_go_to_the_dlq_and_the_rest_loads(kafka_bootstrap, prefix, tmp_path):
