@@ -2,7 +2,7 @@
 
 One agent reads keel.requests and keel.settlements (co-partitioned by user) in partition
 order; the rules live in streams.ledger, each user's state one value of a changelog-backed
-table (written once per batch, after the batch's outputs are delivered). Outputs:
+table (written once per batch, durable before the batch's outputs are sent). Outputs:
 accepted commands to keel.orders on the pair's partition, answers to keel.replies, every
 balance change to keel.balances, undecodable records to keel.dlq.
 """
@@ -94,9 +94,9 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
         await publish(out, message)
         metrics.inputs.inc()
 
-    # How long a batch waits for more records: fewer, larger batches (each costs a few
-    # broker round trips) against the time a request waits. Lower it where the latency
-    # of one order matters more than the worker's throughput.
+    # A batch closes as soon as no more records are queued (streams.batches); this caps
+    # how long after its first record it may keep taking a steady stream of them: larger
+    # batches (each costs three broker round trips) against the time a request waits.
     within = float(settings.extra.get("KEEL_ACCOUNTS_BATCH_WAIT_MS", "50")) / 1000
 
     @app.agent(source, name="accounts")

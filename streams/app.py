@@ -32,7 +32,8 @@ import faust
 from faust.streams import _current_event
 
 from infra.settings import Settings
-from streams import compat, fastpath
+from streams import compat, fastpath, trace
+from streams.batches import take_batches
 
 ROLES = ("accounts", "settlement", "marketdata")
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ def configure(role: str, settings: Settings) -> faust.App:
     Path(conf["datadir"]).mkdir(parents=True, exist_ok=True)   # Faust makes only the leaf
     app.config_from_object(conf, force=True)
     app.conf.id = f"{settings.topic_prefix}streams-{role}"
+    # table changelogs through librdkafka (compat item 10), not inside exactly_once's
+    # transactions
+    compat.changelog_sink = None if conf["processing_guarantee"] == "exactly_once" \
+        else _produce_changelog
     return app
 
 
@@ -161,10 +166,32 @@ async def emit(topic, key=None, value=None, partition=None, headers=None) -> Non
     _outputs.append((topic, key, value, partition, headers))
 
 
+def _librdkafka():
+    """The process's one streams.outputs.Outputs (outputs and table changelogs)."""
+    global _sender
+    if _sender is None:
+        from streams.outputs import Outputs
+
+        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+        _sender = Outputs(bootstrap, f"{app.conf.id}-outputs")
+    return _sender
+
+
+def _produce_changelog(topic: str, key, value, partition: int, headers) -> None:
+    _librdkafka().produce(topic, key, value, partition, headers)
+
+
+async def _changelog_durable() -> None:
+    """Every table changelog record written so far is acknowledged (compat items 8, 10)."""
+    if compat.changelog_sink is not None and _sender is not None:
+        await _sender.flush()
+    await app.producer.flush()           # Faust's own (exactly_once, or a stray write)
+    await compat.changelog_written()     # flush() alone is no proof (compat item 8)
+
+
 async def _send_outputs() -> None:
     """Send the batch's outputs and wait until all are acknowledged (streams.outputs says
     why librdkafka). Under exactly_once they go through Faust, inside its transactions."""
-    global _sender
     if not _outputs:
         return
     if app.conf.processing_guarantee.value == "exactly_once":
@@ -176,19 +203,16 @@ async def _send_outputs() -> None:
         await app.producer.flush()
         await asyncio.gather(*sent)          # raises if a send failed: nothing commits
         return
-    if _sender is None:
-        from streams.outputs import Outputs
-
-        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
-        _sender = Outputs(bootstrap, f"{app.conf.id}-outputs")
-    produce = _sender.produce
+    sender = _librdkafka()
+    produce = sender.produce
     for topic, key, value, partition, headers in _outputs:
         name = _names.get(topic)
         if name is None:
             name = _names[topic] = topic.get_topic_name()
         produce(name, key, value, partition, headers)
     _outputs.clear()
-    await _sender.flush()
+    trace.mark("produce")
+    await sender.flush()
 
 
 async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.05,
@@ -207,14 +231,18 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
     only after everything is written, so a commit on rebalance never runs ahead of it.
     The table state counts as written once every one of its changelog records is
     acknowledged (compat item 8), and a batch that raises ends the process uncommitted
-    (Shutdown.batch_failed). A batch is up to `max_batch` records or what arrived within
-    `within` seconds.
+    (Shutdown.batch_failed). A batch is up to `max_batch` records, closed as soon as no
+    more arrive (streams.batches), at most `within` seconds after its first record.
     """
     _install_task_dump()
-    async for events in stream.take_events(max_batch, within=within):
+    if trace.enabled():
+        stream.add_processor(trace.stamp(stream))
+    trace.opened()
+    async for events in take_batches(stream, max_batch, within):
         shutdown.busy = True
         try:
             await _complete(events, handle, staged, after_batch, state_first)
+            trace.closed(events)
         except Exception:
             log.exception("batch failed, exiting uncommitted", extra={"fields": {
                 "events": len(events), "first": _where(events[0]), "last": _where(events[-1])}})
@@ -223,26 +251,33 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
 
 
 async def _complete(events, handle, staged, after_batch, state_first: bool) -> None:
+    mark = trace.mark
+    mark("close")
     generation = app.consumer_generation_id
     for event in events:
         with processing(event):
             await handle(event)
+    mark("handle")
     if app.consumer_generation_id != generation:
         log.warning("batch spans a rebalance", extra={"fields": {
             "events": len(events), "generation": [generation, app.consumer_generation_id]}})
     if not state_first:
         await _send_outputs()
+        mark("outputs")
     for table in staged:
         table.write_back(processing)
     if after_batch is not None:
         await after_batch()
-    await app.producer.flush()
-    await compat.changelog_written()     # flush() alone is no proof (compat item 8)
+    mark("write_back")
+    await _changelog_durable()
+    mark("changelog_wait")
     if state_first:
         await _send_outputs()
+        mark("outputs")
     for event in events:
         event.ack()
     await app.consumer.commit()
+    mark("commit")
 
 
 def _where(event) -> str:

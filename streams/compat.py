@@ -75,6 +75,18 @@
    resumes belongs to partitions assigned and sought from their commit, so at worst it
    is delivered twice, in order, and run_batches' consumers drop the copies.
 
+10. Changelog records go through librdkafka. Traced per batch on the accounts worker
+   (bench/streams.py --only latency, KEEL_STREAMS_TRACE): Faust's path (a ProducerBuffer
+   task handing records one by one to aiokafka, which keeps one request in flight per
+   broker) took 20-150 ms to make ~100-300 changelog records durable, the largest part of
+   a request's latency. Outside exactly_once a table write is serialized exactly as
+   Faust would (the changelog topic's own key/value serializers, the writing event's
+   partition) and handed to streams.outputs' idempotent acks=all producer, whose flush
+   is then the proof of durability (run_batches). Tables use the memory store, whose
+   "persisted offset" bookkeeping (Faust's send callback) does nothing, so nothing is
+   lost by not going through Faust. Under exactly_once the records stay in Faust's
+   transactions as before.
+
 Items 2 and 3 matter only under exactly_once, which Keel no longer uses by default
 (streams.app explains why); they stay so that KEEL_STREAMS_GUARANTEE=exactly_once works
 on Apache Kafka.
@@ -92,10 +104,24 @@ _applied = False
 fetch_max_wait_ms = 10
 CHANGELOG_TIMEOUT_S = 60.0
 _changelog_sent: list = []       # futures of the changelog records written since the last wait
+# item 10: when set, fn(topic, key, value, partition, headers) takes table changelog
+# records instead of Faust's producer (streams.app sets it outside exactly_once)
+changelog_sink = None
 PRODUCER_BUFFER_MAX = 10_000_000
 # The input partition whose record is being processed (set by streams.app.run_batches);
 # a send to a non-co-partitioned topic joins that partition's transaction.
 source_tp: ContextVar = ContextVar("keel_source_tp", default=None)
+
+
+class _Sent:
+    """What Faust's table reads from a changelog send it did not make (item 10): the
+    partition, as `fut.message.partition`."""
+
+    __slots__ = ("message", "partition")
+
+    def __init__(self, partition: int) -> None:
+        self.message = self
+        self.partition = partition
 
 
 class InitProducerIdResponse_v3(Response):
@@ -279,8 +305,20 @@ def apply(fetch_wait_ms: int = 10) -> None:
 
     send_changelog = Collection.send_changelog
 
-    def send_changelog_kept(self, *args, **kwargs):
-        fut = send_changelog(self, *args, **kwargs)
+    def send_changelog_kept(self, partition, key, value, key_serializer=None,
+                            value_serializer=None):
+        if changelog_sink is not None and partition is not None:     # item 10
+            topic = self.changelog_topic
+            headers = topic.prepare_headers(None)
+            key, headers = topic.prepare_key(key, key_serializer or self.key_serializer,
+                                             None, headers)
+            value, headers = topic.prepare_value(
+                value, value_serializer or self.value_serializer, None, headers)
+            changelog_sink(topic.get_topic_name(), key, value, partition,
+                           (list(headers.items()) if isinstance(headers, dict) else headers)
+                           or None)
+            return _Sent(partition)
+        fut = send_changelog(self, partition, key, value, key_serializer, value_serializer)
         _changelog_sent.append(fut)
         return fut
 

@@ -35,6 +35,7 @@ class Outputs:
             # flush() sends at once whatever lingers; the linger only groups a batch's
             # records into fewer requests while it is being produced.
             "linger.ms": 2,
+            "socket.nagle.disable": True,
             "partitioner": "murmur2_random",
             "queue.buffering.max.messages": 1_000_000,
             "delivery.report.only.error": True,
