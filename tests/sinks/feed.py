@@ -206,3 +206,22 @@ def candles(trades, seconds: int) -> dict[tuple[str, int], tuple]:
 def keel(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "infra.cli", *args], env={**os.environ, **env},
                           capture_output=True, timeout=timeout)
+
+
+class Message:
+    """A consumed record as the sinks read it (topic, partition, offset, value)."""
+
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes = b"") -> None:
+        self._t, self._p, self._o, self._v = topic, partition, offset, value
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def value(self):
+        return self._v

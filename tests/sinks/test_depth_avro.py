@@ -17,7 +17,7 @@ from schemas.codec import Codec, CodecError
 from sinks import depth_columns
 from sinks.clickhouse import ClickHouseStore
 from sinks.depth_avro import container, current_header
-from tests.sinks.feed import PAIRS, depth_updates
+from tests.sinks.feed import PAIRS, Message, depth_updates
 
 
 def _head(d: dict) -> tuple:
@@ -97,25 +97,6 @@ def test_container_round_trip():
     assert rows == depth
 
 
-class _Message:
-    """What prepare() reads of a consumed record."""
-
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes) -> None:
-        self._t, self._p, self._o, self._v = topic, partition, offset, value
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def value(self):
-        return self._v
-
-
 @pytest.fixture
 def two_databases(clickhouse_client):
     names = [f"depth_{uuid.uuid4().hex[:8]}" for _ in range(2)]
@@ -133,7 +114,7 @@ def test_the_fast_path_loads_the_same_table_as_decoded_records(clickhouse_client
     # (recent: the table's TTL would drop old rows)
     t0 = int(time.time() * 1000) // 86_400_000 * 86_400_000 - 1500
     depth = depth_updates(6000, t0_ms=t0)
-    msgs = [_Message("depth", PAIRS.index(d["pair"]), i, codec.encode("depth_update", d))
+    msgs = [Message("depth", PAIRS.index(d["pair"]), i, codec.encode("depth_update", d))
             for i, d in enumerate(depth)]
     batches = [msgs[:2500], msgs[2500:4000], msgs[1000:3000] + msgs[4000:]]
     tables = []

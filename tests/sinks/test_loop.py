@@ -8,27 +8,11 @@ import time
 
 from sinks.loop import Backoff, SinkLoop
 from sinks.metrics import SinkMetrics
-
-
-class Msg:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._t, self._p, self._o = topic, partition, offset
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def value(self):
-        return b""
+from tests.sinks.feed import Message
 
 
 class Source:
-    def __init__(self, batches: list[list[Msg]]) -> None:
+    def __init__(self, batches: list[list[Message]]) -> None:
         self.batches = list(batches)
         self.generation = 0
         self.commits: list[tuple[tuple[str, int], int]] = []
@@ -86,8 +70,8 @@ class Store:
                 self.running.remove(partition)
 
 
-def _batch(i: int, partition: int) -> list[Msg]:
-    return [Msg("t", partition, 10 * i + k) for k in range(3)]
+def _batch(i: int, partition: int) -> list[Message]:
+    return [Message("t", partition, 10 * i + k) for k in range(3)]
 
 
 def _loop(source, store, stop=None):

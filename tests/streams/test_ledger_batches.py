@@ -18,16 +18,22 @@ def write_back(users: Staged, accounts: Accounts) -> None:
     accounts.end_batch()
 
 
+def funded(amount: int) -> tuple[dict, Staged, Accounts]:
+    """A table, its staging and the accounts over it, user 1 holding `amount` written back."""
+    table: dict = {}
+    users = Staged(table)
+    accounts = Accounts(UNITS, users)
+    accounts.handle_request(deposit("d", 1, amount), 0, 0)
+    write_back(users, accounts)
+    return table, users, accounts
+
+
 def deposit(rid: str, uid: int, amount: int) -> dict:
     return request(rid, uid, "Deposit", asset="QQQ", amount=amount, reference=None)
 
 
 def test_a_batch_changes_the_table_only_when_written_back():
-    table: dict = {}
-    users = Staged(table)
-    accounts = Accounts(UNITS, users)
-    accounts.handle_request(deposit("d", 1, 100_000), 0, 0)
-    write_back(users, accounts)
+    table, users, accounts = funded(100_000)
     before = copy.deepcopy(table)
     out = accounts.handle_request(place("p", 1, "AAAQQQ", BUY, 100, 2), 0, 1)
     assert out.commands and out.replies[0]["code"] == 0
@@ -38,11 +44,7 @@ def test_a_batch_changes_the_table_only_when_written_back():
 
 
 def test_decisions_are_kept_for_the_batch_in_hand_only():
-    table: dict = {}
-    users = Staged(table)
-    accounts = Accounts(UNITS, users)
-    accounts.handle_request(deposit("d", 1, 10**6), 0, 0)
-    write_back(users, accounts)
+    table, users, accounts = funded(10**6)
     for offset in (5, 6, 7):
         accounts.handle_request(place(f"p{offset}", 1, "AAAQQQ", BUY, 100, 2), 0, offset)
     write_back(users, accounts)
@@ -53,11 +55,7 @@ def test_decisions_are_kept_for_the_batch_in_hand_only():
 
 
 def test_a_replayed_batch_rebuilds_its_outputs_from_the_written_state():
-    table: dict = {}
-    users = Staged(table)
-    accounts = Accounts(UNITS, users)
-    accounts.handle_request(deposit("d", 1, 10**6), 0, 0)
-    write_back(users, accounts)
+    table, users, accounts = funded(10**6)
     batch = [(place(f"p{i}", 1, "AAAQQQ", BUY, 100, 2), 10 + i) for i in range(3)]
     batch.append((place("big", 1, "AAAQQQ", BUY, 100, 10**7), 13))   # insufficient
     first = [accounts.handle_request(r, 0, offset) for r, offset in batch]
