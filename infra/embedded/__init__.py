@@ -6,6 +6,7 @@ other Keel process. Everything listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import ctypes
+import random
 import signal
 import socket
 
@@ -22,10 +23,37 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def _listen_range() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range: no client socket is ever given one, so a
+    port found free here stays free until our server binds it (a port from bind(0) is in
+    the ephemeral range, where any outgoing connection may take it first)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (10000, low) if low - 10000 >= 4096 else (0, 0)
+
+
+def free_ports(count: int = 1, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive ports that are all free now, outside the ephemeral
+    range when the kernel leaves room for it."""
+    start, stop = _listen_range()
+    for _ in range(500 if stop else 0):
+        first = random.randrange(start, stop - count)
+        if not any(port_in_use(first + k, host) for k in range(count)):
+            return first
+    while True:  # no room below the ephemeral range: the kernel's choice, checked
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            first = sock.getsockname()[1]
+        if first + count <= 65536 and not any(port_in_use(first + k, host)
+                                              for k in range(1, count)):
+            return first
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

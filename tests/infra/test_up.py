@@ -14,11 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infra.embedded import free_port
+from infra.embedded import free_port, free_ports
 
 KEEL = [sys.executable, "-m", "infra.cli"]
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(10**6)"]
-WAIT = 90.0
+WAIT = 150.0    # longer than keel up's own start timeout, so its diagnosis is seen
+METRICS_SPAN = 70  # engine +10.., streams +30.., sinks +40.., standby +60..
 
 
 class Stack:
@@ -30,7 +31,7 @@ class Stack:
                     "KEEL_EMBEDDED_KAFKA_PORT": str(free_port()),
                     "KEEL_EMBEDDED_POSTGRES_PORT": str(free_port()),
                     "KEEL_EMBEDDED_CLICKHOUSE_PORT": str(free_port()),
-                    "KEEL_METRICS_PORT_BASE": str(free_port()),
+                    "KEEL_METRICS_PORT_BASE": str(free_ports(METRICS_SPAN)),
                     "KEEL_GATEWAY_PORT": str(free_port()),
                     "KEEL_EXTRA_PROCESSES": json.dumps([{"name": "sleeper", "argv": SLEEPER}])}
         for name in ("KEEL_KAFKA_BOOTSTRAP", "KEEL_POSTGRES_URL", "KEEL_CLICKHOUSE_URL"):
@@ -52,9 +53,18 @@ class Stack:
     def wait_for(self, text: str, timeout: float = WAIT) -> None:
         deadline = time.monotonic() + timeout
         while not any(text in line for line in self.lines):
-            assert self.proc.poll() is None, f"keel up exited:\n{self.output}"
-            assert time.monotonic() < deadline, f"no {text!r} from keel up:\n{self.output}"
+            assert self.proc.poll() is None, f"keel up exited:\n{self.output}{self.logs()}"
+            assert time.monotonic() < deadline, \
+                f"no {text!r} from keel up:\n{self.output}{self.logs()}"
             time.sleep(0.1)
+
+    def logs(self, lines: int = 15) -> str:
+        """The end of every process log, for a failure message that says why."""
+        tails = []
+        for log in sorted((self.data_dir / "logs").glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            tails.append(f"\n--- {log.name} ---\n" + "\n".join(tail))
+        return "".join(tails)
 
     def state(self) -> dict:
         return json.loads((self.data_dir / "run" / "state.json").read_text())

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from infra.embedded import free_port, port_in_use
-from tests.infra.test_up import Stack
+from infra.embedded import free_port, free_ports
+from tests.infra.test_up import METRICS_SPAN, Stack
 
 MASTER_KEY = "observability-test-master-key-0123456789"
 
@@ -18,10 +18,7 @@ MASTER_KEY = "observability-test-master-key-0123456789"
 def _metrics_base() -> int:
     """A base whose derived ports (engine +10.., streams +30.., sinks +40.., standby +60..)
     are free too: a free base alone can put the engine on someone else's port."""
-    while True:
-        base = free_port()
-        if base + 70 < 65536 and not any(port_in_use(base + k) for k in range(0, 70)):
-            return base
+    return free_ports(METRICS_SPAN)
 
 
 def _streams_extras(env: dict[str, str]) -> list[dict]:
