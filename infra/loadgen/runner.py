@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -80,17 +81,32 @@ def create_accounts(settings: Settings, plan: list[Trader], tag: str) -> tuple:
 
 
 def _with_retry(fn, *args, timeout: float = 60.0):
-    """PostgreSQL may still be starting when a run is launched right after `keel up`."""
+    """PostgreSQL may still be starting when a run is launched right after `keel up`.
+    Still unreachable after `timeout`: a RuntimeError saying so in one line (the command
+    prints it), not psycopg's traceback."""
     import psycopg
 
     deadline = time.monotonic() + timeout
     while True:
         try:
             return fn(*args)
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
-                raise
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise RuntimeError(f"the gateway's PostgreSQL (its user table) is not "
+                                   f"reachable: {first}") from None
             time.sleep(1.0)
+
+
+def gateway_answers(base_url: str, timeout: float = 2.0) -> bool:
+    """Something accepts connections at the gateway's host and port."""
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout):
+            return True
+    except OSError:
+        return False
 
 
 async def until_ok(floor: traders.Floor, acct: traders.Account, method: str, path: str,
@@ -149,6 +165,11 @@ async def run_load(cfg: Config, settings: Settings, markets: MarketsConfig,
     from infra.commands.top import metrics_endpoints
 
     check_host(cfg.base_url, cfg.allowed_hosts)
+    if state is None and not await asyncio.to_thread(gateway_answers, cfg.base_url):
+        # No `keel up` on this data dir (that one is waited for: it may be starting) and
+        # nothing listening: say so now instead of retrying the user table for a minute.
+        raise RuntimeError(f"no gateway answers at {cfg.base_url} and no `keel up` runs on "
+                           "this data dir: start the stack first (or pass --url)")
     rng = random.Random(cfg.seed)
     plan = population(cfg.users, cfg.rate)
     shape = phases(cfg.mode, cfg.seconds, cfg.step_seconds)

@@ -188,3 +188,41 @@ def test_spike_recovery_waits_for_the_backlog_to_drain():
     played = [(Phase("before", 2, 1), 0, 2), (Phase("spike", 2, 10), 2, 4),
               (Phase("after", 4, 1), 4, 8)]
     assert recovery_seconds(rec, played) == 2.0           # second 6: 10 answered, target 10
+
+
+def test_without_a_stack_it_says_so_in_one_line(tmp_path):
+    """No `keel up` on the data dir and nothing at the gateway's port: a one-line error
+    and a non-zero exit, not a traceback (it was psycopg's, after a minute of retries)."""
+    import os
+    import subprocess
+    import sys
+
+    from infra.embedded import free_port
+
+    env = os.environ | {"KEEL_DATA_DIR": str(tmp_path), "KEEL_GATEWAY_PORT": str(free_port()),
+                        "KEEL_EMBEDDED_POSTGRES_PORT": str(free_port()),
+                        "KEEL_EMBEDDED_KAFKA_PORT": str(free_port())}
+    result = subprocess.run([sys.executable, "-m", "infra.cli", "loadgen", "baseline",
+                             "--seconds", "1", "--no-progress", "--json"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("keel loadgen:"), result.stderr
+    assert "no gateway answers" in err[0] and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_unreachable_user_table_is_one_line_after_the_retries():
+    import psycopg
+
+    from infra.loadgen.runner import _with_retry
+
+    def refused():
+        raise psycopg.OperationalError('connection failed: connection to server at '
+                                       '"127.0.0.1", port 1 failed: Connection refused\n'
+                                       '\tIs the server running on that host?')
+
+    with pytest.raises(RuntimeError) as caught:
+        _with_retry(refused, timeout=0)
+    message = str(caught.value)
+    assert "\n" not in message and "PostgreSQL" in message and "port 1 failed" in message
