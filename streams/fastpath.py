@@ -6,35 +6,79 @@ flow event, the consumer's stopped and crashed events), an `asyncio.wait` and th
 cancellations per record — the largest single cost of consuming, measured with py-spy on
 the accounts worker (bench/streams.py).
 
-The delivery almost always finishes without waiting (the stream's queue has room, flow
-is not suspended), so it is first run one step inline: if it finishes, that is all. If it
-waits (a full queue, a rebalance), the waiting rest goes through the usual `wait_first`,
-so a suspended flow still interrupts it exactly as before.
+The delivery is first run one step inline: if it finishes (the stream's queue has room,
+flow is not suspended), that is all. If it waits (a full queue: every record of a
+backlog), the rest runs inline too, woken by the awaited future or by the flow being
+suspended or the consumer stopping, which stop it as `wait_first` would.
 """
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 _installed = False
 
 
-async def _rest(coro, waited):
-    """Run the remainder of a coroutine that already yielded `waited` to the loop."""
+def _ring(wake, _) -> None:
+    if not wake.done():
+        wake.set_result(None)
+
+
+def _wake_on(loop, wake, events) -> list:
+    """Register a future with each event's waiters (asyncio's and mode's Events both keep
+    a `_waiters` deque their set() resolves): whichever is set first resolves `wake`."""
+    ring = partial(_ring, wake)
+    held = []
+    for event in events:
+        fut = loop.create_future()
+        fut.add_done_callback(ring)
+        event._waiters.append(fut)
+        held.append((event, fut))
+    return held
+
+
+def _unregister(held) -> None:
+    for event, fut in held:
+        try:
+            event._waiters.remove(fut)
+        except ValueError:
+            pass
+        fut.cancel()
+
+
+async def _rest(coro, waited, events):
+    """Run the remainder of a delivery that already yielded `waited` to the loop, as its
+    own task would, and stop it (cancelled, as `wait_first` would) once one of `events`
+    (the flow suspended, the consumer stopped or crashed) is set. True if it finished.
+
+    In a backlog every record's delivery waits for room in the stream's queue, and
+    `wait_first`'s four tasks and `asyncio.wait` per record were ~10% of the accounts
+    worker's CPU (py-spy, bench/streams.py): here a wait costs one future per event and
+    a callback on the awaited one."""
+    loop = asyncio.get_running_loop()
     try:
         while True:
-            try:
-                if waited is None:            # a bare yield (asyncio.sleep(0))
-                    await asyncio.sleep(0)
-                else:
-                    await asyncio.wait((waited,))
-            except asyncio.CancelledError:
+            if waited is None:                # a bare yield (asyncio.sleep(0))
+                await asyncio.sleep(0)
+            elif not waited.done() and not any(event.is_set() for event in events):
+                wake = loop.create_future()
+                held = _wake_on(loop, wake, events)
+                waited.add_done_callback(partial(_ring, wake))
+                try:
+                    await wake
+                finally:
+                    _unregister(held)
+            if any(event.is_set() for event in events):
                 if waited is not None:
                     waited.cancel()
-                coro.throw(asyncio.CancelledError())   # let it clean up, then stop
-                raise
+                try:
+                    coro.throw(asyncio.CancelledError())   # let it clean up, then stop
+                except (asyncio.CancelledError, StopIteration):
+                    pass
+                return False
             waited = coro.send(None)
-    except StopIteration as done:
-        return done.value
+    except StopIteration:
+        return True
     finally:
         coro.close()
 
@@ -54,12 +98,14 @@ def install() -> None:
                 and getattr(coros[1], "__qualname__", "") == "Event.wait"
                 and not self.suspend_flow.is_set()):
             deliver, flow = coros
+            flow.close()                           # never started: nothing to cancel
             try:
                 waited = deliver.send(None)
             except StopIteration as done:
-                flow.close()                       # never started: nothing to cancel
                 return WaitResults([deliver], [done.value], False)
-            coros = (_rest(deliver, waited), flow)
+            if await _rest(deliver, waited, (self.suspend_flow, self._stopped, self._crashed)):
+                return WaitResults([deliver], [None], False)
+            return WaitResults([], [], True)
         return await Service.wait_first(self, *coros, timeout=timeout)
 
     Consumer.wait_first = wait_first

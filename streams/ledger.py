@@ -366,8 +366,8 @@ class Accounts:
 def _forget_before(decisions: dict, floor: int) -> None:
     """Drop the decisions of requests before `floor`, the batch's first offset on the
     user's partition. Those were handled by an earlier batch of this worker, whose outputs
-    were delivered before this batch began, or lie before the committed offset, so no
-    replay will ask for them again. What stays is at most one batch's worth, and the
+    were acknowledged before this batch's state is written (streams.app), or lie before
+    the committed offset, so no replay will ask for them again. What stays is at most one batch's worth, and the
     user's value (copied and written to the changelog each batch) stays small.
     Decisions are kept in offset order (a user lives on one partition)."""
     while decisions:
