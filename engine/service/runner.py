@@ -1,7 +1,8 @@
 """The engine process: one consumer for its keel.orders partitions, one worker per partition.
 
-The loop gathers a batch (bounded by count and time), hands each partition its records,
-and between batches beats (primaries), watches beats and reads the committed offset
+The loop gathers a batch (bounded by count and time), hands each partition its records
+(the primaries' transactions then run side by side, one thread per partition), and between
+batches beats (primaries), watches beats and reads the committed offset
 (standbys), and takes over a partition whose primary went silent. SIGTERM/SIGINT finish
 the current transaction and return 0; a fenced writer returns EXIT_FENCED so its
 supervisor restarts it, as a standby.
