@@ -11,6 +11,15 @@ so the figures are the gateway's.
         connects every client, prints "ready", reads "go" then the number of messages
         published on stdin, counts text frames until all arrived (or 10 s); prints
         {"received", "expected", "elapsed", "checked", "cpu_s"}
+    gateway_load.py orders --url ... --key K --secret S --params 'symbol=..&price={m}.00'
+        [--conns 64] [--seconds 3] [--rate R] [--listen-key L]
+        signed POST /api/v3/order on keep-alive connections ({n}: the order's number,
+        {m}: 1000 + n % 50, {cid}: --cid-prefix and n). Without --rate each connection sends back to back (capacity);
+        with --rate orders are due at R/s, each sent on a free connection (latency), its
+        latency counted from when it was due, so a stall is not hidden. With
+        --listen-key the user's stream is read too and each order (newClientOrderId
+        {cid}) is timed to its first TRADE executionReport. Prints {"ok", "bad",
+        "elapsed", "ack_ms", "e2e_ms", "late", "cpu_s"}
     gateway_load.py replier --url BOOTSTRAP --topic-prefix P
         stands in for accounts, answering every keel.requests record at once with an OK
         reply (no funds, no engine): what is left of an order's cost is the gateway's.
@@ -173,6 +182,193 @@ async def _client_ws(host: str, port: int, path: str, clients: int) -> dict:
             "checked": sum(p.checked for p in protos)}
 
 
+class _OrderConn(asyncio.Protocol):
+    """One keep-alive connection carrying one signed order at a time."""
+
+    def __init__(self, on_answer) -> None:
+        self.on_answer = on_answer
+        self.buf = b""
+        self.due = 0.0
+        self.opened: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.opened.set_result(None)
+
+    def send(self, request: bytes, due: float) -> None:
+        self.due = due
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end]
+        at = head.lower().find(b"content-length:")
+        length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+        if len(self.buf) < end + 4 + length:
+            return
+        body = self.buf[end + 4:end + 4 + length]
+        self.buf = self.buf[end + 4 + length:]
+        self.on_answer(self, head[9:12] == b"200", body)
+
+
+class _UserStream(asyncio.Protocol):
+    """The user's WebSocket stream: the first TRADE executionReport of each timed order."""
+
+    def __init__(self, path: str, host: str, sent: dict, fills: list) -> None:
+        self.path, self.host, self.sent, self.fills = path, host, sent, fills
+        self.ready = asyncio.get_running_loop().create_future()
+        self.buf = b""
+        self.upgraded = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write((f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
+                         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                         ).encode())
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        buf = self.buf + data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            self.upgraded = True
+            self.ready.set_result(None)
+            buf = buf[end + 4:]
+        at, size = 0, len(buf)
+        while size - at >= 2:
+            op, length, head = buf[at] & 0x0F, buf[at + 1] & 0x7F, 2
+            if length == 126:
+                if size - at < 4:
+                    break
+                length, head = int.from_bytes(buf[at + 2:at + 4]), 4
+            elif length == 127:
+                if size - at < 10:
+                    break
+                length, head = int.from_bytes(buf[at + 2:at + 10]), 10
+            if size - at < head + length:
+                break
+            if op == 1:
+                m = json.loads(buf[at + head:at + head + length])
+                if m.get("e") == "executionReport" and m.get("x") == "TRADE":
+                    due = self.sent.pop(m.get("c"), None)
+                    if due is not None:
+                        self.fills.append((now - due) * 1000)
+            elif op == 9:
+                self.transport.write(b"\x8a\x80\x00\x00\x00\x00")
+            at += head + length
+        self.buf = buf[at:]
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p99": None, "max": None, "n": 0}
+    v = sorted(values)
+    return {"p50": round(v[len(v) // 2], 2), "p99": round(v[min(len(v) - 1, int(len(v) * 0.99))], 2),
+            "max": round(v[-1], 2), "n": len(v)}
+
+
+async def _client_orders(host: str, port: int, args) -> dict:
+    """Signed orders, closed loop (capacity) or paced at --rate (latency)."""
+    import hashlib
+    import hmac
+
+    loop = asyncio.get_running_loop()
+    secret = args.secret.encode()
+    head = f" HTTP/1.1\r\nHost: {host}\r\nX-MBX-APIKEY: {args.key}\r\nContent-Length: 0\r\n\r\n"
+
+    def request(n: int) -> bytes:
+        text = (args.params.format(n=n, m=1000 + n % 50, cid=f"{args.cid_prefix}{n}")
+                + f"&timestamp={time.time_ns() // 1_000_000}")
+        sig = hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
+        return f"POST /api/v3/order?{text}&signature={sig}{head}".encode()
+
+    sent: dict[str, float] = {}         # client order id -> when it was due
+    fills: list[float] = []
+    stream = None
+    if args.listen_key:
+        _, stream = await loop.create_connection(
+            lambda: _UserStream(f"/ws/{args.listen_key}", host, sent, fills), host, port)
+        await stream.ready
+    acks: list[float] = []
+    bad: list[bytes] = []
+    free: list[_OrderConn] = []
+    waiting: asyncio.Future | None = None
+    counter = iter(range(10**9))
+    closed_loop = not args.rate
+    stop_at = 0.0
+
+    def on_answer(conn: _OrderConn, ok: bool, body: bytes) -> None:
+        nonlocal waiting
+        now = time.perf_counter()
+        if ok:
+            acks.append((now - conn.due) * 1000)
+        else:
+            bad.append(body)
+        if closed_loop:
+            if now < stop_at:
+                conn.send(request(next(counter)), now)
+            else:
+                free.append(conn)
+            return
+        free.append(conn)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    conns = []
+    for _ in range(args.conns):
+        _, conn = await loop.create_connection(lambda: _OrderConn(on_answer), host, port)
+        await conn.opened
+        conns.append(conn)
+    started = time.perf_counter()
+    stop_at = started + args.seconds
+    late = 0
+    if closed_loop:
+        for conn in conns:
+            conn.send(request(next(counter)), time.perf_counter())
+    else:
+        free.extend(conns)
+        total = int(args.rate * args.seconds)
+        for i in range(total):
+            due = started + i / args.rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            while not free:             # every connection busy: the order goes out late
+                waiting = loop.create_future()
+                await waiting
+            if time.perf_counter() - due > 0.005:
+                late += 1
+            n = next(counter)
+            if stream is not None:
+                sent[f"{args.cid_prefix}{n}"] = due
+            free.pop().send(request(n), due)
+    deadline = time.perf_counter() + args.seconds + 10
+    while len(free) < len(conns) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    answered = len(acks) + len(bad)
+    if stream is not None:
+        deadline = time.perf_counter() + 10
+        while sent and len(fills) < len(acks) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        stream.transport.close()
+    for conn in conns:
+        conn.transport.close()
+    sent_n = next(counter)
+    return {"ok": len(acks), "bad": len(bad), "sent": sent_n, "answered": answered,
+            "elapsed": elapsed, "late": late, "ack_ms": _percentiles(acks),
+            "e2e_ms": _percentiles(fills) if stream is not None else None,
+            "first_bad": bad[0].decode(errors="replace")[:200] if bad else None}
+
+
 def _replier(bootstrap: str, prefix: str) -> dict:
     import threading
 
@@ -194,7 +390,13 @@ def _replier(bootstrap: str, prefix: str) -> dict:
     replied, order_id = 0, 10**12
     print("ready", flush=True)
     while not closed.is_set():
-        for msg in consumer.consume(500, 0.05):
+        # consume() waits out its whole timeout unless the batch fills: block on the first
+        # record only, or every reply would wait ~50 ms here and the figure be the replier's
+        first = consumer.poll(0.05)
+        if first is None:
+            producer.poll(0)
+            continue
+        for msg in [first, *consumer.consume(500, 0)]:
             if msg.error() is not None or msg.value() is None:
                 continue
             req = codec.decode("order_request", msg.value())
@@ -216,13 +418,21 @@ def main() -> int:
     import uvloop
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("public", "ws", "replier"))
+    parser.add_argument("kind", choices=("public", "ws", "orders", "replier"))
     parser.add_argument("--topic-prefix", default="keel.")
     parser.add_argument("--url", required=True)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--conns", type=int, default=32)
     parser.add_argument("--ws-clients", type=int, default=1000)
     parser.add_argument("--path", default="/ws/solusdt@trade")
+    parser.add_argument("--key", help="orders: API key")
+    parser.add_argument("--secret", help="orders: API secret")
+    parser.add_argument("--params", help="orders: query without timestamp/signature")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="orders: orders due per second (0: back to back per connection)")
+    parser.add_argument("--cid-prefix", default="e2e")
+    parser.add_argument("--listen-key", help="orders: time each order to its fill on this "
+                        "user stream")
     args = parser.parse_args()
     cpu = time.process_time()
     if args.kind == "replier":
@@ -234,6 +444,8 @@ def main() -> int:
     host, port = args.url.split("//")[1].split(":")
     if args.kind == "public":
         out = uvloop.run(_client_public(host, int(port), args.seconds, args.conns))
+    elif args.kind == "orders":
+        out = uvloop.run(_client_orders(host, int(port), args))
     else:
         out = uvloop.run(_client_ws(host, int(port), args.path, args.ws_clients))
     out["cpu_s"] = round(time.process_time() - cpu, 2)
