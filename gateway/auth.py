@@ -6,7 +6,6 @@ Pure functions over the raw request text; the key lookup is passed in.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 
@@ -42,7 +41,7 @@ def payload_and_signature(query: str, body: str) -> tuple[str, str | None]:
 
 
 def sign(secret: str, payload: str) -> str:
-    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode(), payload.encode(), "sha256").hex()
 
 
 def check_api_key_format(api_key: str | None) -> str:
@@ -57,7 +56,8 @@ def check_signature(principal: Principal, query: str, body: str) -> None:
         raise errors.mandatory_missing("signature")
     if not _HEX64.match(signature):
         raise errors.bad_signature()
-    want = sign(principal.secret.reveal(), payload)
+    # hmac.digest is OpenSSL's one-shot HMAC: no HMAC object, no Python-level key setup
+    want = hmac.digest(principal.signing_key, payload.encode(), "sha256").hex()
     if not hmac.compare_digest(want, signature.lower()):
         raise errors.bad_signature()
 

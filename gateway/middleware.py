@@ -15,7 +15,6 @@ import time
 from aiohttp import web
 
 from gateway import errors
-from gateway.auth import check_api_key_format
 from gateway.context import CLOCK_MS, KEYS, LIMITER, METRICS, PRINCIPAL
 from gateway.ratelimit import WEIGHTS, depth_weight, ticker_weight
 from gateway.users import KEY_FORMAT
@@ -30,8 +29,10 @@ def error_response(err: errors.ApiError) -> web.Response:
                         content_type="application/json", headers=err.headers)
 
 
-def request_weight(request: web.Request) -> int:
-    path = request.path
+def request_weight(request: web.Request, path: str) -> int:
+    if path == "/api/v3/order":
+        # placing and cancelling weigh 1; querying weighs more
+        return 1 if request.method != "GET" else WEIGHTS[path]
     if path == "/api/v3/depth":
         try:
             return depth_weight(int(request.query.get("limit", "100")))
@@ -42,16 +43,14 @@ def request_weight(request: web.Request) -> int:
         if "symbol" in q:
             return ticker_weight(1)
         return ticker_weight(None)
-    if path == "/api/v3/order" and request.method != "GET":
-        return 1                    # placing and cancelling weigh 1; querying weighs more
     return WEIGHTS.get(path, 1)
 
 
-async def _principal(request: web.Request):
+async def _principal(request: web.Request, keys):
     key = request.headers.get("X-MBX-APIKEY")
     if key is None or not KEY_FORMAT.match(key):
         return None
-    found = await request.app[KEYS].principal(check_api_key_format(key))
+    found = await keys.principal(key)
     request[PRINCIPAL] = found
     return found
 
@@ -65,10 +64,11 @@ async def edge(request: web.Request, handler):
     status = 500
     try:
         verdict = None
-        if request.path not in UNLIMITED:
-            principal = await _principal(request)
+        path = request.path
+        if path not in UNLIMITED:
+            principal = await _principal(request, app[KEYS])
             verdict = app[LIMITER].charge(
-                app[CLOCK_MS]() / 1000, request.remote or "?", request_weight(request),
+                app[CLOCK_MS]() / 1000, request.remote or "?", request_weight(request, path),
                 principal.api_key if principal else None,
                 principal.tier if principal else "standard")
             if not verdict.allowed:

@@ -42,6 +42,18 @@ class NewOrder:
             "client_order_id": client_order_id})
 
 
+_MIN_NOTIONAL: dict[str, tuple[Market, int]] = {}
+
+
+def min_notional_units(market: Market) -> int:
+    """Market.min_notional_units, computed once per market (a Decimal division per
+    order otherwise); by pair, checked to be the same Market (hashing one is not cheap)."""
+    found = _MIN_NOTIONAL.get(market.pair)
+    if found is None or found[0] is not market:
+        found = _MIN_NOTIONAL[market.pair] = (market, market.min_notional_units)
+    return found[1]
+
+
 def _steps(value: int | ResultCode) -> int:
     if isinstance(value, ResultCode):
         raise errors.from_result(value)
@@ -50,12 +62,10 @@ def _steps(value: int | ResultCode) -> int:
 
 def parse_new_order(params: Params, markets: MarketsConfig) -> NewOrder:
     market = params.market(markets)
-    side = SIDES[params.choice("side", tuple(SIDES), required=True, error=errors.invalid_side())]
-    type_name = params.choice("type", tuple(TYPES), required=True,
-                              error=errors.invalid_order_type())
-    kind = TYPES[type_name]
-    tif_name = params.choice("timeInForce", tuple(TIFS), error=errors.invalid_tif())
-    stp = STPS[params.choice("selfTradePreventionMode", tuple(STPS), default="NONE")]
+    side = SIDES[params.choice("side", SIDES, required=True, error=errors.invalid_side)]
+    kind = TYPES[params.choice("type", TYPES, required=True, error=errors.invalid_order_type)]
+    tif_name = params.choice("timeInForce", TIFS, error=errors.invalid_tif)
+    stp = STPS[params.choice("selfTradePreventionMode", STPS, default="NONE")]
     resp = params.choice("newOrderRespType", RESP_TYPES, default="FULL")
     client_order_id = params.client_order_id()
     price_text = params.decimal("price")
@@ -78,7 +88,7 @@ def parse_new_order(params: Params, markets: MarketsConfig) -> NewOrder:
             quote_qty = market.quote_to_units(quote_text)
             if isinstance(quote_qty, ResultCode) or quote_qty <= 0:
                 raise errors.from_result(ResultCode.INVALID_QUANTITY)
-            if quote_qty < market.min_notional_units:
+            if quote_qty < min_notional_units(market):
                 raise errors.from_result(ResultCode.BELOW_MIN_NOTIONAL)
     else:
         if price_text is None:
@@ -95,7 +105,7 @@ def parse_new_order(params: Params, markets: MarketsConfig) -> NewOrder:
             raise errors.invalid_tif()
         price = _steps(market.price_to_ticks(price_text))
         qty = _steps(market.qty_to_lots(qty_text))
-        if price * qty < market.min_notional_units:
+        if price * qty < min_notional_units(market):
             raise errors.from_result(ResultCode.BELOW_MIN_NOTIONAL)
     if max(price, qty, quote_qty) >= 2 ** 62:
         raise errors.ApiError(-1013, "Filter failure: value too large.")

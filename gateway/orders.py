@@ -108,6 +108,22 @@ class OrderBookkeeper:
             self.by_client[(user_id, state.client_order_id)] = state
         return state
 
+    def register_placed(self, pair: str, order_id: int, user_id: int, ts: int,
+                        client_order_id: str, form) -> OrderState:
+        """`register` for a new order the gateway placed, from its checked form
+        (gateway.order_form.NewOrder): the same fields, set without the keyword walk."""
+        state = self._state(pair, order_id, user_id)
+        if not state.client_order_id:
+            state.client_order_id = client_order_id
+        state.side, state.kind, state.tif = form.side, form.kind, form.tif
+        state.price, state.qty, state.quote_qty, state.stp = (form.price, form.qty,
+                                                              form.quote_qty, form.stp)
+        if not state.time:
+            state.time = state.update_time = ts
+        if state.client_order_id:
+            self.by_client[(user_id, state.client_order_id)] = state
+        return state
+
     def _state(self, pair: str, order_id: int, user_id: int) -> OrderState:
         key = (pair, order_id)
         state = self.orders.get(key)

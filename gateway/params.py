@@ -6,6 +6,7 @@ inputs in a few lines and a malformed value can never reach the engine or become
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl
 
@@ -16,12 +17,26 @@ _DECIMAL = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,18})?$")
 _CLIENT_ID = re.compile(r"^[.A-Za-z0-9_:/-]{1,36}$")
 
 
+def split_pairs(text: str) -> list[tuple[str, str]]:
+    """parse_qsl(text, keep_blank_values=True): (name, value) in order, '+' and %XX
+    decoded. Text with neither (a bot's usual order) is only split: parse_qsl's unquote
+    of every name and value was a tenth of a signed request's parsing."""
+    if "%" in text or "+" in text:
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=False)
+    out = []
+    for piece in text.split("&"):
+        if piece:
+            name, _, value = piece.partition("=")
+            out.append((name, value))
+    return out
+
+
 class Params:
     def __init__(self, query: str, body: str = "") -> None:
         self.values: dict[str, str] = {}
-        for text in (query, body):
+        for text in (query, body) if body else (query,):
             try:
-                pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False)
+                pairs = split_pairs(text)
             except ValueError:
                 raise errors.illegal_chars("query") from None
             for name, value in pairs:
@@ -67,13 +82,19 @@ class Params:
         except InvalidOperation:
             raise errors.illegal_chars(name) from None
 
-    def choice(self, name: str, options: tuple[str, ...], required: bool = False,
-               default: str | None = None, error: errors.ApiError | None = None) -> str | None:
-        value = self.text(name, required)
-        if value is None:
+    def choice(self, name: str, options, required: bool = False, default: str | None = None,
+               error: Callable[[], errors.ApiError] | None = None) -> str | None:
+        """The value if it is one of `options` (any container); `error` builds the
+        refusal (only when there is one: an exception built per call cost more than the
+        check)."""
+        value = self.values.get(name)
+        if not value:
+            if required:
+                raise errors.mandatory_missing(name)
             return default
         if value not in options:
-            raise error or errors.ApiError(-1100, f"Illegal value for parameter '{name}'.")
+            raise error() if error is not None else errors.ApiError(
+                -1100, f"Illegal value for parameter '{name}'.")
         return value
 
     def market(self, markets: MarketsConfig, required: bool = True) -> Market | None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
+import orjson
 from aiohttp import web
 
 from gateway import errors
@@ -20,9 +21,15 @@ from gateway.params import Params
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
+def dump_json(data) -> bytes:
+    """Compact JSON (orjson: a tenth of json.dumps' time on an order's answer; non-ASCII
+    is written as UTF-8, not escaped — the same JSON)."""
+    return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+
+
 def json_response(data, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(data, separators=(",", ":")).encode(),
-                        content_type="application/json", headers=headers)
+    return web.Response(body=dump_json(data), content_type="application/json",
+                        headers=headers)
 
 
 def cached(compute: Callable[[web.Request, Params], object]) -> Handler:
@@ -43,7 +50,7 @@ def cached(compute: Callable[[web.Request, Params], object]) -> Handler:
             key = path + "?" + urlencode(sorted(params.values.items()))
             answer = cache.get(key, now)
             if answer is None:
-                body = json.dumps(compute(request, params), separators=(",", ":")).encode()
+                body = dump_json(compute(request, params))
                 answer = (body, {"Content-Type": "application/json",
                                  "Cache-Control": cache_control(ttl)})
                 cache.put(key, answer, now, ttl)
@@ -132,7 +139,7 @@ def agg_trades(request: web.Request, params: Params):
 def klines(request: web.Request, params: Params):
     market = params.market(request.app[MARKETS])
     interval = params.choice("interval", INTERVALS, required=True,
-                             error=errors.invalid_interval())
+                             error=errors.invalid_interval)
     limit = params.integer("limit", default=500, low=1, high=1000)
     start = params.integer("startTime", low=0)
     end = params.integer("endTime", low=0)

@@ -5,7 +5,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.auth import check_api_key_format, check_signature, check_timestamp
-from gateway.context import CLOCK_MS, KEYS, PRINCIPAL
+from gateway.context import CLOCK_MS, FEED, KEYS, PRINCIPAL
 from gateway.params import Params
 from gateway.users import Principal
 
@@ -26,36 +26,35 @@ async def read_body(request: web.Request) -> str:
 
 async def api_key_principal(request: web.Request) -> Principal:
     """The key's owner (no signature): for USER_STREAM endpoints such as listenKey."""
-    key = check_api_key_format(request.headers.get("X-MBX-APIKEY"))
-    if PRINCIPAL in request:
-        found = request[PRINCIPAL]
-    else:
-        found = await request.app[KEYS].principal(key)
+    # The edge middleware looked the key up already (only for a well-formed key).
+    found = request.get(PRINCIPAL)
     if found is None:
-        raise errors.rejected_api_key()
+        key = check_api_key_format(request.headers.get("X-MBX-APIKEY"))
+        found = await request.app[KEYS].principal(key)
+        if found is None:
+            raise errors.rejected_api_key()
     return found
 
 
 async def authenticate(request: web.Request, admin: bool = False) -> tuple[Principal, Params]:
     """(principal, params) of a correctly signed, fresh request; ApiError otherwise."""
-    require_ready(request)
+    app = request.app
+    require_ready(app)
     principal = await api_key_principal(request)
     if admin and not principal.is_admin:
         raise errors.rejected_api_key()
     query = request.rel_url.raw_query_string
-    body = await read_body(request)
+    body = await read_body(request) if request.can_read_body else ""
     params = Params(query, body)
     params.integer("timestamp", required=True, low=0)
     check_signature(principal, query, body)
-    check_timestamp(params, request.app[CLOCK_MS]())
+    check_timestamp(params, app[CLOCK_MS]())
     return principal, params
 
 
-def require_ready(request: web.Request) -> None:
+def require_ready(app: web.Application) -> None:
     """Order state is folded from Kafka: until the feed has caught up, say so (503)."""
-    from gateway.context import FEED
-
-    feed = request.app.get(FEED)
+    feed = app.get(FEED)
     if feed is None or not feed.ready.is_set():
         raise errors.disconnected("The gateway is still catching up with the exchange; "
                                   "retry shortly.")

@@ -27,12 +27,12 @@ OPEN = ("PENDING_NEW", "NEW", "PARTIALLY_FILLED")
 
 async def _ask(request: web.Request, user_id: int, body, action: str,
                validate: bool = True) -> dict:
+    app = request.app
     try:
-        reply = await request.app[BUS].ask(user_id, request.app[CLOCK_MS](), body,
-                                           validate=validate)
+        reply = await app[BUS].ask(user_id, app[CLOCK_MS](), body, validate=validate)
     except errors.ApiError as err:
         if err.code == -1007:
-            request.app[METRICS].order_timeouts.inc()
+            app[METRICS].order_timeouts.inc()
         raise
     if reply["code"] != 0:
         raise errors.from_result(reply["code"], action)
@@ -63,28 +63,26 @@ def _order_ref(params: Params) -> tuple[int | None, str | None]:
 
 async def new_order(request: web.Request) -> web.Response:
     principal, params = await authenticate(request)
-    folding = request.app[FOLDING]
-    form = parse_new_order(params, request.app[MARKETS])
+    app = request.app
+    folding = app[FOLDING]
+    form = parse_new_order(params, app[MARKETS])
     pair = form.market.pair
     if form.kind == OrderKind.MARKET:      # only a market order needs the book's levels
         form = protection_price(form, *folding.market.books[pair].depth(1000))
-    client_id = form.client_order_id or request.app[BUS].new_client_order_id()
+    client_id = form.client_order_id or app[BUS].new_client_order_id()
     known = folding.orders.by_client.get((principal.user_id, client_id))
     if known is not None and not known.final:
         raise errors.ApiError(-2010, "Duplicate order sent.")
-    reply = await _ask(request, principal.user_id, form.body(client_id), "order",
-                       validate=False)      # built by the form: see RequestBus.ask
-    state = folding.orders.register(
-        pair, reply["order_id"], principal.user_id, reply["ts"], client_order_id=client_id,
-        side=form.side, kind=form.kind, tif=form.tif, price=form.price, qty=form.qty,
-        quote_qty=form.quote_qty, stp=form.stp)
-    u = folding.units[pair]
+    reply = await _ask(request, principal.user_id, form.body(client_id), "order")
+    state = folding.orders.register_placed(pair, reply["order_id"], principal.user_id,
+                                           reply["ts"], client_id, form)
     if form.resp_type == "ACK":
         return json_response(r.order_ack(state))
     await _wait(request, folding.wait_order(pair, state.order_id, folding.complete))
     if state.status == "REJECTED":
         raise errors.from_result(state.code)
-    return json_response(r.order_result(u, state, full=form.resp_type == "FULL"))
+    return json_response(r.order_result(folding.units[pair], state,
+                                        full=form.resp_type == "FULL"))
 
 
 def _find(request: web.Request, user_id: int, params: Params, action: str) -> OrderState:

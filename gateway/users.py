@@ -31,6 +31,15 @@ class Principal:
     def __repr__(self) -> str:                 # never show the secret
         return f"Principal(user_id={self.user_id}, tier={self.tier!r}, admin={self.is_admin})"
 
+    @property
+    def signing_key(self) -> bytes:
+        """The secret as the HMAC key, encoded once per cached principal, not per request."""
+        key = self.__dict__.get("_signing_key")
+        if key is None:
+            key = self.secret.reveal().encode()
+            object.__setattr__(self, "_signing_key", key)
+        return key
+
 
 @dataclass(frozen=True)
 class NewUser:

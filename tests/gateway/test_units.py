@@ -287,13 +287,16 @@ def test_response_cache_ttl_and_bound():
 
 
 def test_new_order_bodies_are_schema_valid():
-    """The gateway sends new orders to keel.requests without the codec's schema walk (it
-    costs as much as the encoding): every form parse_new_order accepts, with the default
-    client order id, must therefore encode as a valid OrderRequest."""
+    """The gateway writes new orders to keel.requests itself (gateway.place_record), not
+    through the codec's schema walk: every form parse_new_order accepts, with the default
+    client order id, must encode as a valid OrderRequest — and the direct writer's bytes
+    must be the codec's, byte for byte."""
     from gateway.order_form import protection_price
+    from gateway.place_record import PlaceRecordWriter
     from schemas.codec import Codec
 
     codec = Codec()
+    writer = PlaceRecordWriter(codec)
     prefix = "0123456789abcdef"
     queries = [
         "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&price=100.50&quantity=0.1",
@@ -315,3 +318,37 @@ def test_new_order_bodies_are_schema_valid():
                   form.body(client_id)}
         data = codec.encode("order_request", record, validate=True)
         assert codec.decode("order_request", data)["body"] == form.body(client_id), query
+        assert writer.header is not None
+        assert writer.encode(record["request_id"], 7, 1, form.body(client_id)[1]) == data
+
+
+def test_place_record_writer_matches_the_codec_at_the_edges():
+    """Zigzag varints across their byte boundaries, negative and 2**62-sized values, no
+    client order id, a non-ASCII one: the direct writer and the codec agree."""
+    from gateway.place_record import PlaceRecordWriter
+    from schemas.codec import Codec
+
+    codec = Codec()
+    writer = PlaceRecordWriter(codec)
+    values = [0, 1, 63, 64, 127, 128, 8191, 8192, 2**31 - 1, 2**31, 2**62 - 1, -1, -64, -65,
+              -(2**62)]
+    for n, v in enumerate(values):
+        order = {"pair": "BTCUSDT", "side": n % 2, "kind": n % 3, "tif": n % 3, "price": v,
+                 "qty": values[-1 - n], "quote_qty": abs(v), "stp": n % 4,
+                 "client_order_id": None if n % 3 == 0 else f"c-é{n}"}
+        record = {"request_id": f"r{v}", "user_id": abs(v), "ts": v, "body":
+                  ("keel.PlaceOrder", order)}
+        data = writer.encode(f"r{v}", abs(v), v, order)
+        assert data == codec.encode("order_request", record, validate=True), v
+        assert codec.decode("order_request", data)["body"] == ("keel.PlaceOrder", order)
+
+
+def test_params_split_like_parse_qsl():
+    """The fast split (no %XX, no '+') and parse_qsl read every query the same way."""
+    from urllib.parse import parse_qsl
+
+    from gateway.params import split_pairs
+
+    for text in ("a=1&b=2", "a=1&&b=", "a&b=2&", "=x&y", "a=1=2&b", "", "&", "a=%41&b=c+d",
+                 "symbol=BTCUSDT&price=1.5&signature=" + "f" * 64, "x=%zz&y=+"):
+        assert split_pairs(text) == parse_qsl(text, keep_blank_values=True), text
