@@ -332,3 +332,44 @@ def test_feed_survives_records_it_cannot_apply(stack):
             assert app[FEED].decode_errors >= 2
             assert app[FOLDING].market.books["BTCUSDT"].last_update_id == 3
     run(main())
+
+
+def test_feed_reads_a_backlog_of_small_batches_then_the_live_tail(stack):
+    """A gateway started on topics holding many single-record batches (what a writer at
+    a low rate leaves) folds them all and becomes ready — it reads them with the long
+    catch-up fetch wait — then hands over to the live consumer, which sees new records."""
+    settings = stack.settings.with_(topic_prefix=f"c{uuid.uuid4().hex[:8]}.")
+    outcomes = topics.ensure_topics(admin_client(settings, log_level=0),
+                                    topics.plan(settings, stack.markets))
+    assert all(o.ok for o in outcomes)
+    codec = Codec()
+    producer = Producer(producer_config(settings, linger_ms=0))
+
+    def balance(user_id: int, version: int) -> None:
+        producer.produce(settings.topic("balances"), codec.encode("balance", {
+            "user_id": user_id, "asset": "USDT", "available": version, "held": 0,
+            "version": version, "ts": version}), key=str(user_id).encode(), partition=0)
+        assert producer.flush(10) == 0            # one record per batch
+
+    backlog = 300
+    for version in range(1, backlog + 1):
+        balance(user_id=version % 7 + 1, version=version)
+
+    async def main():
+        async with serve_gateway(settings, stack.markets) as (app, base):
+            from gateway.context import FEED
+            feed, orders = app[FEED], app[FOLDING].orders
+            assert feed.ready.is_set()
+            # the last version written for each user is what the feed folded
+            for user_id in range(1, 8):
+                last = max(v for v in range(1, backlog + 1) if v % 7 + 1 == user_id)
+                assert orders.balances[user_id]["USDT"][0] == last
+            await eventually(stack, lambda: _true(feed.live), "the feed went live")
+            balance(user_id=99, version=backlog + 1)
+            await eventually(stack, lambda: _true(99 in orders.balances),
+                             "a record written after the hand-over is folded")
+    run(main())
+
+
+async def _true(value: bool) -> bool:
+    return value
