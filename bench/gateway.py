@@ -321,7 +321,9 @@ async def e2e(base: str, t: dict, users: dict, args) -> dict:
     """Makers rest, the taker's IOC orders cross them, due at --e2e-rate per second;
     latency = when the POST was due -> the taker's TRADE executionReport on its user
     stream. A rate the stack does not keep up with (orders sent late, or fills missing)
-    is reported and the next lower one tried, so the figure says at which rate it holds."""
+    is reported and the next lower one tried, so the figure says at which rate it holds.
+    Late = an order found all --order-conns connections waiting for answers (a backlog);
+    the client's own scheduling lag is in the latency and in send_lag_ms."""
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base}/api/v3/userDataStream",
                              headers={"X-MBX-APIKEY": t["taker"].key}) as resp:
@@ -344,6 +346,7 @@ async def e2e(base: str, t: dict, users: dict, args) -> dict:
         held = (got["late"] <= 0.01 * got["sent"] and got["bad"] == 0
                 and fills["n"] >= 0.99 * got["sent"])
         attempts.append({"rate": rate, "sent": got["sent"], "late": got["late"],
+                         "send_lag_ms": got["send_lag_ms"],
                          "errors": got["bad"], "fills": fills["n"], "e2e_ms": fills,
                          "ack_ms": got["ack_ms"], "held": held})
         if held or rate / 2 < 50:

@@ -16,7 +16,8 @@ so the figures are the gateway's.
         signed POST /api/v3/order on keep-alive connections ({n}: the order's number,
         {m}: 1000 + n % 50, {cid}: --cid-prefix and n). Without --rate each connection sends back to back (capacity);
         with --rate orders are due at R/s, each sent on a free connection (latency), its
-        latency counted from when it was due, so a stall is not hidden. With
+        latency counted from when it was due, so a stall is not hidden ("late": orders
+        that found every connection busy). With
         --listen-key the user's stream is read too and each order (newClientOrderId
         {cid}) is timed to its first TRADE executionReport. Prints {"ok", "bad",
         "elapsed", "ack_ms", "e2e_ms", "late", "cpu_s"}
@@ -330,6 +331,7 @@ async def _client_orders(host: str, port: int, args) -> dict:
     started = time.perf_counter()
     stop_at = started + args.seconds
     late = 0
+    lags: list[float] = []              # how late each paced order went out (this client)
     if closed_loop:
         for conn in conns:
             conn.send(request(next(counter)), time.perf_counter())
@@ -341,11 +343,12 @@ async def _client_orders(host: str, port: int, args) -> dict:
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            while not free:             # every connection busy: the order goes out late
-                waiting = loop.create_future()
-                await waiting
-            if time.perf_counter() - due > 0.005:
+            if not free:                # every connection busy: the stack is behind
                 late += 1
+                while not free:
+                    waiting = loop.create_future()
+                    await waiting
+            lags.append((time.perf_counter() - due) * 1000)
             n = next(counter)
             if stream is not None:
                 sent[f"{args.cid_prefix}{n}"] = due
@@ -364,7 +367,8 @@ async def _client_orders(host: str, port: int, args) -> dict:
         conn.transport.close()
     sent_n = next(counter)
     return {"ok": len(acks), "bad": len(bad), "sent": sent_n, "answered": answered,
-            "elapsed": elapsed, "late": late, "ack_ms": _percentiles(acks),
+            "elapsed": elapsed, "late": late, "send_lag_ms": _percentiles(lags),
+            "ack_ms": _percentiles(acks),
             "e2e_ms": _percentiles(fills) if stream is not None else None,
             "first_bad": bad[0].decode(errors="replace")[:200] if bad else None}
 
