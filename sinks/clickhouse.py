@@ -20,14 +20,15 @@ from confluent_kafka import TopicPartition
 from engine.domain import Trade
 from infra.logs import event
 from schemas.codec import Codec, CodecError, RegistryUnavailable
-from sinks import depth_columns
+from sinks import depth_columns, depth_native
 from sinks.clickhouse_schema import (
     DEPTH_COLUMNS,
     INSERT_SETTINGS,
     TRADE_COLUMNS,
     statements,
 )
-from sinks.depth_avro import current_header, insert_file
+from sinks.depth_native import current_header, insert_file
+from sinks.source import OFFSET, PARTITION, TOPIC, VALUE
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class ClickHouseStore:
                  lock: threading.Lock | None = None, depth_ttl_days: int = 30,
                  raw_depth: bool = False, dead_letter=None) -> None:
         self.client = client
-        # Embedded chDB only: depth bodies go to ClickHouse undecoded (sinks/depth_avro.py).
+        # Embedded chDB only: depth goes in as Native blocks (sinks/depth_native.py).
         self.raw_depth = raw_depth
         self.dead_letter = dead_letter           # (topic, partition, offset, value, CodecError)
         self._codec = None
@@ -147,41 +148,63 @@ class ClickHouseStore:
         header = current_header() if self.raw_depth else None
 
         def prepare(msgs: list) -> tuple[list, list]:
-            items, dead, by_partition = [], [], {}
-            decode_event = codec.decode_event
-            for m in msgs:
-                topic = m.topic()
-                if topic == depth:
-                    by_partition.setdefault(m.partition(), []).append(m)
-                elif topic == events:
+            items, dead = [], []
+            topics = list(map(TOPIC, msgs))
+            n_depth = topics.count(depth)
+            if n_depth == len(msgs):
+                depth_msgs = msgs
+            else:
+                depth_msgs = [m for m, t in zip(msgs, topics, strict=True) if t == depth]
+                decode_event = codec.decode_event
+                for m, topic in zip(msgs, topics, strict=True):
+                    if topic == depth:
+                        continue
+                    if topic != events:
+                        raise ValueError(f"unexpected topic {topic}")
                     try:
                         items.append((0, m.partition(), m.offset(), decode_event(m.value())))
                     except RegistryUnavailable:
                         raise
                     except CodecError as exc:
                         dead.append((m, exc))
-                else:
-                    raise ValueError(f"unexpected topic {topic}")
-            for p, ms in by_partition.items():
-                values = [m.value() for m in ms]
-                if header is not None:
-                    heads = depth_columns.read(values, header)
-                    if len(heads) == len(values):
-                        offsets = np.fromiter((m.offset() for m in ms), np.int64, len(ms))
-                        items.append((3, p, int(offsets[0]), RawDepth(values, offsets, heads)))
-                        continue
-                # Any record the walk does not vouch for sends its partition's whole
-                # batch through the codec: rows reach the table in offset order (resuming
-                # trusts max(_offset)).
-                for m, value in zip(ms, values, strict=True):
-                    try:
-                        items.append((1, p, m.offset(), codec.decode("depth_update", value)))
-                    except RegistryUnavailable:
-                        raise
-                    except CodecError as exc:
-                        dead.append((m, exc))
+            if depth_msgs:
+                self._prepare_depth(depth_msgs, header, items, dead)
             return items, dead
         return prepare
+
+    def _prepare_depth(self, msgs: list, header: bytes | None, items: list, dead: list
+                       ) -> None:
+        """Items of a batch's depth records: a RawDepth per partition when the walk
+        vouches for all of that partition's records (read in one go for the batch), else
+        the partition's records decoded one by one."""
+        n = len(msgs)
+        partition = np.fromiter(map(PARTITION, msgs), np.int64, n)
+        offset = np.fromiter(map(OFFSET, msgs), np.int64, n)
+        values = list(map(VALUE, msgs))
+        heads = depth_columns.read(values, header) if header is not None else None
+        if heads is not None:
+            read = np.zeros(n, bool)
+            read[heads.index] = True
+        single = bool((partition == partition[0]).all())
+        for p in ([int(partition[0])] if single else dict.fromkeys(partition.tolist())):
+            rows = np.arange(n) if single else np.flatnonzero(partition == p)
+            mine = values if single else [values[i] for i in rows.tolist()]
+            if heads is not None and read[rows].all():
+                chunk = RawDepth(mine, offset[rows],
+                                 heads.take(np.searchsorted(heads.index, rows)))
+                items.append((3, p, int(offset[rows[0]]), chunk))
+                continue
+            # Any record the walk does not vouch for sends its partition's whole batch
+            # through the codec: rows reach the table in offset order (resuming trusts
+            # max(_offset)).
+            for i, value in zip(rows.tolist(), mine, strict=True):
+                try:
+                    items.append((1, p, int(offset[i]), self._codec.decode("depth_update",
+                                                                           value)))
+                except RegistryUnavailable:
+                    raise
+                except CodecError as exc:
+                    dead.append((msgs[i], exc))
 
     def write(self, items: list) -> Written:
         """Insert a batch; on any failure the in-memory marks and the block being replayed
@@ -271,16 +294,17 @@ class ClickHouseStore:
 
     def _insert_raw(self, block: list[tuple[int, RawDepth, np.ndarray]]) -> None:
         """One insert of (partition, chunk, indices of the chunk) parts, all of one day."""
-        values, offsets, partitions, ranges = [], [], [], []
+        offsets, partitions, ranges, heads = [], [], [], []
         for p, chunk, index in block:
-            values += (chunk.values if len(index) == len(chunk.values)
-                       else [chunk.values[i] for i in index.tolist()])
             offsets.append(chunk.offsets[index])
             partitions.append(np.full(len(index), p, np.int64))
+            heads.append(chunk.heads.take(index))
             ranges.append(f"{p}:{chunk.offsets[index[0]]}:{chunk.offsets[index[-1]]}")
         offsets, partitions = np.concatenate(offsets), np.concatenate(partitions)
         try:
-            insert_file(self.client, values, offsets, partitions, "depth:" + ",".join(ranges))
+            insert_file(self.client, depth_native.block(depth_columns.concat(heads),
+                                                        partitions, offsets),
+                        "depth:" + ",".join(ranges))
         except self.transient:
             raise
         except _database_error() as exc:
@@ -290,6 +314,7 @@ class ClickHouseStore:
             # down this slow path.
             event(log, "depth block unreadable by ClickHouse, decoding in Python",
                   logging.WARNING, error=str(exc)[:300])
+            values = [chunk.values[i] for _, chunk, index in block for i in index.tolist()]
             rows: dict[int, list] = {}
             for offset, p, value in zip(offsets.tolist(), partitions.tolist(), values,
                                         strict=True):

@@ -1,15 +1,16 @@
-"""keel.depth values -> their heads as columns, a whole batch at a time, with every
-record's shape checked to its last byte (the ClickHouse sink's decode of depth).
+"""keel.depth values -> columns, a whole batch at a time, with every record's shape
+checked to its last byte (the ClickHouse sink's decode of depth).
 
-The levels of a depth update are never decoded in Python: ClickHouse reads the bodies
-itself (sinks/depth_avro.py). Python needs only each record's pair, update ids, time and
-snapshot flag (replays are dropped and blocks cut at day boundaries by them), and the
-certainty that ClickHouse will read each body as exactly that record: many records share
-one Avro block there, and a record one byte short would otherwise eat its neighbour's
-bytes without an error. So the whole shape is walked here with array operations, one
-field (or one price level) of every record at a time, as sinks/event_columns.py reads
-events: a record takes this path only when it carries the current writer's header, its
-pair is ASCII, every varint fits 64 bits, the flag is one byte 0 or 1, the update ids are
+fastavro and a dict per price level cost far more than the insert, so records are read
+here with array operations, one field of every record at a time, as sinks/event_columns.py
+reads events, into head columns (pair, update ids, time, snapshot flag: replays are
+dropped and blocks cut at day boundaries by them) and each side's levels as one flat
+price and qty array with a count per record (sinks/depth_native.py hands them to
+ClickHouse as they are). The level arrays are walked block by block: a block of n items
+is 2n varints, so it ends right after the 2n-th byte under 0x80 from its start; the
+items' varints are read only once the walk has vouched for the record. A record takes
+this path only when it carries the current writer's header, its pair is ASCII, every
+varint fits 64 bits (a level's, 63), the flag is one byte 0 or 1, the update ids are
 non-negative, and its level arrays end exactly at the record's end. Anything else goes
 through the codec, which decodes it or says why not (keel.dlq).
 """
@@ -43,6 +44,24 @@ FAST = _fast_layout()
 
 
 @dataclass
+class Levels:
+    """One side's price levels of every record: `count` per record, and the flat
+    `price` and `qty` of all of them, record after record, best first."""
+    count: np.ndarray          # int64 per record
+    price: np.ndarray          # int64, count.sum() of them
+    qty: np.ndarray
+
+    def take(self, rows: np.ndarray) -> Levels:
+        """The levels of the records `rows` (ascending or not), in that order."""
+        if len(rows) == len(self.count) and (rows == np.arange(len(rows))).all():
+            return self
+        count = self.count[rows]
+        first = np.cumsum(self.count) - self.count
+        flat = _ranges(first[rows], count)
+        return Levels(count, self.price[flat], self.qty[flat])
+
+
+@dataclass
 class DepthHeads:
     """Columns of the records that passed, in their order (`index` into the input)."""
     index: np.ndarray          # int64 position in the values given
@@ -52,14 +71,49 @@ class DepthHeads:
     last: np.ndarray           # int64 last_update_id
     ts: np.ndarray             # int64 ms
     snapshot: np.ndarray       # bool
-    levels: np.ndarray         # int64 bids + asks
+    bids: Levels
+    asks: Levels
 
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def levels(self) -> np.ndarray:
+        """int64 bids + asks per record."""
+        return self.bids.count + self.asks.count
+
+    def take(self, rows: np.ndarray) -> DepthHeads:
+        """The records `rows` (positions in these heads), in that order."""
+        if len(rows) == len(self) and (rows == np.arange(len(rows))).all():
+            return self
+        return DepthHeads(self.index[rows], self.pairs, self.pair[rows], self.first[rows],
+                          self.last[rows], self.ts[rows], self.snapshot[rows],
+                          self.bids.take(rows), self.asks.take(rows))
+
     def mark(self) -> np.ndarray:
         """(last_update_id, is_snapshot) as one int64 that orders the same way."""
         return self.last * 2 + self.snapshot
+
+
+def concat(parts: list[DepthHeads]) -> DepthHeads:
+    """Heads one after another (pair codes merged; `index` is each part's own)."""
+    if len(parts) == 1:
+        return parts[0]
+    names: dict[str, int] = {}
+    pair = []
+    for h in parts:
+        recode = np.array([names.setdefault(n, len(names)) for n in h.pairs] or [0], np.int64)
+        pair.append(recode[h.pair])
+    cat = np.concatenate
+
+    def side(which: str) -> Levels:
+        got = [getattr(h, which) for h in parts]
+        return Levels(cat([g.count for g in got]), cat([g.price for g in got]),
+                      cat([g.qty for g in got]))
+    return DepthHeads(cat([h.index for h in parts]), list(names), cat(pair),
+                      cat([h.first for h in parts]), cat([h.last for h in parts]),
+                      cat([h.ts for h in parts]), cat([h.snapshot for h in parts]),
+                      side("bids"), side("asks"))
 
 
 def read(values: list, header: bytes) -> DepthHeads:
@@ -93,25 +147,72 @@ def read(values: list, header: bytes) -> DepthHeads:
     ok &= flag <= 1
     at = at + 1
     ok &= at <= ends
-    levels = np.zeros(k, np.int64)
     stops = np.flatnonzero(buf < 0x80)
     arrays_at = at
+    blocks = []
     for _ in range(2):                                     # bids, then asks
-        at = _skip_array(buf, at, ends, ok, levels, stops)
+        at, found = _skip_array(buf, at, ends, ok, stops)
+        blocks.append(found)
     ok &= at == ends
     _long_varints(stops, ends, arrays_at, ok)
     names, pair = _pair_names(buf, pair_at, length, ok)
     rows = np.flatnonzero(ok)
+    bids, asks = (_levels(buf, stops, found, ok, rows) for found in blocks)
     return DepthHeads(rows, names, pair[rows], first[rows], last[rows], ts[rows],
-                      flag[rows] == 1, levels[rows])
+                      flag[rows] == 1, bids, asks)
 
 
-def _skip_array(buf, at, ends, ok, levels, stops) -> np.ndarray:
+def _levels(buf, stops, found, ok, rows) -> Levels:
+    """Read the (price, qty) items of the array blocks `found` (per round of the walk:
+    records, first item's varint number, item count) of the records `rows`, which all
+    passed the walk: every varint among them ends at a stop and is under 10 bytes."""
+    rec = np.concatenate([r for r, _, _ in found] + [np.zeros(0, np.int64)])
+    tok = np.concatenate([t for _, t, _ in found] + [np.zeros(0, np.int64)])
+    n = np.concatenate([c for _, _, c in found] + [np.zeros(0, np.int64)])
+    keep = ok[rec]
+    rec, tok, n = rec[keep], tok[keep], n[keep]
+    order = np.argsort(rec, kind="stable")       # record order; a record's blocks in turn
+    rec, tok, n = rec[order], tok[order], n[order]
+    count = np.zeros(len(ok), np.int64)
+    np.add.at(count, rec, n)
+    which = _ranges(tok, 2 * n)                  # varint numbers: price, qty, price, ...
+    value = _zigzag(_read_varints(buf, stops, which))
+    return Levels(count[rows], value[0::2], value[1::2])
+
+
+def _read_varints(buf, stops, which) -> np.ndarray:
+    """Raw values of the varints numbered `which` (varint i ends at stops[i]), each of at
+    most 9 bytes."""
+    end = stops[which]
+    start = np.where(which > 0, stops[np.maximum(which - 1, 0)] + 1, 0)
+    raw = (buf[start] & 0x7F).astype(np.uint64)
+    going = np.flatnonzero(end > start)
+    shift = 7
+    while going.size:
+        pos = start[going] + shift // 7
+        raw[going] |= (buf[pos] & 0x7F).astype(np.uint64) << np.uint64(shift)
+        going = going[pos < end[going]]
+        shift += 7
+    return raw
+
+
+def _ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """first[0], first[0]+1, .. (count[0] of them), then first[1], .. : one array."""
+    total = int(count.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    starts = np.cumsum(count) - count
+    return np.arange(total) + np.repeat(first - starts, count)
+
+
+def _skip_array(buf, at, ends, ok, stops) -> tuple[np.ndarray, list]:
     """Walk one Avro array of (long, long) items in every record still ok; returns the
-    positions after it. The items are not read one by one: a block of n items is 2n
+    positions after it and its blocks (per round: records, number of the first item's
+    varint, item count). The items are not read here: a block of n items is 2n
     varints, so it ends right after the 2n-th byte under 0x80 (`stops`) from its start.
     A count that cannot fit the bytes left fails the record (and bounds the walk)."""
     at = at.copy()
+    found = []
     rows = np.flatnonzero(ok)
     while rows.size:                                # one array block per round
         raw, after, _ = _varints(buf, at[rows], ok, rows)
@@ -129,15 +230,16 @@ def _skip_array(buf, at, ends, ok, levels, stops) -> np.ndarray:
         rows, count = rows[going], count[going]
         if not rows.size:
             break
-        levels[rows] += count
-        last = np.searchsorted(stops, at[rows]) + 2 * count - 1
+        tok = np.searchsorted(stops, at[rows])
+        found.append((rows, tok, count))
+        last = tok + 2 * count - 1
         inside = last < len(stops)
         ok[rows[~inside]] = False
         rows, last = rows[inside], last[inside]
         at[rows] = stops[last] + 1
         ok[rows[at[rows] > ends[rows]]] = False
         rows = rows[ok[rows]]
-    return at
+    return at, found
 
 
 def _long_varints(stops, ends, arrays_at, ok) -> None:
@@ -156,4 +258,4 @@ def _long_varints(stops, ends, arrays_at, ok) -> None:
 
 def _empty() -> DepthHeads:
     z = np.zeros(0, np.int64)
-    return DepthHeads(z, [], z, z, z, z, np.zeros(0, bool), z)
+    return DepthHeads(z, [], z, z, z, z, np.zeros(0, bool), Levels(z, z, z), Levels(z, z, z))

@@ -196,7 +196,7 @@ def test_sigkill_repeatedly_loses_and_doubles_nothing_views_included(
 def test_bad_depth_records_go_to_the_dlq_and_the_rest_loads(kafka_bootstrap, prefix, tmp_path):
     from confluent_kafka import Consumer
 
-    from sinks.depth_avro import current_header
+    from sinks.depth_native import current_header
 
     codec = Codec()
     depth = depth_updates(201)
@@ -204,7 +204,7 @@ def test_bad_depth_records_go_to_the_dlq_and_the_rest_loads(kafka_bootstrap, pre
     late = good.pop()                  # a newer update of its pair: not a replay
     depth.pop()
     # One that fails the codec at once, one whose header is right but whose body is cut
-    # short (only ClickHouse's reader finds out: the block falls back to Python).
+    # short (the walk refuses it: its partition goes through the codec).
     bad = [("BTCUSDT", b"\x00\x01garbage"), (late[0], current_header() + late[1][10:40])]
     produce(kafka_bootstrap, prefix + "depth", good + bad, PARTITION)
     env = _ch_env(kafka_bootstrap, prefix, tmp_path)
