@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from engine.markets import MarketsConfig
 from engine.service.config import EngineOptions, transactional_id
+from engine.service.fetchwait import FetchWait
 from engine.service.heartbeat import Heartbeats, live_primary
 from engine.service.metrics import EngineMetrics
 from engine.service.partition import (
@@ -45,6 +46,7 @@ IDLE_WAIT = 0.02
 # transaction, then an unbounded flush).
 STOP_BUDGET = 3.0
 STANDBY_BUFFER = 200_000        # records held past the committed offset before pausing
+FETCH_WAIT_CHECK_S = 0.5        # how often the live/catch-up fetch wait is reconsidered
 
 
 class EngineService:
@@ -63,6 +65,7 @@ class EngineService:
         self._paused: set[int] = set()
         self._pool: ThreadPoolExecutor | None = None
         self._watch_lock = threading.Lock()     # worker threads ask _other_live too
+        self.fetch_wait = FetchWait(self.opts.fetch_wait_ms, self.opts.catch_up_wait_ms)
 
     def stop(self, *_args) -> None:
         self.stopping = True
@@ -84,7 +87,7 @@ class EngineService:
     def _consumer(self) -> Consumer:
         return Consumer(consumer_config(
             self.settings, self.opts.group_id, "keel-engine",
-            fetch_wait_max_ms=self.opts.fetch_wait_ms, fetch_min_bytes=1,
+            fetch_wait_max_ms=self.fetch_wait.current, fetch_min_bytes=1,
             queued_max_messages_kbytes=65_536, max_partition_fetch_bytes=8 * 1024 * 1024))
 
     def run(self) -> int:
@@ -137,7 +140,7 @@ class EngineService:
         gc.freeze()
         for p in take_now:
             self._take_over(p)
-        committed_at = lag_at = 0.0
+        committed_at = lag_at = waited_at = 0.0
         while not self.stopping:
             self._pump()
             now = time.monotonic()
@@ -160,6 +163,9 @@ class EngineService:
             if now - lag_at >= 1.0:
                 lag_at = now
                 self._observe()
+            if now - waited_at >= FETCH_WAIT_CHECK_S:
+                waited_at = now
+                self._tune_fetch_wait()
         event(log, "stopping", partitions=self.partitions)
         deadline = time.monotonic() + STOP_BUDGET
         if not self._broker_answers(1.0):
@@ -302,6 +308,44 @@ class EngineService:
         elif len(worker.pending) < STANDBY_BUFFER // 2 and worker.partition in self._paused:
             self.consumer.resume(tp)
             self._paused.discard(worker.partition)
+
+    def _resume_at(self, worker: PartitionWorker) -> int:
+        """Where the consumer must go on for `worker`: past what it holds already."""
+        return worker.pending[-1][0].offset() + 1 if worker.pending else worker.next_offset
+
+    def _tune_fetch_wait(self) -> None:
+        lags = []
+        for p, w in self.workers.items():
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.opts.orders_topic, p), cached=True)
+            except Exception:  # noqa: BLE001 - unknown for now
+                high = -1
+            lags.append(max(0, high - self._resume_at(w)) if high >= 0 else None)
+        wait = self.fetch_wait.decide(
+            all(w.role is Role.PRIMARY for w in self.workers.values()), lags)
+        if wait is not None:
+            self._switch_consumer(wait, lags)
+
+    def _switch_consumer(self, wait_ms: int, lags: list) -> None:
+        """The same assignment on a consumer with another fetch wait (librdkafka fixes it
+        at creation). What the old one had fetched but not handed out is fetched again."""
+        self.fetch_wait.current = wait_ms
+        old, self.consumer = self.consumer, self._consumer()
+        self.consumer.assign([TopicPartition(self.opts.orders_topic, p, self._resume_at(w))
+                              for p, w in self.workers.items()])
+        metadata = self.consumer.consumer_group_metadata()
+        for w in self.workers.values():
+            if w.producer is not None:
+                w.group_metadata = metadata
+        self._paused.clear()
+        for w in self.workers.values():
+            self._flow_control(w)
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - the old client is done with either way
+            pass
+        event(log, "consumer fetch wait switched", wait_ms=wait_ms, lags=lags)
 
     def _observe(self) -> None:
         m, topic = self.metrics, self.opts.orders_topic

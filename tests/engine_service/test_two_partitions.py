@@ -36,6 +36,10 @@ def test_one_process_two_partitions_survives_a_kill(engine_env, spawn_engine):
     for p in PAIRS:
         wait_for(lambda p=p: len(published_events(env, p)) >= len(expected[p]), 120,
                  f"partition {p} to publish everything")
+    # Caught up on the long fetch wait, then went on with the short one
+    # (engine.service.fetchwait): the switch loses nothing (checked below).
+    wait_for(lambda: "consumer fetch wait switched" in log_of(proc), 60,
+             "the switch to the live fetch wait")
     proc.terminate()
     assert proc.wait(30) == 0
     for p, pair in PAIRS.items():
