@@ -223,6 +223,8 @@ class _UserStream(asyncio.Protocol):
         self.ready = asyncio.get_running_loop().create_future()
         self.buf = b""
         self.upgraded = False
+        self.frames = 0
+        self.closed = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -231,6 +233,9 @@ class _UserStream(asyncio.Protocol):
                          "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                          f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
                          ).encode())
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
@@ -257,6 +262,7 @@ class _UserStream(asyncio.Protocol):
             if size - at < head + length:
                 break
             if op == 1:
+                self.frames += 1
                 m = json.loads(buf[at + head:at + head + length])
                 if m.get("e") == "executionReport" and m.get("x") == "TRADE":
                     due = self.sent.pop(m.get("c"), None)
@@ -358,10 +364,12 @@ async def _client_orders(host: str, port: int, args) -> dict:
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - started
     answered = len(acks) + len(bad)
+    dropped = False
     if stream is not None:
         deadline = time.perf_counter() + 10
         while sent and len(fills) < len(acks) and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
+        dropped = stream.closed             # by the gateway (a slow client), not by us
         stream.transport.close()
     for conn in conns:
         conn.transport.close()
@@ -370,6 +378,8 @@ async def _client_orders(host: str, port: int, args) -> dict:
             "elapsed": elapsed, "late": late, "send_lag_ms": _percentiles(lags),
             "ack_ms": _percentiles(acks),
             "e2e_ms": _percentiles(fills) if stream is not None else None,
+            "stream": {"frames": stream.frames, "dropped": dropped}
+            if stream is not None else None,
             "first_bad": bad[0].decode(errors="replace")[:200] if bad else None}
 
 
