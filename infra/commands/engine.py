@@ -9,7 +9,9 @@ instance (restart me: I come back as a standby).
 
 Tuning (environment): KEEL_ENGINE_MAX_BATCH (5000 records per transaction),
 KEEL_ENGINE_MAX_BATCH_MS (1: how long a batch may wait to fill, only while more records are
-already at the broker), KEEL_ENGINE_FETCH_WAIT_MS (20), KEEL_ENGINE_SNAPSHOT_EVERY
+already at the broker), KEEL_ENGINE_FETCH_WAIT_MS (20: the live fetch wait; tansu holds a
+fetch that long even when an order arrives) / _CATCH_UP_WAIT_MS (100: while recovering or over
+1,000 records behind; small-batch backlogs read far faster), KEEL_ENGINE_SNAPSHOT_EVERY
 (200000 records) / _SNAPSHOT_EVERY_S (60), KEEL_ENGINE_SNAPSHOT_CHUNK_BYTES (512 KiB),
 KEEL_ENGINE_DEPTH_LEVELS (20) / _DEPTH_SNAPSHOT_EVERY (100 diffs) / _DEPTH_SNAPSHOT_S (5),
 KEEL_ENGINE_HEARTBEAT_MS (100), KEEL_ENGINE_TAKEOVER_MS (1000), KEEL_ENGINE_LINGER_MS (0),
