@@ -24,7 +24,9 @@ Figures (the last line is JSON with --json):
   instant_order_rps  with --instant-accounts: ACK orders per second when accounts is
                   replaced by a replier answering at once (the gateway's own capacity)
   *_gw_us         gateway CPU microseconds per public request / order / WS message
-  cpu_s           CPU seconds per process and phase (gateway, client, accounts...)
+  cpu_s           CPU seconds per process and phase (gateway, client, accounts...), and
+                  the gateway's per thread (python: the loop and the feed; rdk:*: librdkafka)
+  settle_s        seconds waited after a phase for the stack to work off its backlog
 """
 from __future__ import annotations
 
