@@ -166,7 +166,7 @@ def processing(event):
 
 
 _outputs: list = []        # (topic, send arguments) of the batch being handled
-_sender = None             # streams.outputs.Outputs, made on the first batch with outputs
+_producers: dict = {}      # "outputs" / "changelog" -> streams.outputs.Outputs, made on use
 _names: dict = {}          # Faust topic -> its one topic name
 
 
@@ -183,19 +183,21 @@ def _take_outputs() -> list:
     return outputs
 
 
-def _librdkafka():
-    """The process's one streams.outputs.Outputs (outputs and table changelogs)."""
-    global _sender
-    if _sender is None:
+def _librdkafka(kind: str = "outputs"):
+    """The process's streams.outputs.Outputs for `kind`: one for outputs, one for table
+    changelogs, so that waiting for one batch's state does not wait for the previous
+    batch's outputs too (a flush waits for everything its producer holds; _pipelined)."""
+    sender = _producers.get(kind)
+    if sender is None:
         from streams.outputs import Outputs
 
         bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
-        _sender = Outputs(bootstrap, f"{app.conf.id}-outputs")
-    return _sender
+        sender = _producers[kind] = Outputs(bootstrap, f"{app.conf.id}-{kind}")
+    return sender
 
 
 def _produce_changelog(topic: str, key, value, partition: int, headers) -> None:
-    _librdkafka().produce(topic, key, value, partition, headers)
+    _librdkafka("changelog").produce(topic, key, value, partition, headers)
 
 
 def _exactly_once() -> bool:
@@ -204,8 +206,8 @@ def _exactly_once() -> bool:
 
 async def _changelog_durable() -> None:
     """Every table changelog record written so far is acknowledged (compat items 8, 10)."""
-    if compat.changelog_sink is not None and _sender is not None:
-        await _sender.flush()
+    if compat.changelog_sink is not None and "changelog" in _producers:
+        await _producers["changelog"].flush()
     await app.producer.flush()           # Faust's own (exactly_once, or a stray write)
     await compat.changelog_written()     # flush() alone is no proof (compat item 8)
 
@@ -321,25 +323,29 @@ async def _complete(events, handle, staged, after_batch, state_first: bool,
 async def _pipelined(stream, handle, max_batch, within, staged, after_batch) -> None:
     """run_batches for a state-first agent, pipelined: while one batch makes its round
     trips to the broker (its state made durable, then its outputs sent and acknowledged,
-    then its offsets committed), the next is gathered and handled.
+    then its offsets committed), the next is gathered and handled, and its state is
+    made durable while the previous batch's outputs are on their way.
 
     Traced on the accounts worker (bench/streams.py, KEEL_STREAMS_TRACE), the three
     round trips were a batch's largest share of time at 2,000 requests/s, records
     arriving meanwhile waited for all of them, and the worker did nothing else. What
     keeps a crash harmless is unchanged, per batch: its state is durable before any of
     its outputs is sent, its offsets are acked and committed only after its outputs are
-    acknowledged, and its outputs follow the previous batch's (one producer, in order
-    per partition). Handling touches only memory (the Staged tables' pending writes, the
-    outputs list), and a batch's state goes to the changelog only once the previous
-    batch's outputs are acknowledged, so a durable state never lacks a decision (ledger
-    `d`) that the replay of a batch whose outputs may be undelivered would need. A
-    batch's commit is left running while the next is written; that one's commit waits
-    for it (Faust skips a commit asked for during another).
+    acknowledged, and its outputs follow the previous batch's (one producer for outputs,
+    in order per partition; states likewise on the changelog producer). Handling touches
+    only memory (the Staged tables' pending writes, the outputs list). Batch N+1's state
+    is written once N's is durable and N-1's outputs are acknowledged: the ledger keeps
+    the decisions (`d`) of the batch in hand and the one before, so a durable state
+    never lacks one that the replay of a batch whose outputs may be undelivered (N)
+    would need. A batch's commit is left running while the next is written; that one's
+    commit waits for it (Faust skips a commit asked for during another).
     """
     import asyncio
 
+    loop = asyncio.get_running_loop()
     done: asyncio.Task | None = None            # the last batch's delivery and commit
-    delivered: asyncio.Future | None = None     # ... its outputs acknowledged
+    durable = None                              # the last batch's state durable
+    delivered = [None, None]                    # the last two batches' outputs acknowledged
     batch = trace.Batch()
     async for events in take_batches(stream, max_batch, within, ack=False):
         try:
@@ -347,23 +353,31 @@ async def _pipelined(stream, handle, max_batch, within, staged, after_batch) -> 
         except Exception:
             _failed(events)
         outputs = _take_outputs()
-        if delivered is not None:
-            await delivered
+        for waited in (durable, delivered[0]):
+            if waited is not None:
+                await waited
         shutdown.batch_started()
         try:
             await _write_state(staged, after_batch, batch)
         except Exception:
             _failed(events)
-        delivered = asyncio.get_running_loop().create_future()
-        done = asyncio.ensure_future(_deliver(stream, events, outputs, batch, delivered, done))
+        durable, mine = loop.create_future(), loop.create_future()
+        done = asyncio.ensure_future(_deliver(stream, events, outputs, batch, durable,
+                                              delivered[1], mine, done))
+        delivered = [delivered[1], mine]
         batch = trace.Batch()
 
 
-async def _deliver(stream, events, outputs, batch: trace.Batch, delivered, previous) -> None:
-    """The pipelined batch's round trips, in their crash-safe order (see _pipelined)."""
+async def _deliver(stream, events, outputs, batch: trace.Batch, durable, before, delivered,
+                   previous) -> None:
+    """The pipelined batch's round trips, in their crash-safe order (see _pipelined):
+    `before` is the previous batch's outputs acknowledged, `previous` its commit."""
     try:
         await _changelog_durable()
         batch.mark("changelog_wait")
+        durable.set_result(None)
+        if before is not None:
+            await before
         await _send_outputs(outputs, batch)
         batch.mark("outputs")
         delivered.set_result(None)

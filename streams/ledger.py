@@ -11,7 +11,7 @@ touched users once per batch, after the batch's outputs are durable):
     w   {request id: [asset, amount]}                   (pending withdrawals, held)
     s   {pair: [seq, [[order_id, reason], ...]]}        (last engine seq applied)
     n   {"requests": offset, "settlements": offset}     (last input offsets applied)
-    d   {request offset: [code, message, pair, order_id, client id]}  (this batch's)
+    d   {request offset: [code, message, pair, order_id, client id]}  (the last two batches')
 
 A user's dict is copied (two levels) the first time a batch touches it and then mutated
 in place; nested lists are never changed in place, only replaced, so the table's own
@@ -38,7 +38,7 @@ from streams.units import Units
 # stride plus the partition (so at most ORDER_ID_STRIDE user partitions).
 ORDER_ID_STRIDE = 4096
 RECENT = 1_000          # request ids and closed client ids remembered per user
-DECISIONS = 4_096       # per user: more than one batch (run_batches takes up to 2,000)
+DECISIONS = 4_096       # per user: more than two batches (run_batches takes up to 2,000)
 
 TRADE, RELEASE, FEE = 0, 1, 2       # Settlement.reason
 
@@ -69,6 +69,7 @@ class Accounts:
         self.users = {} if users is None else users
         self._mine: dict = {}           # key -> this batch's copy of the user
         self._floor: dict = {}          # partition -> the batch's first request offset
+        self._before: dict = {}         # ... and the previous batch's
 
     def user(self, uid: int) -> dict:
         key = str(uid)
@@ -85,7 +86,7 @@ class Accounts:
     def end_batch(self) -> None:
         """The batch's users are written: the next batch copies before it changes them."""
         self._mine.clear()
-        self._floor.clear()
+        self._before, self._floor = self._floor, {}
 
     def _seen(self, u: dict, source: str, offset: int | None) -> bool:
         """True for a record at or below the last offset applied from `source`."""
@@ -133,7 +134,8 @@ class Accounts:
         out = Outcome()
         uid, rid, ts = request["user_id"], request["request_id"], request["ts"]
         u = self.user(uid)
-        _forget_before(u["d"], self._floor.setdefault(partition, offset))
+        floor = self._floor.setdefault(partition, offset)
+        _forget_before(u["d"], self._before.get(partition, floor))
         if self._seen(u, "requests", offset):
             return self._rebuild(u, request, offset)
         kind, body = request["body"]
@@ -364,11 +366,13 @@ class Accounts:
 
 
 def _forget_before(decisions: dict, floor: int) -> None:
-    """Drop the decisions of requests before `floor`, the batch's first offset on the
-    user's partition. Those were handled by an earlier batch of this worker, whose outputs
-    were acknowledged before this batch's state is written (streams.app), or lie before
-    the committed offset, so no replay will ask for them again. What stays is at most one batch's worth, and the
-    user's value (copied and written to the changelog each batch) stays small.
+    """Drop the decisions of requests before `floor`, the previous batch's first offset on
+    the user's partition (streams.app writes a batch's state while the previous batch's
+    outputs may still be on their way). Older ones were handled by an earlier batch
+    whose outputs were acknowledged before this batch's state is written, or lie before
+    the committed offset, so no replay will ask for them again. What stays is at most
+    two batches' worth, and the user's value (copied and written to the changelog each
+    batch) stays small.
     Decisions are kept in offset order (a user lives on one partition)."""
     while decisions:
         first = next(iter(decisions))
