@@ -9,7 +9,7 @@ instance (restart me: I come back as a standby).
 
 Tuning (environment): KEEL_ENGINE_MAX_BATCH (5000 records per transaction),
 KEEL_ENGINE_MAX_BATCH_MS (1: how long a batch may wait to fill, only while more records are
-already at the broker), KEEL_ENGINE_FETCH_WAIT_MS (20: the live fetch wait; tansu holds a
+already at the broker), KEEL_ENGINE_FETCH_WAIT_MS (5: the live fetch wait; tansu holds a
 fetch that long even when an order arrives) / _CATCH_UP_WAIT_MS (100: while recovering or over
 1,000 records behind; small-batch backlogs read far faster), KEEL_ENGINE_SNAPSHOT_EVERY
 (200000 records) / _SNAPSHOT_EVERY_S (60), KEEL_ENGINE_SNAPSHOT_CHUNK_BYTES (512 KiB),
