@@ -34,7 +34,7 @@ enum {
     RC_INVALID_REQUEST = -1100, RC_BELOW_MIN_NOTIONAL = -3003, RC_INVALID_PRICE = -3004,
     RC_INVALID_QUANTITY = -3005, RC_MARKET_CLOSED = -3006, RC_UNKNOWN_ORDER = -3101,
     RC_DUPLICATE_ORDER_ID = -3102, RC_POST_ONLY_WOULD_CROSS = -3103,
-    RC_FOK_NOT_FILLABLE = -3104, RC_AMEND_WOULD_CROSS = -3106,
+    RC_FOK_NOT_FILLABLE = -3104, RC_AMEND_WOULD_CROSS = -3106, RC_AMEND_WOULD_ENLARGE = -3107,
 };
 
 #define RECORD_SIZE 34 /* "<qqBqqB" */
@@ -911,6 +911,10 @@ static int amend_code(Book *b, int32_t oi, int64_t price, int64_t qty)
         return RC_BELOW_MIN_NOTIONAL;
     if (crosses(b, b->orders[oi].side, price))
         return RC_AMEND_WOULD_CROSS;
+    /* Never enlarge: accounts' hold cannot see fills in flight (domain.py, amend). */
+    const Order *o = &b->orders[oi];
+    if (qty > o->rem || (o->side == BUY && (i128)price * qty > (i128)o->price * o->rem))
+        return RC_AMEND_WOULD_ENLARGE;
     return 0;
 }
 
@@ -928,7 +932,7 @@ static int do_amend(Book *b, PyObject *out, const Arg *oid, const Arg *uid, cons
         goto done;
     }
     Order *o = &b->orders[oi];
-    int kept = price->v == o->price && qty->v <= o->rem;
+    int kept = price->v == o->price; /* amend_code refused qty > rem */
     if (kept) {
         int64_t reduced = o->rem - qty->v;
         if (reduced) {
@@ -1710,6 +1714,7 @@ static int check_codes(PyObject *domain)
         {"DUPLICATE_ORDER_ID", RC_DUPLICATE_ORDER_ID},
         {"POST_ONLY_WOULD_CROSS", RC_POST_ONLY_WOULD_CROSS},
         {"FOK_NOT_FILLABLE", RC_FOK_NOT_FILLABLE}, {"AMEND_WOULD_CROSS", RC_AMEND_WOULD_CROSS},
+        {"AMEND_WOULD_ENLARGE", RC_AMEND_WOULD_ENLARGE},
     };
     PyObject *rc = PyObject_GetAttrString(domain, "ResultCode");
     if (rc == NULL)

@@ -48,6 +48,7 @@ R_POST_ONLY = int(ResultCode.POST_ONLY_WOULD_CROSS)
 R_FOK = int(ResultCode.FOK_NOT_FILLABLE)
 R_UNKNOWN = int(ResultCode.UNKNOWN_ORDER)
 R_AMEND_CROSS = int(ResultCode.AMEND_WOULD_CROSS)
+R_AMEND_ENLARGE = int(ResultCode.AMEND_WOULD_ENLARGE)
 R_INVALID = int(ResultCode.INVALID_REQUEST)
 
 # Events are built with tuple.__new__: the same NamedTuple instances as Cls(...), without
@@ -305,7 +306,11 @@ class OrderBook:
         side = order[SIDE]
         if self._would_cross(side, new_price):
             return self._reject(ts, order_id, user_id, R_AMEND_CROSS)
-        kept = new_price == order[PRICE] and new_qty <= order[REM]
+        # Never enlarge: accounts' hold cannot see fills in flight (domain.py, amend).
+        remaining = order[REM]
+        if new_qty > remaining or (side == BUY and new_price * new_qty > order[PRICE] * remaining):
+            return self._reject(ts, order_id, user_id, R_AMEND_ENLARGE)
+        kept = new_price == order[PRICE]
         if kept:
             reduced = order[REM] - new_qty
             if reduced:

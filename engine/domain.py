@@ -75,9 +75,18 @@ amend(order_id, user_id, new_price, new_qty, ts)     (new_qty = new *remaining*)
   unknown or foreign -> Rejected(UNKNOWN_ORDER); new_price <= 0 -> INVALID_PRICE;
   new_qty <= 0 -> INVALID_QUANTITY; new_price * new_qty < min_notional ->
   BELOW_MIN_NOTIONAL; a price that would cross the best opposite price ->
-  AMEND_WOULD_CROSS (use cancel + place to take liquidity).
+  AMEND_WOULD_CROSS (use cancel + place to take liquidity); then an amend that
+  would enlarge the order -> AMEND_WOULD_ENLARGE: new_qty > remaining, or, for a
+  BUY, new_price * new_qty > price * remaining (its current price and remaining).
+  Why: accounts holds funds per order and cannot see fills still in flight, so
+  only the engine, which sees the true remaining, can refuse an amend that would
+  spend more than the hold. Settlement's hold for a live buy is always >= price *
+  remaining (fills happen at <= its limit), so an order whose lots (sell) or
+  notional (buy) never rise can never spend more than it holds, however often it
+  is amended. To add size: cancel + place.
   Same price and new_qty <= remaining: Amended(priority_kept=True), stays in place.
-  Otherwise: moves to the back of the (new) level, Amended(priority_kept=False).
+  Otherwise (a price change): moves to the back of the new level,
+  Amended(priority_kept=False).
 
 cancel_all(user_id, ts)
   Cancelled(remaining, CANCEL_ALL) for every resting order of the user in this
@@ -174,6 +183,7 @@ class ResultCode(IntEnum):
     FOK_NOT_FILLABLE = -3104
     SELF_TRADE_PREVENTED = -3105
     AMEND_WOULD_CROSS = -3106
+    AMEND_WOULD_ENLARGE = -3107
 
 
 # ---- commands (what the engine consumes; `pair` routes to a book) ----

@@ -100,6 +100,10 @@ class BookAuditor:
                 assert ev.user_id == order[0] and ev.remaining == order[3] > 0, (ev, order)
             elif kind is Amended:
                 order = self.live[ev.order_id]
+                # Never enlarged: no more lots, and for a buy no more notional.
+                assert 0 < ev.qty <= order[3], (ev, order)
+                assert order[1] != BUY or ev.price * ev.qty <= order[2] * order[3], (
+                    ev, order)
                 keeps = ev.price == order[2] and ev.qty <= order[3]
                 assert ev.priority_kept is keeps, (ev, order)
                 order[2], order[3] = ev.price, ev.qty

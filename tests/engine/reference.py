@@ -265,6 +265,10 @@ class ReferenceBook:
             return ResultCode.BELOW_MIN_NOTIONAL
         if self._would_cross(order.side, new_price):
             return ResultCode.AMEND_WOULD_CROSS
+        if new_qty > order.remaining:
+            return ResultCode.AMEND_WOULD_ENLARGE
+        if order.side == Side.BUY and new_price * new_qty > order.price * order.remaining:
+            return ResultCode.AMEND_WOULD_ENLARGE
         return None
 
     def cancel_all(self, user_id, ts):

@@ -209,7 +209,7 @@ targets = st.builds(Target, st.sampled_from(("live", "live", "live", "live", "an
 cancels = st.builds(CancelOp, targets)
 amends = weighted(
     (st.builds(AmendOp, targets, st.none(), st.integers(-3, -1)), 1),               # reduce
-    (st.builds(AmendOp, targets, st.none(), st.integers(0, 4)), 1),                 # keep/grow
+    (st.builds(AmendOp, targets, st.none(), st.integers(0, 4)), 1),                 # keep/grow (grow: rejected)
     (st.builds(AmendOp, targets, prices, st.integers(-2, 2)), 1),                   # reprice
     (st.builds(AmendOp, targets, st.sampled_from((-1, 0, 1, LOW)), st.none(),
                st.sampled_from((-1, 0, 1, 3))), 1),                                 # invalid

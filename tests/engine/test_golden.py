@@ -399,18 +399,45 @@ def test_amend_reduce_keeps_priority(book):
     assert book.amend(2, 12, 100, 4, 6) == [Amended(P, 10, 6, 2, 12, 100, 4, True)]
 
 
-def test_amend_increase_loses_priority(book):
+def test_amend_never_enlarges(book):
+    """An amend may not add lots, nor (for a buy) notional: accounts' hold for the
+    order cannot see fills still in flight, so only the engine can refuse it."""
     _amend_setup(book)
-    assert book.amend(1, 11, 100, 6, 4) == [Amended(P, 4, 4, 1, 11, 100, 6, False)]
-    assert [o[0] for o in book.orders()] == [2, 1, 3]
-    assert mkt(book, 4, 14, SELL, qty=6, ts=5) == [
-        Accepted(P, 5, 5, 4, 14, SELL, MARKET, IOC, 0, 6, 0),
-        Trade(P, 6, 5, 1, 100, 5, SELL, 2, 12, 4, 14, 0, 0),
-        Done(P, 7, 5, 2, 12),
-        Trade(P, 8, 5, 2, 100, 1, SELL, 1, 11, 4, 14, 0, 0),
-        Done(P, 9, 5, 4, 14),
+    before = book.orders()
+    cases = [
+        ((1, 11, 100, 6), RC.AMEND_WOULD_ENLARGE),    # buy: more lots, same price
+        ((1, 11, 101, 5), RC.AMEND_WOULD_ENLARGE),    # buy: 505 > 500 notional
+        ((1, 11, 50, 6), RC.AMEND_WOULD_ENLARGE),     # buy: less notional, more lots
+        ((3, 13, 105, 6), RC.AMEND_WOULD_ENLARGE),    # sell: more lots
+        ((3, 13, 200, 6), RC.AMEND_WOULD_ENLARGE),
+        ((1, 11, 105, 6), RC.AMEND_WOULD_CROSS),      # cross is checked first
     ]
-    assert book.order(1) == (11, BUY, 100, 5, NONE)
+    for seq, ((oid, uid, price, qty), code) in enumerate(cases, start=4):
+        assert book.amend(oid, uid, price, qty, seq) == [Rejected(P, seq, seq, oid, uid, code)]
+    assert book.orders() == before                    # order 1 still first at 100
+    # A sell may reprice upwards with its lots (it holds base, not quote).
+    assert book.amend(3, 13, 200, 5, 10) == [Amended(P, 10, 10, 3, 13, 200, 5, False)]
+    # A buy may reprice upwards if its notional does not rise: 104 * 4 = 416 <= 500.
+    assert book.amend(1, 11, 104, 4, 11) == [Amended(P, 11, 11, 1, 11, 104, 4, False)]
+    assert book.amend(1, 11, 104, 5, 12) == [Rejected(P, 12, 12, 1, 11,
+                                                      RC.AMEND_WOULD_ENLARGE)]
+
+
+def test_amend_enlarge_is_judged_on_what_is_left(new_book):
+    """The limit is the order's remaining after fills, not its original size: this is
+    the case accounts cannot judge (the fills' settlements may not have reached it)."""
+    book = new_book()
+    lim(book, 1, 11, BUY, 90, 8, ts=1)
+    assert [type(e) for e in lim(book, 2, 12, SELL, 90, 7, ts=2)] == [Accepted, Trade, Done]
+    assert book.order(1) == (11, BUY, 90, 1, NONE)
+    assert book.amend(1, 11, 39, 4, 3) == [Rejected(P, 5, 3, 1, 11, RC.AMEND_WOULD_ENLARGE)]
+    assert book.amend(1, 11, 90, 2, 4) == [Rejected(P, 6, 4, 1, 11, RC.AMEND_WOULD_ENLARGE)]
+    assert book.order(1) == (11, BUY, 90, 1, NONE)
+    # Equal notional at a higher price is allowed (60 * 10 == 100 * 6), one more is not.
+    lim(book, 3, 13, BUY, 60, 10, ts=5)                     # seq 7
+    assert book.amend(3, 13, 101, 6, 6) == [Rejected(P, 8, 6, 3, 13, RC.AMEND_WOULD_ENLARGE)]
+    assert book.amend(3, 13, 100, 6, 7) == [Amended(P, 9, 7, 3, 13, 100, 6, False)]
+    assert book.order(3) == (13, BUY, 100, 6, NONE)
 
 
 def test_amend_price_change_loses_priority(book):
@@ -601,7 +628,7 @@ def test_every_engine_result_code_is_pinned():
     TICK/LOT violations are decided at the API edge (engine.markets) and
     SELF_TRADE_PREVENTED is never a rejection: STP expires orders instead."""
     pinned = {code for _, code in PLACE_REJECTIONS} | {
-        RC.UNKNOWN_ORDER, RC.AMEND_WOULD_CROSS, RC.MARKET_CLOSED}
+        RC.UNKNOWN_ORDER, RC.AMEND_WOULD_CROSS, RC.AMEND_WOULD_ENLARGE, RC.MARKET_CLOSED}
     engine_codes = {c for c in RC if -3999 <= c <= -3000}
     not_emitted = {RC.TICK_VIOLATION, RC.LOT_VIOLATION, RC.SELF_TRADE_PREVENTED}
     assert engine_codes - not_emitted <= pinned
