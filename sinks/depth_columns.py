@@ -24,6 +24,9 @@ from schemas.catalog import default_catalog
 from sinks.event_columns import _pair_names, _varints, _zigzag
 
 HEADER_LEN = 10
+# Records read at once: past this the arrays outgrow the caches and every record costs
+# more (1.0 us at 10-20k, 1.5 at 50k, 1.6-2.9 at 100k, measured).
+CHUNK = 16_384
 _MAX_ID = 1 << 62                    # (last_update_id, is_snapshot) packs into one int64
 
 
@@ -122,6 +125,13 @@ def read(values: list, header: bytes) -> DepthHeads:
     k = len(values)
     if not FAST or not k:
         return _empty()
+    if k > CHUNK:
+        parts = []
+        for at in range(0, k, CHUNK):
+            part = read(values[at:at + CHUNK], header)
+            part.index = part.index + at
+            parts.append(part)
+        return concat(parts)
     lens = np.fromiter(map(len, values), np.int64, count=k)
     buf = np.frombuffer(b"".join(values), np.uint8)
     if not len(buf):
