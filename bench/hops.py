@@ -11,6 +11,11 @@ each order's records across the topics:
               commit, then that reader's fetch)
   settlement  a Trade written -> its first keel.settlements record written (pair, seq)
   reply       keel.requests written -> keel.replies record written (request_id)
+  pushed      a Trade written -> the gateway's public `<pair>@trade` WebSocket message
+              for it reaches a client here (pair, trade id): the transaction's commit,
+              then the gateway's fetch, fold and fan-out (a user's fill takes that path
+              too); minus `commit`, the gateway's own share. (Measured from the write, not
+              from this process's read_committed reader, which lags the gateway's own.)
   deliver/T   a record written -> a read_uncommitted reader sees it, per topic T: the
               broker's share of every hop (produce + a consumer's fetch)
   committed   request received -> the order's event visible read_committed (the sum)
@@ -41,7 +46,54 @@ from infra.settings import Settings
 from schemas.codec import Codec, CodecError
 
 TOPICS = ("requests", "orders", "events", "settlements", "replies")
-HOPS = ("gateway", "accounts", "engine", "commit", "settlement", "reply", "committed")
+
+class TradeStream:
+    """The gateway's public trade streams of every pair, on a thread: (pair, trade id,
+    seen ms) per message."""
+
+    def __init__(self, url: str, pairs: list[str]) -> None:
+        self.url = url.rstrip("/") + "/ws/" + "/".join(f"{p.lower()}@trade" for p in pairs)
+        self.seen: list[tuple[str, int, float]] = []
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="trade-stream")
+
+    def start(self) -> None:
+        self._thread.start()
+        self.ready.wait(20)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        import asyncio
+
+        import aiohttp
+
+        async def main() -> None:
+            async with aiohttp.ClientSession() as http, http.ws_connect(self.url) as ws:
+                self.ready.set()
+                while not self._stop.is_set():
+                    try:
+                        msg = await ws.receive(timeout=0.2)
+                    except TimeoutError:
+                        continue
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            return
+                        continue
+                    now = time.time() * 1000
+                    data = json.loads(msg.data)
+                    data = data.get("data", data)
+                    if data.get("e") == "trade":
+                        self.seen.append((data["s"], data["t"], now))
+        try:
+            asyncio.run(main())
+        except Exception as exc:  # noqa: BLE001 - the other hops still count
+            print(f"trade stream: {exc}", file=sys.stderr)
+        finally:
+            self.ready.set()
 
 
 class Tail:
@@ -102,13 +154,15 @@ def _pct(values: list[float]) -> dict:
     return {"p50": pick(0.5), "p99": pick(0.99), "n": len(v)}
 
 
-def join(codec: Codec, settings: Settings, uncommitted: list, committed: list) -> dict:
+def join(codec: Codec, settings: Settings, uncommitted: list, committed: list,
+         pushed: list | None = None) -> dict:
     """Per-hop latencies (ms) for the orders seen on every topic of their path."""
     name = {settings.topic(t): t for t in TOPICS}
     req: dict[str, tuple[int, int]] = {}          # request_id -> (gateway ts, written)
     order: dict[str, tuple[int, int]] = {}        # request_id -> (order_id, written)
     answered: dict[int, int] = {}                 # order_id -> its event's written
     trades: dict[tuple[str, int], int] = {}       # (pair, seq) -> written
+    trade_written: dict[tuple[str, int], int] = {}   # (pair, trade id) -> written
     settled: dict[tuple[str, int], int] = {}      # (pair, seq) -> first settlement written
     replied: dict[str, int] = {}
     visible: dict[bytes, float] = {v: seen for _t, v, _w, seen in committed}
@@ -132,6 +186,7 @@ def join(codec: Codec, settings: Settings, uncommitted: list, committed: list) -
                 event_of.setdefault(body["order_id"], value)
             elif ev_kind == "keel.Trade":
                 trades[(rec["pair"], rec["seq"])] = written
+                trade_written[(rec["pair"], body["trade_id"])] = written
         elif t == "settlements":
             settled.setdefault((rec["pair"], rec["seq"]), written)
         elif t == "replies":
@@ -155,6 +210,10 @@ def join(codec: Codec, settings: Settings, uncommitted: list, committed: list) -
     for key, w_trade in trades.items():
         if key in settled:
             out["settlement"].append(settled[key] - w_trade)
+    for pair, trade_id, seen in pushed or ():
+        written = trade_written.get((pair, trade_id))
+        if written is not None:
+            out["pushed"].append(seen - written)
     return {hop: _pct(v) for hop, v in sorted(out.items())}
 
 
@@ -173,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
              Tail(settings, [settings.topic("events")], "read_committed")]
     for tail in tails:
         tail.start()
+    from engine.markets import load_markets
+
+    stream = TradeStream(f"http://{settings.gateway_host}:{settings.gateway_port}",
+                         sorted(load_markets(settings.markets_file).markets))
+    stream.start()
     load = None
     t0 = time.process_time()
     try:
@@ -193,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for tail in tails:
             tail.stop()
-    hops = join(codec, settings, tails[0].seen, tails[1].seen)
+        stream.stop()
+    hops = join(codec, settings, tails[0].seen, tails[1].seen, stream.seen)
     result = {"rate": args.rate, "seconds": args.seconds, "hops_ms": hops,
               "load_avg_1m": os.getloadavg()[0], "tail_cpu_s": round(time.process_time() - t0, 2)}
     if load is not None:
