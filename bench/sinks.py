@@ -3,14 +3,16 @@
 Starts its own tansu broker and PostgreSQL 18 (free ports, temp dir) and a chDB dir of
 its own, then measures, with the real sink code (SinkLoop + stores) in this process:
   postgres_trades_per_s        engine events of the standard workload -> PostgreSQL
-                               (trades and orders), after the group join, until caught up
+                               (trades and orders), after the group join, until caught up;
+                               postgres_rows_per_s counts every row written (trades, orders
+                               inserted and orders updated: one write each)
   clickhouse_depth_rows_per_s  keel.depth records -> the ClickHouse depth table (one row per
                                update; clickhouse_depth_levels_per_s counts price levels)
   lag_p99_ms                   PostgreSQL sink at a steady produce rate: store commit time
                                minus each event's ts (set at produce time), p99
 plus the sink process's CPU per record (postgres_sink_cpu_us_per_event,
 clickhouse_cpu_us_per_row: steadier than rates on a shared machine; chDB runs in the
-process, the PostgreSQL server does not). `--only postgres` (repeatable) runs a part
+process) and the PostgreSQL server's, all its backends (postgres_server_cpu_us_per_event). `--only postgres` (repeatable) runs a part
 alone. Both sinks write batches on worker threads (sinks/loop.py), so the timing ends
 with loop.finish(): the last batch is committed, not just polled.
 """
@@ -37,6 +39,7 @@ from infra.migrate import migrate  # noqa: E402
 from infra.postgres import ensure_database  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from schemas.codec import Codec  # noqa: E402
+from sinks import BATCH  # noqa: E402
 from sinks.metrics import SinkMetrics  # noqa: E402
 from sinks.service import clickhouse_loop, postgres_loop  # noqa: E402
 from tests.sinks.feed import (  # noqa: E402
@@ -93,28 +96,61 @@ def _timed(loop) -> None:
     loop.step = timed_step
 
 
-def bench_postgres(settings: Settings, ops: int) -> dict:
+def _server_cpu(pid: int | None) -> float:
+    """CPU seconds used so far by a server process and its children (PostgreSQL's
+    backends), 0 when unknown."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def bench_postgres(settings: Settings, ops: int, server_pid: int | None = None,
+                   batch: int | None = None) -> dict:
     events = engine_events(ops, seed=21)
     trades = sum(1 for e in events if type(e) is Trade)
     codec = Codec()
     topic = settings.topic("events")
     ends = produce(settings.bootstrap, topic, [(e.pair, codec.encode_event(e)) for e in events],
                    PARTITION)
-    loop, store = postgres_loop(settings, threading.Event(), SinkMetrics("postgres"))
+    loop, store = postgres_loop(settings, threading.Event(), SinkMetrics("postgres"),
+                                batch or BATCH["postgres"])
     _timed(loop)
+    rows = [0]
+
+    def written(report, _now: float) -> None:
+        rows[0] += report.trades + report.orders
+    loop.on_written = written
+    server = _server_cpu(server_pid)
     try:
         seconds, cpu = _drain(loop, {(topic, p): end for p, end in ends.items()})
+        server = _server_cpu(server_pid) - server
     finally:
         loop.source.close()
         store.close()
     return {"postgres_trades_per_s": round(trades / seconds),
             "postgres_events_per_s": round(len(events) / seconds),
+            "postgres_rows_per_s": round(rows[0] / seconds),
             "postgres_sink_cpu_us_per_event": round(cpu / len(events) * 1e6, 2),
+            "postgres_server_cpu_us_per_event": round(server / len(events) * 1e6, 2),
             "postgres_trades": trades, "postgres_events": len(events),
             "postgres_seconds": round(seconds, 2)}
 
 
-def bench_clickhouse(settings: Settings, n: int) -> dict:
+def bench_clickhouse(settings: Settings, n: int, batch: int | None = None) -> dict:
     import clickhouse_connect
 
     depth = depth_updates(n, seed=4)
@@ -125,7 +161,7 @@ def bench_clickhouse(settings: Settings, n: int) -> dict:
                    [(d["pair"], codec.encode("depth_update", d)) for d in depth], PARTITION)
     client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
     loop, _ = clickhouse_loop(settings, client, threading.Lock(), threading.Event(),
-                              SinkMetrics("clickhouse"))
+                              SinkMetrics("clickhouse"), batch or BATCH["clickhouse"])
     _timed(loop)
     try:
         seconds, cpu = _drain(loop, {(topic, p): end for p, end in ends.items()})
@@ -194,6 +230,8 @@ def main() -> int:
     parser.add_argument("--depth", type=int, default=200_000, help="keel.depth records")
     parser.add_argument("--rate", type=int, default=5_000, help="events/s for the lag run")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the lag run")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="records per store transaction (default: keel sink's)")
     parser.add_argument("--only", choices=("postgres", "clickhouse", "lag"), action="append",
                         help="run only these parts (repeatable; default: all)")
     args = parser.parse_args()
@@ -213,8 +251,8 @@ def main() -> int:
             (tmp / "keel" / "clickhouse").mkdir(parents=True)
             out: dict = {}
             for i, (name, run) in enumerate((
-                    ("postgres", lambda s: bench_postgres(s, args.ops)),
-                    ("clickhouse", lambda s: bench_clickhouse(s, args.depth)),
+                    ("postgres", lambda s: bench_postgres(s, args.ops, pg.pid, args.batch)),
+                    ("clickhouse", lambda s: bench_clickhouse(s, args.depth, args.batch)),
                     ("lag", lambda s: bench_lag(s, args.rate, args.seconds)))):
                 if args.only and name not in args.only:
                     continue

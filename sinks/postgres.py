@@ -37,6 +37,7 @@ from sinks import ledger
 from sinks.event_columns import EventColumns, decode
 from sinks.order_columns import OrderTables, fold, fresh
 from sinks.orders import ORDER_COLUMNS, TRADE_COLUMNS, UPDATE_COLUMNS
+from sinks.source import TOPIC, VALUE
 
 log = logging.getLogger(__name__)
 
@@ -202,16 +203,18 @@ class PostgresStore:
 
     def prepare(self, msgs: list) -> tuple[Batch, list[tuple[object, CodecError]]]:
         """Decode, fold and encode a polled batch; (batch, [(message, error)] dead)."""
-        events, settlements, balances, dead = [], [], [], []
-        for m in msgs:
-            topic = m.topic()
-            if topic == self.settlements_topic:
-                settlements.append(m)
-            elif topic == self.balances_topic:
-                balances.append(m)
-            else:
-                events.append(m)
-        cols, faults = decode([m.value() for m in events], self.codec)
+        events, settlements, balances, dead = msgs, [], [], []
+        topics = list(map(TOPIC, msgs))
+        if topics.count(self.settlements_topic) or topics.count(self.balances_topic):
+            events = []
+            for m, topic in zip(msgs, topics, strict=True):
+                if topic == self.settlements_topic:
+                    settlements.append(m)
+                elif topic == self.balances_topic:
+                    balances.append(m)
+                else:
+                    events.append(m)
+        cols, faults = decode(list(map(VALUE, events)), self.codec)
         dead += [(events[i], exc) for i, exc in faults]
         records = {"settlement": [], "balance": []}
         for name, read, got in (("settlement", ledger.decode_settlement, settlements),

@@ -13,6 +13,7 @@ import threading
 from infra.logs import event
 from infra.settings import Settings
 from schemas.codec import Codec
+from sinks import BATCH
 from sinks.dlq import DeadLetters
 from sinks.loop import SinkLoop
 from sinks.metrics import SinkMetrics
@@ -34,7 +35,7 @@ def stop_on_signals() -> threading.Event:
 
 
 def postgres_loop(settings: Settings, stop: threading.Event, metrics: SinkMetrics,
-                  max_records: int = 20_000):
+                  max_records: int = BATCH["postgres"]):
     """(loop, store): keel.events -> trades and orders, keel.settlements -> ledger entries,
     keel.balances -> balances, in one transaction per batch. The caller opens nothing else."""
     from sinks.postgres import TRANSIENT, PostgresStore
@@ -71,7 +72,7 @@ def run_postgres(settings: Settings, metrics_port: int | None, max_records: int)
 
 
 def clickhouse_loop(settings: Settings, client, lock, stop: threading.Event,
-                    metrics: SinkMetrics, max_records: int = 20_000):
+                    metrics: SinkMetrics, max_records: int = BATCH["clickhouse"]):
     """(loop, store): keel.events + keel.depth -> ClickHouse through `client`."""
     from sinks.clickhouse import ClickHouseStore, log_positions
 

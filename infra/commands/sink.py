@@ -19,8 +19,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on 127.0.0.1:PORT "
                              "(default: KEEL_METRICS_PORT_BASE, one process per container)")
-    parser.add_argument("--batch", type=int, default=20_000,
-                        help="most records per store transaction")
+    from sinks import BATCH
+
+    parser.add_argument("--batch", type=int, default=None,
+                        help="most records per store transaction (default: postgres "
+                             f"{BATCH['postgres']}, clickhouse {BATCH['clickhouse']})")
 
 
 def sink_processes(settings: Settings) -> list:
@@ -37,9 +40,10 @@ def sink_processes(settings: Settings) -> list:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from sinks import service
+    from sinks import BATCH, service
 
     port = args.metrics_port if args.metrics_port is not None else settings.metrics_port_base
+    batch = args.batch if args.batch is not None else BATCH[args.store]
     if args.store == "postgres":
-        return service.run_postgres(settings, port, args.batch)
-    return service.run_clickhouse(settings, port, args.batch)
+        return service.run_postgres(settings, port, batch)
+    return service.run_clickhouse(settings, port, batch)
