@@ -237,7 +237,8 @@ async def _send_outputs(outputs: list, batch: trace.Batch) -> None:
 
 
 async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.05,
-                      staged=(), after_batch=None, state_first: bool = False) -> None:
+                      staged=(), after_batch=None, state_first: bool = False,
+                      pipelined: bool = True) -> None:
     """Feed `handle(event)` batch by batch, then write the batch's outputs and its table
     state (the `staged` tables, then `after_batch`), each waited for until durable, and
     only then ack the events and commit their offsets. A crash at any point loses nothing.
@@ -247,7 +248,7 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
     partition (settlement, market data), and their consumers drop the copies. With
     `state_first` (accounts, whose two inputs may interleave differently when replayed)
     the state goes first and a replayed record rebuilds its outputs from it; such a run
-    is pipelined (`_pipelined`) outside exactly_once.
+    is pipelined (`_pipelined`) outside exactly_once, unless `pipelined` is False.
 
     The agent commits between batches (Faust's timer is only a far backstop) and acks
     only after everything is written, so a commit on rebalance never runs ahead of it.
@@ -259,7 +260,7 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
     trace.install_dump(app)
     if trace.enabled():
         stream.add_processor(trace.stamp(stream))
-    if state_first and not _exactly_once():
+    if state_first and pipelined and not _exactly_once():
         return await _pipelined(stream, handle, max_batch, within, staged, after_batch)
     batch = trace.Batch()
     async for events in take_batches(stream, max_batch, within):
