@@ -51,7 +51,6 @@ class Written:
     depth_rows: int = 0
     depth_levels: int = 0
     max_ts: int = 0
-    dead: list = field(default_factory=list)   # [(message, CodecError)] found writing
 
 
 @dataclass
@@ -81,7 +80,6 @@ class ClickHouseStore:
         self.raw_depth = raw_depth
         self.dead_letter = dead_letter           # (topic, partition, offset, value, CodecError)
         self._codec = None
-        self._header = None
         self.lock = lock or threading.Lock()           # the client: one thread at a time
         # The marks and the block being replayed: a batch written on the loop's worker
         # thread and a rebalance (positions(), on the polling thread) never interleave.
@@ -144,12 +142,10 @@ class ClickHouseStore:
     def prepare(self, codec):
         """A messages -> (items, [(message, CodecError)]) function for SinkLoop, run where
         the batch is polled. Items are (kind, partition, offset, value): 0 an engine
-        event, 1 a decoded depth update, 2 the batch's depth messages, still to be read
-        (embedded chDB: write() reads them into 1s and 3s, dead ones in its report),
-        3 a RawDepth of a whole partition's depth."""
+        event, 1 a decoded depth update, 3 a RawDepth of a whole partition's depth."""
         events, depth = self.events_topic, self.depth_topic
         self._codec = codec
-        header = self._header = current_header() if self.raw_depth else None
+        header = current_header() if self.raw_depth else None
 
         def prepare(msgs: list) -> tuple[list, list]:
             items, dead = [], []
@@ -171,19 +167,16 @@ class ClickHouseStore:
                         raise
                     except CodecError as exc:
                         dead.append((m, exc))
-            if depth_msgs and header is not None:
-                # Read where the batch is written: the next batch is polled meanwhile.
-                items.append((2, -1, 0, depth_msgs))
-            elif depth_msgs:
-                self._depth_items(depth_msgs, None, items, dead)
+            if depth_msgs:
+                self._prepare_depth(depth_msgs, header, items, dead)
             return items, dead
         return prepare
 
-    def _depth_items(self, msgs: list, header: bytes | None, items: list, dead: list
-                     ) -> None:
+    def _prepare_depth(self, msgs: list, header: bytes | None, items: list, dead: list
+                       ) -> None:
         """Items of a batch's depth records: a RawDepth per partition when the walk
         vouches for all of that partition's records (read in one go for the batch), else
-        the partition's records decoded one by one ([(message, error)] to `dead`)."""
+        the partition's records decoded one by one."""
         n = len(msgs)
         partition = np.fromiter(map(PARTITION, msgs), np.int64, n)
         offset = np.fromiter(map(OFFSET, msgs), np.int64, n)
@@ -229,14 +222,6 @@ class ClickHouseStore:
 
     def _write(self, items: list) -> Written:
         out = Written()
-        if any(item[0] == 2 for item in items):
-            expanded = []
-            for item in items:
-                if item[0] == 2:
-                    self._depth_items(item[3], self._header, expanded, out.dead)
-                else:
-                    expanded.append(item)
-            items = expanded
         trades: dict[int, list] = {}
         depth: dict[int, list] = {}
         raw: list[tuple[int, RawDepth, np.ndarray]] = []

@@ -172,9 +172,7 @@ class SinkLoop:
             if report is None:
                 return False
         self.metrics.batch_seconds.labels(self.name).observe(time.monotonic() - p.started)
-        # Dead records found by prepare() and, for a store that reads records as it
-        # writes them, by write() (its report's; a retried write reports them anew).
-        for msg, error in p.dead + getattr(report, "dead", []):
+        for msg, error in p.dead:
             self.dlq.send(msg, error)
             self.metrics.dead_letters.labels(self.name, str(error.code)).inc()
         if self.dlq.pending:                 # ours, and any the store set aside
