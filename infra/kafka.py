@@ -38,13 +38,16 @@ def consumer_config(settings: Settings, group_id: str | None, client_id: str | N
     `group_id=None` gives a group-less consumer (assign partitions yourself), as the
     gateway uses to see every pair.
     """
+    session_ms = int(settings.extra.get("KEEL_KAFKA_SESSION_TIMEOUT_MS", 10_000))
     conf = _base(settings, client_id) | {
         "isolation.level": "read_committed",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
-        # librdkafka's defaults make a group join slow on the embedded broker.
-        "session.timeout.ms": 10_000,
-        "heartbeat.interval.ms": 1_000,
+        # librdkafka's defaults make a group join slow on the embedded broker. A member
+        # killed outright holds its partitions until this runs out: a restarted sink
+        # waits ~session + 8 s for them (KEEL_KAFKA_SESSION_TIMEOUT_MS shortens it).
+        "session.timeout.ms": session_ms,
+        "heartbeat.interval.ms": min(1_000, max(100, session_ms // 4)),
     }
     if group_id is not None:
         conf["group.id"] = group_id

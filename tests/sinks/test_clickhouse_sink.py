@@ -45,7 +45,9 @@ def _produce_all(bootstrap, prefix, events, depth) -> tuple[dict, dict]:
 def _ch_env(kafka_bootstrap, prefix, tmp_path) -> dict[str, str]:
     return {"KEEL_KAFKA_BOOTSTRAP": kafka_bootstrap, "KEEL_TOPIC_PREFIX": prefix,
             "KEEL_LOG_LEVEL": "INFO", "KEEL_DATA_DIR": str(tmp_path / "keel"),
-            "KEEL_EMBEDDED_CLICKHOUSE_PORT": str(free_port())}
+            "KEEL_EMBEDDED_CLICKHOUSE_PORT": str(free_port()),
+            # A SIGKILLed sink's partitions come back after the session: keep it short.
+            "KEEL_KAFKA_SESSION_TIMEOUT_MS": "3000"}
 
 
 def _sql(env, query: str) -> list[dict]:

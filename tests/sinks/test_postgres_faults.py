@@ -67,7 +67,9 @@ def test_sigkill_mid_batch_repeatedly_loses_and_doubles_nothing(
     topic, group = prefix + "events", prefix.rstrip(".") + "-sink-postgres"
     ends = produce(kafka_bootstrap, topic, _encoded(events), PARTITION)
     env = {"KEEL_KAFKA_BOOTSTRAP": kafka_bootstrap, "KEEL_POSTGRES_URL": sink_db,
-           "KEEL_TOPIC_PREFIX": prefix, "KEEL_LOG_LEVEL": "INFO"}
+           "KEEL_TOPIC_PREFIX": prefix, "KEEL_LOG_LEVEL": "INFO",
+           # a SIGKILLed sink's partitions come back after the session: keep it short
+           "KEEL_KAFKA_SESSION_TIMEOUT_MS": "3000"}
     done = caught_up(kafka_bootstrap, group, topic, ends)
     rng = random.Random(5)
     count = "SELECT count(*) FROM trades"
