@@ -75,7 +75,9 @@ def judge(limits: Limits, rec: Recorder, step) -> dict:
         return {**out, "broke": limit, "value": value, "threshold": threshold, **more}
 
     if t["error_rate"] > limits.max_error_rate:
-        return broke("error_rate", t["error_rate"], limits.max_error_rate)
+        common = sorted(rec.errors.items(), key=lambda kv: -kv[1])[:2]
+        return broke("error_rate", t["error_rate"], limits.max_error_rate,
+                     errors=[f"{detail} x{n}" for detail, n in common])
     p99 = t["fill_ms"]["p99"]
     if p99 is not None and p99 > limits.p99_fill_ms:
         return broke("p99_order_to_fill", p99, limits.p99_fill_ms)
@@ -114,7 +116,20 @@ def describe(j: dict) -> str:
             f"{j['value']} against {j['threshold']}; CPU {cpu}"
             + (f"; the stack's processes waited {waited:.0f}% of a core runnable for a CPU"
                if waited else "")
-            + (f"; ms after the gateway received an order: {hops}" if hops else ""))
+            + (f"; ms after the gateway received an order: {hops}" if hops else "")
+            + _errors_hint(j.get("errors") or []))
+
+
+def _errors_hint(errors: list[str]) -> str:
+    """The commonest errors, and what to do when it is the gateway's own rate limit: a
+    load test from one IP meets the per-IP request weight limit (6000 a minute, shared by
+    runs less than a minute apart) long before the stack is loaded."""
+    if not errors:
+        return ""
+    hint = ("; these are the gateway's rate limits, not the stack's capacity: start the "
+            "stack with KEEL_GATEWAY_IP_LIMIT and KEEL_GATEWAY_VIP_LIMIT raised"
+            if any(" 429 " in e or "-1003" in e for e in errors) else "")
+    return "; errors mostly: " + "; ".join(errors) + hint
 
 
 def stage_figures(clock, first: int, last: int) -> dict[str, dict]:

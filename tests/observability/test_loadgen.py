@@ -87,6 +87,14 @@ def test_ramp_step_verdicts():
     assert step_broken(Limits(), _recorded(10.0), step) is None
     assert step_broken(Limits(), _recorded(80.0), step) == "p99_order_to_fill"
     assert step_broken(Limits(), _recorded(10.0, errors=5), step) == "error_rate"
+    j = judge(Limits(), _recorded(10.0, errors=5), step)
+    assert j["errors"] == ["503 -1007 x20"] and "errors mostly: 503 -1007 x20" in describe(j)
+    assert "KEEL_GATEWAY_IP_LIMIT" not in describe(j)
+    limited = _recorded(10.0)
+    for _ in range(30):
+        limited.request(1.5, "error", "POST /api/v3/order: 429 -1003 Too many requests")
+    j = judge(Limits(), limited, step)
+    assert j["broke"] == "error_rate" and "KEEL_GATEWAY_IP_LIMIT" in describe(j)
     slow = _recorded(10.0)
     for s in slow.seconds:
         s.sent *= 2                                    # sent twice what was answered
