@@ -19,6 +19,15 @@ async def _delivery(queue: asyncio.Queue, value, log: list):
         raise
 
 
+def _waiting_delivery():
+    """A full queue, its log, the three stop events (suspended, stopped, crashed) and a
+    delivery of "b" that will have to wait for room (call inside the running loop)."""
+    queue, log = asyncio.Queue(maxsize=1), []
+    queue.put_nowait("a")
+    events = (asyncio.Event(), ModeEvent(), ModeEvent())
+    return queue, log, events, _delivery(queue, "b", log)
+
+
 def _started(coro):
     waited = coro.send(None)            # as fastpath's wait_first runs the first step
     assert waited is not None           # the queue is full: the put waits
@@ -27,10 +36,7 @@ def _started(coro):
 
 def test_a_waiting_delivery_finishes_once_the_queue_has_room():
     async def main():
-        queue, log = asyncio.Queue(maxsize=1), []
-        queue.put_nowait("a")
-        events = (asyncio.Event(), ModeEvent(), ModeEvent())
-        coro = _delivery(queue, "b", log)
+        queue, log, events, coro = _waiting_delivery()
         rest = asyncio.ensure_future(_rest(coro, _started(coro), events))
         await asyncio.sleep(0.01)
         assert not rest.done()
@@ -45,10 +51,7 @@ def test_a_waiting_delivery_finishes_once_the_queue_has_room():
 def test_a_suspended_flow_stops_a_waiting_delivery():
     for which in range(3):                 # suspend_flow, stopped, crashed
         async def main(which=which):
-            queue, log = asyncio.Queue(maxsize=1), []
-            queue.put_nowait("a")
-            events = (asyncio.Event(), ModeEvent(), ModeEvent())
-            coro = _delivery(queue, "b", log)
+            queue, log, events, coro = _waiting_delivery()
             rest = asyncio.ensure_future(_rest(coro, _started(coro), events))
             await asyncio.sleep(0.01)
             events[which].set()
@@ -62,10 +65,7 @@ def test_a_suspended_flow_stops_a_waiting_delivery():
 
 def test_an_already_stopped_consumer_does_not_wait():
     async def main():
-        queue, log = asyncio.Queue(maxsize=1), []
-        queue.put_nowait("a")
-        events = (asyncio.Event(), ModeEvent(), ModeEvent())
-        coro = _delivery(queue, "b", log)
+        queue, log, events, coro = _waiting_delivery()
         waited = _started(coro)
         events[1].set()
         assert await asyncio.wait_for(_rest(coro, waited, events), 1.0) is False
