@@ -96,6 +96,40 @@ async def _client_public(host: str, port: int, seconds: float, conns: int) -> di
             "elapsed": elapsed}
 
 
+def _frames(buf: bytes, seen: int, every: int) -> tuple[int, list, int, int]:
+    """The complete server frames at the start of `buf`: (text frames, the (start, end)
+    payload spans of those whose running number (after `seen`) is 1 modulo `every`, pings,
+    bytes used). Spans rather than a call per frame: at millions of frames a second the
+    client's walk is what the WS phase measures if it costs more."""
+    at, size, n, pings, spans, pick = 0, len(buf), 0, 0, [], 1 % every
+    while size - at >= 2:
+        op, length, head = buf[at] & 0x0F, buf[at + 1] & 0x7F, 2
+        if length == 126:
+            if size - at < 4:
+                break
+            length, head = int.from_bytes(buf[at + 2:at + 4]), 4
+        elif length == 127:
+            if size - at < 10:
+                break
+            length, head = int.from_bytes(buf[at + 2:at + 10]), 10
+        if size - at < head + length:
+            break
+        if op == 1:
+            n += 1
+            if (seen + n) % every == pick:
+                spans.append((at + head, at + head + length))
+        elif op == 9:
+            pings += 1
+        at += head + length
+    return n, spans, pings, at
+
+
+def _pong(transport, pings: int) -> None:
+    """Answer each ping with a pong (masked, empty), as a client must."""
+    if pings:
+        transport.write(b"\x8a\x80\x00\x00\x00\x00" * pings)
+
+
 class _WsCount(asyncio.Protocol):
     """A WebSocket client (no compression offered) that counts text frames by their
     headers; every 1000th payload is parsed to check it is what was published."""
@@ -129,29 +163,12 @@ class _WsCount(asyncio.Protocol):
             self.upgraded = True
             self.ready.set_result(None)
             buf = buf[end + 4:]
-        at, size, n = 0, len(buf), 0
-        while size - at >= 2:
-            op, length = buf[at] & 0x0F, buf[at + 1] & 0x7F
-            head = 2
-            if length == 126:
-                if size - at < 4:
-                    break
-                length, head = int.from_bytes(buf[at + 2:at + 4]), 4
-            elif length == 127:
-                if size - at < 10:
-                    break
-                length, head = int.from_bytes(buf[at + 2:at + 10]), 10
-            if size - at < head + length:
-                break
-            if op == 1:
-                n += 1
-                if (self.count + n) % 1000 == 1:
-                    json.loads(buf[at + head:at + head + length])["e"]   # noqa: B018
-                    self.checked += 1
-            elif op == 9:                   # ping: answer pong (masked, empty)
-                self.transport.write(b"\x8a\x80\x00\x00\x00\x00")
-            at += head + length
-        self.buf = buf[at:]
+        n, sampled, pings, used = _frames(buf, self.count, 1000)
+        for start, end in sampled:
+            json.loads(buf[start:end])["e"]   # noqa: B018
+            self.checked += 1
+        _pong(self.transport, pings)
+        self.buf = buf[used:]
         if n:
             self.count += n
             self.last = time.perf_counter()
@@ -248,30 +265,16 @@ class _UserStream(asyncio.Protocol):
             self.upgraded = True
             self.ready.set_result(None)
             buf = buf[end + 4:]
-        at, size = 0, len(buf)
-        while size - at >= 2:
-            op, length, head = buf[at] & 0x0F, buf[at + 1] & 0x7F, 2
-            if length == 126:
-                if size - at < 4:
-                    break
-                length, head = int.from_bytes(buf[at + 2:at + 4]), 4
-            elif length == 127:
-                if size - at < 10:
-                    break
-                length, head = int.from_bytes(buf[at + 2:at + 10]), 10
-            if size - at < head + length:
-                break
-            if op == 1:
-                self.frames += 1
-                m = json.loads(buf[at + head:at + head + length])
-                if m.get("e") == "executionReport" and m.get("x") == "TRADE":
-                    due = self.sent.pop(m.get("c"), None)
-                    if due is not None:
-                        self.fills.append((now - due) * 1000)
-            elif op == 9:
-                self.transport.write(b"\x8a\x80\x00\x00\x00\x00")
-            at += head + length
-        self.buf = buf[at:]
+        n, texts, pings, used = _frames(buf, 0, 1)
+        self.frames += n
+        for start, end in texts:
+            m = json.loads(buf[start:end])
+            if m.get("e") == "executionReport" and m.get("x") == "TRADE":
+                due = self.sent.pop(m.get("c"), None)
+                if due is not None:
+                    self.fills.append((now - due) * 1000)
+        _pong(self.transport, pings)
+        self.buf = buf[used:]
 
 
 def _percentiles(values: list[float]) -> dict:
