@@ -10,24 +10,12 @@ registry's framing works too); if they ever differ it falls back to the codec.
 from __future__ import annotations
 
 from schemas.codec import Codec
+from schemas.varint import BYTE as _ONE
+from schemas.varint import zigzag
 
 SCHEMA = "order_request"
 PLACE_BRANCH = b"\x00"           # PlaceOrder is the body union's first branch
-_ONE = [bytes([z]) for z in range(128)]          # zigzag values of one varint byte
 _PAIRS: dict[str, bytes] = {}
-
-
-def zigzag(n: int) -> bytes:
-    """An Avro int/long: zigzag, then little-endian base-128 varint."""
-    z = (n << 1) ^ (n >> 63)
-    if z < 0x80:
-        return _ONE[z]
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 def string(text: str) -> bytes:

@@ -23,6 +23,7 @@ import numpy as np
 
 from schemas.catalog import default_catalog
 from schemas.codec import MARKER
+from schemas.varint import varint
 from sinks.depth_columns import DepthHeads, Levels
 
 
@@ -30,19 +31,9 @@ def current_header() -> bytes:
     return MARKER + default_catalog().schema("depth_update").fingerprint
 
 
-def _varint(n: int) -> bytes:
-    """ClickHouse's unsigned LEB128 (lengths and counts in the Native format)."""
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _text(s: str) -> bytes:
     data = s.encode()
-    return _varint(len(data)) + data
+    return varint(len(data)) + data
 
 
 def _column(name: str, type_: str) -> bytes:
@@ -69,7 +60,7 @@ def block(heads: DepthHeads, partitions: np.ndarray, offsets: np.ndarray) -> lis
     """A Native block of every record of `heads` (columns in the depth table's order),
     each row with its partition and offset; as parts to write one after another."""
     n = len(heads)
-    out = [_varint(11) + _varint(n)]
+    out = [varint(11) + varint(n)]
 
     def col(name: str, type_: str, *data: bytes) -> None:
         out.append(_column(name, type_))

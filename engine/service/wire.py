@@ -24,6 +24,7 @@ from engine.domain import (
     SetTrading,
 )
 from schemas.codec import COMMANDS, EVENTS, Codec
+from schemas.varint import zigzag
 
 try:
     from engine.service import _wire as _compiled
@@ -31,20 +32,8 @@ except ImportError:         # not built: the Python path below, same results
     _compiled = None
 
 
-def _zigzag(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    if z < 0x80:
-        return bytes((z,))
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 _CACHE_MAX = 1 << 14            # small non-negative values (sides, codes, qty) from a table
-_ZZ = [_zigzag(n) for n in range(_CACHE_MAX)]
+_ZZ = [zigzag(n) for n in range(_CACHE_MAX)]
 
 
 def zz(n: int) -> bytes:
@@ -64,7 +53,7 @@ def zz(n: int) -> bytes:
                           z >> 21))
         return bytes((z & 0x7F | 0x80, (z >> 7) & 0x7F | 0x80, (z >> 14) & 0x7F | 0x80,
                       (z >> 21) & 0x7F | 0x80, z >> 28))
-    return _zigzag(n)
+    return zigzag(n)
 
 
 def _string(s: str) -> bytes:
