@@ -154,14 +154,12 @@ _MESSAGES = {
     ResultCode.FOK_NOT_FILLABLE: (-2010, "Order would not be filled completely (FOK)."),
     ResultCode.SELF_TRADE_PREVENTED: (-2010, "Order was prevented from trading with itself."),
     ResultCode.AMEND_WOULD_CROSS: (-2010, "Amended price would cross the book."),
+    # The engine refuses an amend above the order's remaining quantity (fills the gateway
+    # has not folded yet make a valid-looking newQty too large).
+    ResultCode.AMEND_WOULD_ENLARGE: (-2010, "Amend would enlarge the order (it may have "
+                                     "filled meanwhile); query it and retry, or cancel and "
+                                     "place a new order."),
 }
-# The engine refuses an amend above the order's remaining quantity (fills the gateway has
-# not folded yet make a valid-looking newQty too large); looked up by name so the gateway
-# runs against an engine with or without that rule.
-if "AMEND_WOULD_ENLARGE" in ResultCode.__members__:
-    _MESSAGES[ResultCode["AMEND_WOULD_ENLARGE"]] = (
-        -2010, "Amend would enlarge the order (it may have filled meanwhile); query it and "
-        "retry, or cancel and place a new order.")
 
 
 def from_result(code: int, action: str = "order") -> ApiError:

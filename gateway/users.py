@@ -6,6 +6,7 @@ database round trip, and caches misses too so a flood of bogus keys cannot hamme
 """
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -13,8 +14,11 @@ from dataclasses import dataclass
 
 import psycopg
 
-from gateway.vault import Vault
+from gateway.vault import Vault, VaultError
+from infra.logs import event
 from infra.settings import Secret
+
+log = logging.getLogger("keel.gateway")
 
 KEY_FORMAT = re.compile(r"^[A-Za-z0-9]{64}$")
 TIERS = ("standard", "vip")
@@ -93,7 +97,17 @@ class KeyStore:
             row = await cur.fetchone()
         found = None
         if row is not None:
-            found = Principal(row[0], row[1], row[2], api_key, self.vault.open(row[3]))
+            try:
+                found = Principal(row[0], row[1], row[2], api_key, self.vault.open(row[3]))
+            except VaultError as err:
+                # The key exists but its secret was sealed under another master key (a
+                # different KEEL_GATEWAY_MASTER_KEY or <data_dir>/gateway.key than the one
+                # `keel users create` used): the client sees an invalid key (-2015), the
+                # operator this line, once per key per miss-cache period.
+                event(log, "api key unusable: its secret does not open with this gateway's "
+                      "master key (KEEL_GATEWAY_MASTER_KEY or <data_dir>/gateway.key differs "
+                      "from the one that created it)", logging.ERROR,
+                      api_key=api_key[:8] + "…", user_id=row[0], error=str(err))
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[api_key] = (now + (self.ttl_s if found else self.miss_ttl_s), found)

@@ -124,6 +124,12 @@ def test_result_codes_map_to_binance():
     assert errors.from_result(ResultCode.UNKNOWN_ORDER, "query").code == -2013
     assert errors.from_result(ResultCode.NOT_ORDER_OWNER, "cancel").code == -2011
     assert errors.from_result(-9999).status == 400
+    # every rejection a client can receive reads as words, never the bare enum name
+    for rc in ResultCode:
+        if rc is not ResultCode.OK:
+            err = errors.from_result(rc)
+            assert err.msg != rc.name and " " in err.msg, (rc, err.msg)
+    assert errors.from_result(ResultCode.AMEND_WOULD_ENLARGE).code == -2010
     assert errors.too_many_requests(10, "IP", 7).headers == {"Retry-After": "7"}
 
 

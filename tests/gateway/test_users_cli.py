@@ -55,3 +55,31 @@ def test_users_create_seals_the_secret(postgres_dsn, tmp_path):
     assert found.user_id == user["userId"] and found.tier == "vip"
     assert found.secret.reveal() == user["secretKey"]
     assert user["secretKey"] not in repr(found)
+
+
+def test_a_key_sealed_under_another_master_key_is_refused_and_logged(postgres_dsn, tmp_path,
+                                                                      caplog):
+    """A gateway whose master key differs from the one `keel users create` used cannot open
+    the secret: the key resolves to nobody (the client gets -2015, not a 500) and the
+    operator gets one error line naming the cause."""
+    dsn = fresh_database(postgres_dsn)
+    made = keel_users(dsn, tmp_path, "create", "erin")
+    assert made.returncode == 0, made.stdout + made.stderr
+    user = json.loads(made.stdout)
+
+    async def lookup(master: str):
+        from psycopg_pool import AsyncConnectionPool
+
+        settings = Settings(postgres_url=dsn, extra={"KEEL_GATEWAY_MASTER_KEY": master})
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False) as pool:
+            store = KeyStore(pool, Vault.from_settings(settings))
+            return [await store.principal(user["apiKey"]) for _ in range(3)]
+    with caplog.at_level("ERROR", logger="keel.gateway"):
+        wrong = asyncio.run(lookup("another-master-key-of-enough-length"))
+    assert wrong == [None, None, None]
+    lines = [r for r in caplog.records if "master key" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    fields = lines[0].fields
+    assert fields["user_id"] == user["userId"] and user["apiKey"] not in str(fields)
+    right = asyncio.run(lookup(MASTER))
+    assert right[0] is not None and right[0].secret.reveal() == user["secretKey"]
