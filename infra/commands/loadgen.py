@@ -106,7 +106,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(result if args.mode != "ramp" else {
             k: result.get(k) for k in (
                 "max_sustained_orders_per_s", "p99_order_to_fill_ms", "breaking_point",
-                "breaking_point_detail", "broke_at", "mode", "users", "base_rate",
+                "breaking_point_detail", "broke_at", "cpu_ceiling", "mode", "users", "base_rate",
                 "error_rate", "loadgen_cpu_s", "loadgen_cpu_us_per_request", "phases")}))
     if args.mode == "ramp":
         return 0 if result["max_sustained_orders_per_s"] > 0 else 1
@@ -132,6 +132,11 @@ def _summary(r: dict) -> str:
                  f"broke on {r['breaking_point']}")
         if r.get("breaking_point_detail"):
             line += f"\n  {r['breaking_point_detail']}"
+        c = r.get("cpu_ceiling")
+        if c and c.get("orders_per_s"):
+            line += (f"\n  CPU: {c['cpu_ms_per_extra_order']} ms per extra order across every "
+                     f"process, {c['idle_cpu_pct']}% of a core idle: {c['cores']} cores would be "
+                     f"full near {c['orders_per_s']:.0f} orders/s")
     if r["mode"] == "spike":
         line += f"; recovery {r['recovery_s']} s"
     return line

@@ -102,6 +102,11 @@ def markdown(result: dict, pngs: list[str], command: str) -> str:
         lines += [f"| max sustained | {r['max_sustained_orders_per_s']} orders/s, p99 "
                   f"order->fill {r['p99_order_to_fill_ms']} ms |",
                   f"| breaking point | {r['breaking_point']} |"]
+        c = r.get("cpu_ceiling")
+        if c and c.get("orders_per_s"):
+            lines.append(f"| CPU ceiling | {c['cpu_ms_per_extra_order']} ms of CPU per extra "
+                         f"order, {c['idle_cpu_pct']}% of a core idle: {c['cores']} cores full "
+                         f"near {c['orders_per_s']:.0f} orders/s |")
     if r["mode"] == "spike":
         rec = r["recovery_s"]
         lines.append(f"| recovery after the spike | "

@@ -3,6 +3,7 @@ with the stack's state at that point), the verdict of each mode, a spike's recov
 a soak's growth. Pure: reads a Recorder, never the clock."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from infra.loadgen.record import Recorder, percentile
@@ -53,6 +54,37 @@ def mean_cpu(samples: list[dict], key: str = "cpu_pct") -> dict[str, float]:
     return {k: round(sum(v) / len(v), 1) for k, v in sorted(sums.items(), key=lambda kv: -sum(kv[1]))}
 
 
+def cpu_ms_per_order(cpu_pct: dict[str, float], orders_per_s: float) -> dict[str, float]:
+    """Milliseconds of CPU each process spent per answered order over a step (its idle
+    polling included), busiest first, and their sum as "total"."""
+    if not orders_per_s or not cpu_pct:
+        return {}
+    out = {k: round(10 * v / orders_per_s, 3) for k, v in cpu_pct.items()}
+    return {**out, "total": round(sum(out.values()), 3)}
+
+
+def cpu_ceiling(steps: list[dict], cores: int | None = None) -> dict | None:
+    """The order rate at which the machine's cores would be fully busy, from a straight
+    line through the steps' (answered orders/s, CPU of every process): the line's slope is
+    the CPU an extra order costs, its intercept what the stack burns idle. None with fewer
+    than two steps at different rates. A ceiling, not a promise: latency limits break
+    well before the cores are full."""
+    cores = cores or os.cpu_count() or 1
+    points = [(s["orders_per_s"], sum(s["cpu_pct"].values())) for s in steps
+              if s.get("orders_per_s") and s.get("cpu_pct")]
+    if len({x for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    idle = my - slope * mx
+    ceiling = (100 * cores - idle) / slope if slope > 0 else None
+    return {"cores": cores, "cpu_ms_per_extra_order": round(slope * 10, 3),
+            "idle_cpu_pct": round(idle, 1),
+            "orders_per_s": round(ceiling, 0) if ceiling and ceiling > 0 else None}
+
+
 def judge(limits: Limits, rec: Recorder, step) -> dict:
     """A ramp step's figures and the first limit it broke (in the order an operator
     cares: errors, latency, backlog, then answers falling behind what was sent). The
@@ -70,6 +102,7 @@ def judge(limits: Limits, rec: Recorder, step) -> dict:
            "p99_order_to_fill_ms": t["fill_ms"]["p99"], "p99_order_to_ack_ms": t["ack_ms"]["p99"],
            "lag_held": lag, "cpu_pct": mean_cpu(samples),
            "runq_wait_pct": mean_cpu(samples, "runq_wait_pct"), "broke": None}
+    out["cpu_ms_per_order"] = cpu_ms_per_order(out["cpu_pct"], t["orders_per_s"])
 
     def broke(limit: str, value, threshold, **more) -> dict:
         return {**out, "broke": limit, "value": value, "threshold": threshold, **more}
@@ -108,12 +141,14 @@ def describe(j: dict) -> str:
             "throughput": "orders answered/s against sent",
             "loadgen": "orders the load generator sent/s against the target"}[j["broke"]]
     cpu = ", ".join(f"{k} {v:.0f}%" for k, v in list(j["cpu_pct"].items())[:6]) or "-"
+    per_order = (j.get("cpu_ms_per_order") or {}).get("total")
     waited = sum((j.get("runq_wait_pct") or {}).values())
     hops = ", ".join(f"{h} p50 {v['p50']:.0f} p99 {v['p99']:.0f}"
                      for h, v in (j.get("stages_ms") or {}).items())
     return (f"{j['step']} (target {j['target_orders_per_s']}/s, sent {j['sent_orders_per_s']}/s, "
             f"answered {j['answered_orders_per_s']}/s) broke {j['broke']}: {what} "
             f"{j['value']} against {j['threshold']}; CPU {cpu}"
+            + (f" ({per_order:.2f} ms of CPU per order in all)" if per_order else "")
             + (f"; the stack's processes waited {waited:.0f}% of a core runnable for a CPU"
                if waited else "")
             + (f"; ms after the gateway received an order: {hops}" if hops else "")
@@ -152,9 +187,10 @@ def verdict(cfg, rec: Recorder, played, broke, setup_s, counter, sent, clock=Non
         lo = first + 1 if cfg.mode == "ramp" else first
         t = rec.totals(lo, last)
         samples = _step_samples(rec, phase.name)
+        cpu = mean_cpu(samples)
         steps.append({"phase": phase.name, "multiplier": phase.multiplier,
                       "from_s": first, "to_s": last, **t,
-                      "cpu_pct": mean_cpu(samples),
+                      "cpu_pct": cpu, "cpu_ms_per_order": cpu_ms_per_order(cpu, t["orders_per_s"]),
                       "runq_wait_pct": mean_cpu(samples, "runq_wait_pct"),
                       "lag_held": held_lag(samples),
                       "stages_ms": stage_figures(clock, lo, last)})
@@ -169,6 +205,7 @@ def verdict(cfg, rec: Recorder, played, broke, setup_s, counter, sent, clock=Non
         out["breaking_point"] = broke or "none (max steps reached)"
         out["max_sustained_orders_per_s"] = best["orders_per_s"] if best else 0.0
         out["p99_order_to_fill_ms"] = best["fill_ms"]["p99"] if best else None
+        out["cpu_ceiling"] = cpu_ceiling(steps)
         if broke and played:
             j = judge(cfg.limits, rec, played[-1])
             j["stages_ms"] = steps[-1]["stages_ms"]

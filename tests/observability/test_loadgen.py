@@ -12,7 +12,15 @@ from infra.loadgen.population import headcount, order_shares, phases, population
 from infra.loadgen.record import Recorder, classify, percentile
 from infra.loadgen.report import write
 from infra.loadgen.runner import Config, check_host
-from infra.loadgen.verdict import Limits, describe, judge, step_broken, verdict
+from infra.loadgen.verdict import (
+    Limits,
+    cpu_ceiling,
+    cpu_ms_per_order,
+    describe,
+    judge,
+    step_broken,
+    verdict,
+)
 
 
 def test_population_follows_the_seed_mix():
@@ -124,6 +132,20 @@ def test_ramp_step_verdicts():
     assert percentile([5, 1, 3, 2, 4], 0.5) == 3
 
 
+def test_cpu_per_order_and_the_ceiling_it_implies():
+    # 100 orders/s with the gateway at 30% and the broker at 20% of a core: 3 + 2 ms
+    assert cpu_ms_per_order({"gateway": 30.0, "kafka": 20.0}, 100.0) == {
+        "gateway": 3.0, "kafka": 2.0, "total": 5.0}
+    assert cpu_ms_per_order({"gateway": 30.0}, 0.0) == {}
+    # 40% of a core idle, 0.5 ms of CPU per extra order: 2 cores full at (200-40)/0.05
+    steps = [{"orders_per_s": r, "cpu_pct": {"a": 20 + 0.03 * r, "b": 20 + 0.02 * r}}
+             for r in (100.0, 200.0, 400.0)]
+    c = cpu_ceiling(steps, cores=2)
+    assert c == {"cores": 2, "cpu_ms_per_extra_order": 0.5, "idle_cpu_pct": 40.0,
+                 "orders_per_s": 3200.0}
+    assert cpu_ceiling(steps[:1], cores=2) is None      # one rate: no slope to draw
+
+
 def test_report_is_markdown_with_charts(tmp_path):
     rec = _recorded(12.0)
     cfg = Config("baseline", "http://127.0.0.1:1", users=10, rate=100.0)
@@ -180,6 +202,12 @@ def test_ramp_prints_the_benchmark_line(keel_stack):
     assert {"max_sustained_orders_per_s", "p99_order_to_fill_ms", "breaking_point"} <= set(last)
     assert isinstance(last["max_sustained_orders_per_s"], float)
     assert [p["multiplier"] for p in last["phases"]][0] == 1.0
+    # what each order cost the machine, every process of the stack and the loadgen in it
+    first = last["phases"][0]
+    if first["orders_per_s"]:
+        per_order = first["cpu_ms_per_order"]
+        assert per_order["total"] > 0 and "gateway" in per_order and "loadgen" in per_order
+    assert "cpu_ceiling" in last
 
 
 def test_spike_recovery_waits_for_the_backlog_to_drain():
