@@ -21,12 +21,14 @@ from streams.ledger import Accounts, Outcome
 from streams.metrics import StreamMetrics
 from streams.staged import Staged
 from streams.units import Units
+from streams.wire import Wire
 
 log = logging.getLogger(__name__)
 
 
 def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics) -> None:
     codec = Codec.from_settings(settings)
+    wire = Wire(codec)                     # the codec's bytes, without its schema walk
     units = Units.from_markets(markets)
     n = settings.user_partitions
     requests_name, settlements_name = settings.topic("requests"), settings.topic("settlements")
@@ -45,18 +47,17 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
         # crash carries the same one, and the engine drops it (whatever its kind).
         source = [("keel-source", f"{message.partition}:{message.offset}".encode())]
         for cmd, request_id in out.commands:
-            await emit(orders, key=cmd.pair.encode(), value=codec.encode_command(cmd, request_id),
+            await emit(orders, key=cmd.pair.encode(), value=wire.command(cmd, request_id),
                        partition=units.pairs[cmd.pair].partition, headers=source)
         # Replies and balances are built here from decoded records and integer arithmetic:
         # no schema check (it cost more than the encoding).
         for reply in out.replies:
-            await emit(replies, key=reply["request_id"].encode(),
-                       value=codec.encode("reply", reply, validate=False))
+            await emit(replies, key=reply["request_id"].encode(), value=wire.reply(reply))
         for bal in out.balances:
             # keyed by user and asset (the topic is compacted: one row per asset survives),
             # partitioned by user like every other per-user topic
             await emit(balances, key=f'{bal["user_id"]}:{bal["asset"]}'.encode(),
-                       value=codec.encode("balance", bal, validate=False),
+                       value=wire.balance(bal),
                        partition=user_partition(bal["user_id"], n))
         metrics.outputs.inc(len(out.commands) + len(out.replies) + len(out.balances))
 
