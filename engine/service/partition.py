@@ -242,50 +242,21 @@ class PartitionWorker:
                 self.producer.poll(0.005)       # local queue full: let deliveries drain
 
     def _transact(self, batch: list) -> None:
-        opts, part, produce = self.opts, self.partition, self._produce
-        events_topic, records = opts.events_topic, self.wire.event_records
-        books, keys, route = self.books, self.keys, self.router.route
-        admit = self.duplicates.admit
-        dropped: list = []              # copies: no event, no seq, offset committed
-        touched: dict[str, int] = {}
-        types: dict[tuple[str, type], int] = {}
-        out: list[dict] = []            # keel.events records, in order, sent as one batch
+        """One transaction: the batch's events, dead letters and depth, and its input offset.
+
+        The first events are produced as soon as they exist, not with the rest at the end:
+        librdkafka registers a partition with the transaction (AddPartitionsToTxn) on a
+        1 ms timer started by the partition's first record, and sends its records only
+        once that is answered. Started at the end of the batch, that timer and the two
+        round trips after it (AddPartitionsToTxn, Produce) ran after the matching and
+        alongside the offsets' two (AddOffsetsToTxn, TxnOffsetCommit); started with the
+        first command they run during the matching, so the commit waits for EndTxn
+        mostly. (Sending the offsets from another thread as the batch starts gained
+        nothing more: the matching holds the GIL, so that thread starts late.)"""
+        opts, part = self.opts, self.partition
         try:
             self.producer.begin_transaction()
-            for msg, _ in batch:
-                cmd = route(msg.value())
-                if type(cmd) is Fault:
-                    self._dead_letter(msg, cmd)
-                    continue
-                verdict = admit(cmd, msg)
-                if verdict is not True:
-                    if verdict is False:
-                        dropped.append((msg.offset(), cmd))
-                    else:
-                        self._dead_letter(msg, verdict)     # a malformed keel-source
-                    continue
-                pair = cmd.pair
-                evs = books[pair].apply(cmd)
-                if self.suppress is not None:
-                    evs = self._unsuppressed(evs)
-                out += records(evs, keys[pair])
-                touched[pair] = last_ts = cmd.ts
-                t = (pair, type(cmd))
-                types[t] = types.get(t, 0) + 1
-            # One call instead of one per event (~0.6 us each). The local queue is empty at
-            # the start of every transaction and far larger than a batch, so a refusal is a
-            # fault: a partial batch could not keep the events in order, so it aborts.
-            if out and self.producer.produce_batch(events_topic, out, partition=part) != len(out):
-                raise _Refused(next((m["_error"] for m in out if "_error" in m), "refused"))
-            self.next_offset = batch[-1][0].offset() + 1
-            if touched:
-                self.last_ts = last_ts
-            now = self.clock()
-            for pair, ts in touched.items():
-                for rec in self.feed.updates(books[pair], ts, now):
-                    produce(opts.depth_topic, self.codec.encode("depth_update", rec, validate=False),
-                            keys[pair], part)
-            self.since_snapshot += len(batch)
+            dropped, types = self._apply(batch)
             t_commit = self.clock()
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(opts.orders_topic, part, self.next_offset)],
@@ -313,6 +284,61 @@ class PartitionWorker:
             # ms of CPU, then the broker's write) held back the events of every order of
             # that batch.
             self.checkpoint()
+
+    def _apply(self, batch: list) -> tuple[list, dict]:
+        """Match the batch and produce its records into the open transaction. Returns the
+        copies dropped and the count per (pair, command type)."""
+        opts, part, produce = self.opts, self.partition, self._produce
+        events_topic, records = opts.events_topic, self.wire.event_records
+        books, keys, route = self.books, self.keys, self.router.route
+        admit = self.duplicates.admit
+        dropped: list = []              # copies: no event, no seq, offset committed
+        touched: dict[str, int] = {}
+        types: dict[tuple[str, type], int] = {}
+        out: list[dict] = []            # keel.events records, in order, sent as one batch
+        early = True                    # the first events go out at once (_transact says why)
+        for msg, _ in batch:
+            cmd = route(msg.value())
+            if type(cmd) is Fault:
+                self._dead_letter(msg, cmd)
+                continue
+            verdict = admit(cmd, msg)
+            if verdict is not True:
+                if verdict is False:
+                    dropped.append((msg.offset(), cmd))
+                else:
+                    self._dead_letter(msg, verdict)     # a malformed keel-source
+                continue
+            pair = cmd.pair
+            evs = books[pair].apply(cmd)
+            if self.suppress is not None:
+                evs = self._unsuppressed(evs)
+            out += records(evs, keys[pair])
+            if early and out:
+                self._produce_events(events_topic, out)
+                out, early = [], False
+            touched[pair] = last_ts = cmd.ts
+            t = (pair, type(cmd))
+            types[t] = types.get(t, 0) + 1
+        if out:
+            self._produce_events(events_topic, out)
+        self.next_offset = batch[-1][0].offset() + 1
+        if touched:
+            self.last_ts = last_ts
+        now = self.clock()
+        for pair, ts in touched.items():
+            for rec in self.feed.updates(books[pair], ts, now):
+                produce(opts.depth_topic, self.codec.encode("depth_update", rec, validate=False),
+                        keys[pair], part)
+        self.since_snapshot += len(batch)
+        return dropped, types
+
+    def _produce_events(self, topic: str, out: list[dict]) -> None:
+        # One call instead of one per event (~0.6 us each). The local queue is empty at the
+        # start of every transaction and far larger than a batch, so a refusal is a fault:
+        # a partial batch could not keep the events in order, so it aborts.
+        if self.producer.produce_batch(topic, out, partition=self.partition) != len(out):
+            raise _Refused(next((m["_error"] for m in out if "_error" in m), "refused"))
 
     def checkpoint(self, timeout: float = TXN_TIMEOUT) -> None:
         """A transaction holding only a snapshot and the current offset: after a batch when

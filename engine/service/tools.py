@@ -5,6 +5,8 @@ Used by tests/engine_service, bench/engine_kafka.py and `keel replay`.
 """
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterable
 
@@ -44,12 +46,24 @@ def produce_values(settings: Settings, topic: str, partition: int, items: Iterab
     """Write (key, value) or (key, value, headers) records to one partition; at `rate`
     records/s if given (then each record leaves at once, as a live writer's would, instead
     of lingering for a batch)."""
+    ready = threading.Event()
+    extra = {}
+    if rate:
+        # The producer's statistics say when it holds its producer id (below).
+        extra = {"statistics_interval_ms": 50, "stats_cb": lambda stats: ready.is_set() or (
+            json.loads(stats).get("eos", {}).get("idemp_state") == "Assigned" and ready.set())}
     producer = Producer(producer_config(settings, "keel-feeder", linger_ms=0 if rate else 5,
-                                        queue_buffering_max_messages=1_000_000))
+                                        queue_buffering_max_messages=1_000_000, **extra))
     # Connect before the rate clock starts: records offered while the client connects
     # pile up and reach the broker as one burst, which a latency run would count against
-    # the engine (one 5,000-record batch was 5% of a 10 s run's samples).
+    # the engine (one 5,000-record batch was 5% of a 10 s run's samples). Connected is not
+    # enough: an idempotent producer sends nothing until it has its producer id, which on
+    # tansu comes 0.5-1 s after the client is created (measured: WaitTransport until 0.5 or 1.0 s),
+    # so the first ~0.5 s of a 10,000/s feed still reached the broker as one burst.
     producer.list_topics(topic, timeout=30)
+    deadline = time.monotonic() + 30
+    while rate and not ready.is_set() and time.monotonic() < deadline:
+        producer.poll(0.01)
     n = 0
     t0 = time.perf_counter()
     for key, value, *headers in items:
