@@ -17,7 +17,10 @@ from collections.abc import Iterator, MutableMapping
 
 from faust import current_event
 
+from streams import compat
+
 _GONE = object()
+_UNSET = object()
 
 
 class Staged(MutableMapping):
@@ -25,6 +28,7 @@ class Staged(MutableMapping):
         self.table = table
         self.private = private
         self.pending: dict = {}          # key -> [value or _GONE, the event that wrote it]
+        self._writer = _UNSET            # compat.changelog_writer, once the app is set up
 
     def __getitem__(self, key):
         entry = self.pending.get(key)
@@ -70,7 +74,13 @@ class Staged(MutableMapping):
         """Write every pending key to the table (its changelog) on the partition of the
         event that last wrote it; `processing(event)` makes that event current."""
         n = len(self.pending)
+        fast = self._writer
+        if fast is _UNSET:
+            fast = self._writer = compat.changelog_writer(self.table)
         for key, (value, event) in self.pending.items():
+            if fast is not None and value is not _GONE:
+                fast(key, value, event.message.partition)
+                continue
             with processing(event):
                 if value is _GONE:
                     if key in self.table:
