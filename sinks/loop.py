@@ -13,6 +13,7 @@ not written.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -44,7 +45,6 @@ class Backoff:
 
 @dataclass
 class _Pending:
-    msgs: list
     batch: object
     dead: list
     generation: int
@@ -88,15 +88,7 @@ class SinkLoop:
 
     def step(self) -> bool:
         """One poll; True when a batch was written and committed during it."""
-        msgs = self.source.poll()
-        self._refresh_lag()
-        pending = None
-        if msgs:
-            generation = self.source.generation
-            prepared = self._retrying(lambda: self._prepare(msgs), generation)
-            if prepared is not None:
-                pending = _Pending(msgs, prepared[0], prepared[1], generation,
-                                   self.source.ends(msgs))
+        pending = self._take()
         if not self.pipeline:
             if pending is None:
                 return False
@@ -122,6 +114,30 @@ class SinkLoop:
             pending.future = self._worker.submit(self.write, pending.batch)
             self._inflight.append(pending)
         return landed
+
+    def _take(self) -> _Pending | None:
+        """Poll and prepare a batch. The collector stays off until the batch's Message
+        objects are gone (only what the batch became is kept): each is tracked, and a
+        collection while tens of thousands of them lived walked them all, young and
+        old generations alike (0.14-0.18 s per 280k events in bench/sinks.py, ~0.5 us
+        an event). Messages hold no cycles; nothing is left for the collector."""
+        collecting = gc.isenabled()
+        gc.disable()
+        msgs: list | None = None
+        try:
+            msgs = self.source.poll()
+            self._refresh_lag()
+            if not msgs:
+                return None
+            generation = self.source.generation
+            prepared = self._retrying(lambda: self._prepare(msgs), generation)
+            if prepared is None:
+                return None
+            return _Pending(prepared[0], prepared[1], generation, self.source.ends(msgs))
+        finally:
+            msgs = None               # freed here, with the collector still off
+            if collecting:
+                gc.enable()
 
     def finish(self) -> bool:
         """Land every batch in flight, oldest first (when stopping, a failing one is given

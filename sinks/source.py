@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from operator import methodcaller
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from infra.kafka import consumer_config
@@ -112,9 +113,20 @@ class Source:
     @staticmethod
     def ends(msgs: list) -> dict[tuple[str, int], int]:
         """(topic, partition) -> offset of the last of `msgs` there."""
-        # A dict keeps the last value given for a key; the loop runs in C.
-        keys = zip(map(TOPIC, msgs), map(PARTITION, msgs), strict=True)
-        return dict(zip(keys, map(OFFSET, msgs), strict=True))
+        # A batch comes in long runs of one partition: only each run's last message is
+        # asked for its offset (a (topic, partition) key per message cost ~0.36 us).
+        n = len(msgs)
+        part = np.fromiter(map(PARTITION, msgs), np.int64, n)
+        topics = list(map(TOPIC, msgs))
+        cuts = [0, *(np.flatnonzero(part[1:] != part[:-1]) + 1).tolist(), n]
+        out: dict[tuple[str, int], int] = {}
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            if b - a and topics[a:b].count(topics[a]) == b - a:
+                out[(topics[a], int(part[b - 1]))] = msgs[b - 1].offset()
+            else:                          # topics mixed within the run: one by one
+                for m in msgs[a:b]:
+                    out[(m.topic(), m.partition())] = m.offset()
+        return out
 
     def hold(self, seconds: float) -> None:
         """Wait without taking new records: the group still sees us alive."""
