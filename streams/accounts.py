@@ -14,7 +14,7 @@ from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
-from streams.app import app, emit, keel_topic, run_batches, table
+from streams.app import app, emit, keel_topic, queue, run_batches, table
 from streams.dlq import dead_letter
 from streams.keys import user_partition
 from streams.ledger import Accounts, Outcome
@@ -42,27 +42,31 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     users = Staged(table("users", n))      # Accounts copies what it changes
     accounts = Accounts(units, users)
 
-    async def publish(out: Outcome, message) -> None:
+    counted = [0, 0]        # inputs, outputs of the batch: counted once per batch
+
+    def publish(out: Outcome, message) -> None:
         # keel-source names the request a command came from: a copy written again after a
         # crash carries the same one, and the engine drops it (whatever its kind).
         source = [("keel-source", f"{message.partition}:{message.offset}".encode())]
         for cmd, request_id in out.commands:
-            await emit(orders, key=cmd.pair.encode(), value=wire.command(cmd, request_id),
-                       partition=units.pairs[cmd.pair].partition, headers=source)
+            queue(orders, cmd.pair.encode(), wire.command(cmd, request_id),
+                  units.pairs[cmd.pair].partition, source)
         # Replies and balances are built here from decoded records and integer arithmetic:
         # no schema check (it cost more than the encoding).
         for reply in out.replies:
-            await emit(replies, key=reply["request_id"].encode(), value=wire.reply(reply))
+            queue(replies, reply["request_id"].encode(), wire.reply(reply))
         for bal in out.balances:
             # keyed by user and asset (the topic is compacted: one row per asset survives),
             # partitioned by user like every other per-user topic
-            await emit(balances, key=f'{bal["user_id"]}:{bal["asset"]}'.encode(),
-                       value=wire.balance(bal),
-                       partition=user_partition(bal["user_id"], n))
-        metrics.outputs.inc(len(out.commands) + len(out.replies) + len(out.balances))
+            queue(balances, f'{bal["user_id"]}:{bal["asset"]}'.encode(), wire.balance(bal),
+                  user_partition(bal["user_id"], n))
+        counted[1] += len(out.commands) + len(out.replies) + len(out.balances)
 
     async def end_batch() -> None:
         accounts.end_batch()
+        metrics.inputs.inc(counted[0])
+        metrics.outputs.inc(counted[1])
+        counted[0] = counted[1] = 0
 
     async def reject(message, code: int, reason: str) -> None:
         await emit(dlq, key=message.topic.encode(),
@@ -92,8 +96,8 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
             log.error("settlement set aside: %s", out.invalid)
             await reject(message, ResultCode.INSUFFICIENT_BALANCE, out.invalid)
             return
-        await publish(out, message)
-        metrics.inputs.inc()
+        publish(out, message)
+        counted[0] += 1
 
     # A batch closes as soon as no more records are queued (streams.batches); this caps
     # how long after its first record it may keep taking a steady stream of them: larger
