@@ -80,3 +80,66 @@ def test_rows_stored_past_a_lost_watermark_take_the_on_conflict_path(store, sink
     assert report.trades == 0 and report.events == len(events)
     assert _state(sink_db) == before
     assert before[1] == expected_orders(events)
+
+
+def _progress(dsn: str) -> dict[tuple[str, str], int]:
+    with psycopg.connect(dsn) as conn:
+        return {(s, p): q for s, p, q in conn.execute(
+            "SELECT sink, pair, last_seq FROM sink_progress")}
+
+
+def test_one_pair_is_cut_by_order_id_and_a_shard_committed_before_a_failure_counts_once(
+        store, sink_db, monkeypatch):
+    events = engine_events(3000, pairs=("BTCUSDT",), seed=14)
+    cut = len(events) // 2
+    store.write(store.batch(_columns(events[:cut])))
+    batch = store.batch(_columns(events[cut:]))
+    # A batch of one pair still goes out on two connections: its shards share no row.
+    assert sorted(p.units for p in batch.parts) == [[("BTCUSDT", 0)], [("BTCUSDT", 1)]]
+    apply, failed = store._apply, []
+
+    def fail_once(cur, streams, out, direct):
+        if not failed and threading.current_thread().name != "MainThread":
+            failed.append(True)
+            raise psycopg.OperationalError("connection lost mid-batch")
+        return apply(cur, streams, out, direct)
+
+    monkeypatch.setattr(store, "_apply", fail_once)
+    with pytest.raises(psycopg.OperationalError):
+        store.write(batch)
+    marks = _progress(sink_db)
+    assert marks[("postgres", "BTCUSDT")] != marks[("postgres/1", "BTCUSDT")]  # one moved on
+    monkeypatch.setattr(store, "_apply", apply)
+    report = store.write(batch)                      # each shard applies only its own rest
+    assert report.replayed > 0 and report.events == len(events) - cut
+    trades = [e for e in events if type(e) is Trade]
+    got_trades, got_orders = _state(sink_db)
+    assert got_trades == (len(trades), len(trades), sum(t.qty for t in trades))
+    assert got_orders == expected_orders(events)
+    assert set(_progress(sink_db).values()) == {events[-1].seq}
+    assert store.watermarks() == {"BTCUSDT": events[-1].seq}
+
+
+def test_a_pair_written_before_shards_existed_resumes_every_shard_from_its_watermark(
+        sink_db):
+    events = engine_events(3000, pairs=("ETHUSDT",), seed=15)
+    cut = len(events) // 2
+    first = PostgresStore(sink_db, writers=2)
+    first.open()
+    try:
+        first.write(first.batch(_columns(events[:cut])))
+    finally:
+        first.close()
+    # What a sink from before shards leaves: the pair's one row, under the sink's name.
+    with psycopg.connect(sink_db) as conn:
+        conn.execute("DELETE FROM sink_progress WHERE sink <> 'postgres'")
+    again = PostgresStore(sink_db, writers=2)
+    again.open()
+    try:
+        # Redelivered from before the watermark: fills of shard 1 must not count twice.
+        report = again.write(again.batch(_columns(events[cut - 400:])))
+    finally:
+        again.close()
+    assert report.replayed >= 400
+    assert _state(sink_db)[1] == expected_orders(events)
+    assert set(_progress(sink_db).values()) == {events[-1].seq}
