@@ -28,7 +28,7 @@ from sinks.clickhouse_schema import (
     statements,
 )
 from sinks.depth_native import current_header, insert_file
-from sinks.source import OFFSET, PARTITION, TOPIC, VALUE
+from sinks.source import OFFSET, PARTITION, TOPIC, VALUE, ends_of
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,10 @@ class ClickHouseStore:
         self._codec = codec
         header = current_header() if self.raw_depth else None
 
-        def prepare(msgs: list) -> tuple[list, list]:
+        def prepare(msgs: list) -> tuple[list, list, dict]:
             items, dead = [], []
             topics = list(map(TOPIC, msgs))
+            partitions = np.fromiter(map(PARTITION, msgs), np.int64, len(msgs))
             n_depth = topics.count(depth)
             if n_depth == len(msgs):
                 depth_msgs = msgs
@@ -168,17 +169,19 @@ class ClickHouseStore:
                     except CodecError as exc:
                         dead.append((m, exc))
             if depth_msgs:
-                self._prepare_depth(depth_msgs, header, items, dead)
-            return items, dead
+                self._prepare_depth(depth_msgs, header, items, dead,
+                                    partitions if depth_msgs is msgs else None)
+            return items, dead, ends_of(msgs, topics, partitions)
         return prepare
 
-    def _prepare_depth(self, msgs: list, header: bytes | None, items: list, dead: list
-                       ) -> None:
+    def _prepare_depth(self, msgs: list, header: bytes | None, items: list, dead: list,
+                       partition: np.ndarray | None = None) -> None:
         """Items of a batch's depth records: a RawDepth per partition when the walk
         vouches for all of that partition's records (read in one go for the batch), else
         the partition's records decoded one by one."""
         n = len(msgs)
-        partition = np.fromiter(map(PARTITION, msgs), np.int64, n)
+        if partition is None:
+            partition = np.fromiter(map(PARTITION, msgs), np.int64, n)
         offset = np.fromiter(map(OFFSET, msgs), np.int64, n)
         values = list(map(VALUE, msgs))
         heads = depth_columns.read(values, header) if header is not None else None

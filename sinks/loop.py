@@ -59,12 +59,13 @@ class SinkLoop:
                  dead_letters: DeadLetters, metrics: SinkMetrics, stop: threading.Event,
                  backoff: Backoff = Backoff(),
                  on_written: Callable[[object, float], None] | None = None,
-                 prepare: Callable[[list], tuple[object, list]] | None = None,
+                 prepare: Callable[[list], tuple] | None = None,
                  pipeline: bool = False, depth: int = 2) -> None:
         self.name = name
         self.source = source
         self.decode = decode                 # message -> item for write(); CodecError = dead
-        self.prepare = prepare               # messages -> (batch, [(message, CodecError)])
+        self.prepare = prepare               # messages -> (batch, [(message, CodecError)]
+                                             # [, Source.ends() of the messages])
         self.write = write                   # items (or batch) -> a report with .max_ts (ms)
         self.transient = transient + (RegistryUnavailable,)
         self.dlq = dead_letters
@@ -133,7 +134,10 @@ class SinkLoop:
             prepared = self._retrying(lambda: self._prepare(msgs), generation)
             if prepared is None:
                 return None
-            return _Pending(prepared[0], prepared[1], generation, self.source.ends(msgs))
+            # A prepare may give the batch's last offsets too (it read the topics and
+            # partitions already); else they are read here.
+            ends = prepared[2] if len(prepared) > 2 else self.source.ends(msgs)
+            return _Pending(prepared[0], prepared[1], generation, ends)
         finally:
             msgs = None               # freed here, with the collector still off
             if collecting:

@@ -28,6 +28,23 @@ _QUIET = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART,
           KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
 
 
+def ends_of(msgs: list, topics: list[str], partitions: np.ndarray) -> dict[tuple[str, int], int]:
+    """Source.ends() of `msgs` whose topics and partitions were read already (a store's
+    prepare reads them anyway)."""
+    # A batch comes in long runs of one partition: only each run's last message is
+    # asked for its offset (a (topic, partition) key per message cost ~0.36 us).
+    n = len(msgs)
+    cuts = [0, *(np.flatnonzero(partitions[1:] != partitions[:-1]) + 1).tolist(), n]
+    out: dict[tuple[str, int], int] = {}
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        if b - a and topics[a:b].count(topics[a]) == b - a:
+            out[(topics[a], int(partitions[b - 1]))] = msgs[b - 1].offset()
+        else:                              # topics mixed within the run: one by one
+            for m in msgs[a:b]:
+                out[(m.topic(), m.partition())] = m.offset()
+    return out
+
+
 class Source:
     def __init__(self, settings: Settings, group: str, topics: list[str], client_id: str,
                  max_records: int = 5000, poll_timeout: float = 0.1,
@@ -113,20 +130,8 @@ class Source:
     @staticmethod
     def ends(msgs: list) -> dict[tuple[str, int], int]:
         """(topic, partition) -> offset of the last of `msgs` there."""
-        # A batch comes in long runs of one partition: only each run's last message is
-        # asked for its offset (a (topic, partition) key per message cost ~0.36 us).
-        n = len(msgs)
-        part = np.fromiter(map(PARTITION, msgs), np.int64, n)
-        topics = list(map(TOPIC, msgs))
-        cuts = [0, *(np.flatnonzero(part[1:] != part[:-1]) + 1).tolist(), n]
-        out: dict[tuple[str, int], int] = {}
-        for a, b in zip(cuts, cuts[1:], strict=False):
-            if b - a and topics[a:b].count(topics[a]) == b - a:
-                out[(topics[a], int(part[b - 1]))] = msgs[b - 1].offset()
-            else:                          # topics mixed within the run: one by one
-                for m in msgs[a:b]:
-                    out[(m.topic(), m.partition())] = m.offset()
-        return out
+        return ends_of(msgs, list(map(TOPIC, msgs)),
+                       np.fromiter(map(PARTITION, msgs), np.int64, len(msgs)))
 
     def hold(self, seconds: float) -> None:
         """Wait without taking new records: the group still sees us alive."""

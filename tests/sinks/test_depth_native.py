@@ -160,8 +160,9 @@ def test_the_fast_path_loads_the_same_table_as_decoded_records(clickhouse_client
         store.ensure_schema()
         prepare = store.prepare(codec)
         for batch in batches:
-            items, dead = prepare(batch)
+            items, dead, ends = prepare(batch)
             assert not dead
+            assert ends == {("depth", m.partition()): m.offset() for m in batch}  # the last
             assert {kind for kind, *_ in items} == ({3} if raw else {1})
             store.write(items)
         tables.append(clickhouse_client.query(

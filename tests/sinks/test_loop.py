@@ -121,3 +121,21 @@ def test_a_failed_write_is_retried_in_place_and_the_order_kept():
     store.failing.clear()                 # the store comes back
     assert loop.finish() is True
     assert [o for _, o in source.commits] == [2, 12]
+
+
+def test_the_last_offsets_read_by_runs_equal_those_read_message_by_message():
+    import random
+
+    from sinks.source import Source as KafkaSource
+    rng = random.Random(3)
+    for _ in range(300):
+        msgs, at = [], {}
+        for _ in range(rng.randrange(0, 40)):            # runs of one partition, or not
+            topic, p = rng.choice("ab"), rng.randrange(3)
+            for _ in range(rng.randrange(1, 5)):
+                if rng.random() < 0.3:
+                    topic = rng.choice("ab")             # topics mixed within a run
+                at[(topic, p)] = at.get((topic, p), -1) + rng.randrange(1, 3)
+                msgs.append(Message(topic, p, at[(topic, p)]))
+        assert KafkaSource.ends(msgs) == {(m.topic(), m.partition()): m.offset()
+                                          for m in msgs}
