@@ -5,4 +5,8 @@
 # PostgreSQL batches fold more of an order's life into one row (accepted and done in the
 # same batch: one insert, no update): the server's CPU per event fell from ~3.3 us at 20k
 # to ~2.5-2.8 at 40-60k (standard workload, write path alone, load ~10).
-BATCH = {"postgres": 50_000, "clickhouse": 20_000}
+#
+# chDB pays ~20 ms of CPU per insert whatever its size, and small parts cost merges after:
+# depth blocks of 20k rows cost it 1.3-1.5 us a row (+0.4 in merges in the next second),
+# 50k rows 0.7-0.8 (+0.03) (200k rows, Native inserts alone, /tmp probe, load 4-5).
+BATCH = {"postgres": 50_000, "clickhouse": 50_000}

@@ -23,6 +23,7 @@ from sinks.source import Source
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL = 0.0005        # seconds (see clickhouse_loop)
+LINGER = 1.0                    # seconds a ClickHouse poll may wait for a whole batch
 
 
 def group(settings: Settings, store: str) -> str:
@@ -99,9 +100,15 @@ def clickhouse_loop(settings: Settings, client, lock, stop: threading.Event,
         log_positions(positions)
         consumer.assign(positions)
 
+    # chDB pays ~20 ms of CPU per insert, whatever its size (sinks/__init__.py): at a low
+    # rate, polls of 0.1 s made ~10 small depth and trades inserts (and candle-view
+    # parts) a second, ~1/3 of a core at 100 orders/s on keel up (lead, FINDINGS 14:35).
+    # After a short poll the next one waits up to LINGER for a whole batch; a backlog
+    # (full batches) and its tail still poll at 0.1 s. Analysts see rows <= ~1 s late.
     source = Source(settings, group(settings, "clickhouse"),
                     [settings.topic("events"), settings.topic("depth")],
-                    client_id="sink-clickhouse", max_records=max_records, on_assign=assigned)
+                    client_id="sink-clickhouse", max_records=max_records, on_assign=assigned,
+                    linger=LINGER)
     # Pipelined, one batch in flight: the next batch is polled and its depth heads read
     # while chDB (which lets go of the GIL) inserts the previous one.
     loop = SinkLoop("clickhouse", source, None, store.write, store.transient, dlq, metrics,

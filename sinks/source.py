@@ -49,7 +49,7 @@ class Source:
     def __init__(self, settings: Settings, group: str, topics: list[str], client_id: str,
                  max_records: int = 5000, poll_timeout: float = 0.1,
                  on_assign: Callable[[Consumer, list[TopicPartition]], None] | None = None,
-                 eager: bool = False, **overrides) -> None:
+                 eager: bool = False, linger: float | None = None, **overrides) -> None:
         conf = consumer_config(settings, group, client_id,
                                # An outage of the store may outlast librdkafka's default;
                                # the loop still polls while it waits (see hold()).
@@ -73,6 +73,10 @@ class Source:
         self.topics = topics
         self.max_records = max_records
         self.poll_timeout = poll_timeout
+        # Not eager, after a poll that came back short (a trickle, not a backlog): wait up
+        # to this long for a whole batch instead (None: poll_timeout always).
+        self.linger = linger
+        self._short = False
         self.eager = eager                 # return what is queued rather than wait for more
         self.generation = 0          # rises on every revocation: older batches are stale
         self._on_assign = on_assign
@@ -97,6 +101,8 @@ class Source:
         # steady rate, the full timeout. Not eager: a whole batch or the timeout, for a
         # store that wants few large inserts (ClickHouse).
         wait = self.poll_timeout if timeout is None else timeout
+        if timeout is None and self._short and self.linger is not None and not self.eager:
+            wait = self.linger
         # The collector is paused while a batch's Message objects are made: each is
         # tracked, so 20k of them set off ~30 young collections and the older ones
         # that cascade from them, each walking every live object (1.7 of 2.4 us per
@@ -109,6 +115,7 @@ class Source:
         finally:
             if collecting:
                 gc.enable()
+        self._short = len(msgs) < self.max_records
         if not any(map(_ERROR, msgs)):
             return msgs
         bad = [m for m in msgs if m.error() is not None]

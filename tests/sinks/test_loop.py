@@ -139,3 +139,28 @@ def test_the_last_offsets_read_by_runs_equal_those_read_message_by_message():
                 msgs.append(Message(topic, p, at[(topic, p)]))
         assert KafkaSource.ends(msgs) == {(m.topic(), m.partition()): m.offset()
                                           for m in msgs}
+
+
+def test_a_lingering_source_waits_longer_only_after_a_short_poll():
+    from sinks.source import Source as KafkaSource
+
+    class Record(Message):
+        def error(self):
+            return None
+
+    class Consumer:                                   # records the waits asked for
+        def __init__(self, sizes):
+            self.sizes, self.waits = list(sizes), []
+
+        def consume(self, n, timeout):
+            self.waits.append(timeout)
+            return [Record("t", 0, i) for i in range(min(n, self.sizes.pop(0)))]
+
+    source = object.__new__(KafkaSource)
+    source.consumer = Consumer([5, 3, 5, 5, 0, 2])
+    source.max_records, source.poll_timeout, source.linger = 5, 0.1, 1.0
+    source.eager, source._short = False, False
+    for _ in range(6):
+        source.poll()
+    # full (backlog) -> short (a tail) -> lingered, full -> full -> short -> lingered
+    assert source.consumer.waits == [0.1, 0.1, 1.0, 0.1, 0.1, 1.0]
