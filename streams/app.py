@@ -23,10 +23,8 @@ Settings that matter on the embedded broker (measured, see streams/compat.py too
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
-import sys
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +33,7 @@ import faust
 from faust.streams import _current_event
 
 from infra.settings import Settings
-from streams import compat, fastpath, trace
+from streams import compat, fastpath, trace, tuning
 from streams.batches import take_batches
 
 ROLES = ("accounts", "settlement", "marketdata")
@@ -67,42 +65,11 @@ def faust_settings(role: str, settings: Settings) -> dict:
     }
 
 
-class _Unmonitored(faust.sensors.SensorDelegate):
-    """Faust's sensors without its Monitor, which no Keel process reads (the workers'
-    metrics are streams.metrics' Prometheus counters). Faust calls the Monitor several
-    times per record (in, out, acked, each table get and set): 2-3% of the accounts
-    worker's CPU in py-spy profiles of bench/streams.py --only accounts."""
-
-    def add(self, sensor) -> None:
-        if not isinstance(sensor, faust.sensors.Monitor):
-            super().add(sensor)
-
-    def on_rebalance_start(self, app) -> dict:
-        # not empty: the app warns of "missing sensor state" at each rebalance otherwise
-        return {None: None, **super().on_rebalance_start(app)}
-
-
 def configure(role: str, settings: Settings) -> faust.App:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
-    if not isinstance(app.sensors, _Unmonitored):   # before streams and tables bind it
-        app.sensors = _Unmonitored(app)
+    tuning.apply(app, settings)     # GIL switch, GC thresholds, no Faust Monitor
     compat.apply(int(settings.extra.get("KEEL_STREAMS_FETCH_WAIT_MS", "10")))
-    # Three threads share the GIL: the agent's loop, Faust's consumer thread (aiokafka)
-    # and the thread waiting for librdkafka's flush. A thread that has waited for a round
-    # trip then waits out the busy one's switch interval (5 ms by default) for each step
-    # back (the flush returning, the commit's answer, each wake-up of the loop).
-    sys.setswitchinterval(float(settings.extra.get("KEEL_STREAMS_SWITCH_INTERVAL_MS",
-                                                   "0.5")) / 1000)
-    # Fewer, cheaper collections: a worker holds every user's state (tens of thousands of
-    # dicts and lists) and makes a few Faust objects per record, so with Python's default
-    # thresholds (700, 10, 10) its collections paused the agent 114 times >= 0.5 ms in a
-    # 10 s run at 2,000 requests/s (bench/streams.py --only latency, gc.callbacks): 380 ms
-    # in all, a full collection up to 100 ms, each pause on every waiting request's
-    # latency. At (20000, 20, 100): 7 such pauses, 31 ms in all, the longest 6 ms.
-    # Cyclic garbage still goes, later.
-    gc.set_threshold(*(int(n) for n in settings.extra.get(
-        "KEEL_STREAMS_GC_THRESHOLD", "20000,20,100").split(",")))
     fastpath.install()              # records reach the streams without 4 tasks each
     conf = faust_settings(role, settings)
     Path(conf["datadir"]).mkdir(parents=True, exist_ok=True)   # Faust makes only the leaf
