@@ -35,13 +35,6 @@ class Table:
     def __len__(self) -> int:
         return len(self.values[0]) if self.values else 0
 
-    def take(self, mask: np.ndarray) -> Table:
-        """The rows where `mask` holds (the same texts)."""
-        if mask.all():
-            return self
-        return Table(self.names, self.types, [v[mask] for v in self.values],
-                     [None if z is None else z[mask] for z in self.nulls], self.texts)
-
     def payload(self) -> bytes:
         """The whole COPY stream (header, rows, trailer)."""
         return HEADER + b"".join(self._groups()) + TRAILER

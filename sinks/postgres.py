@@ -3,12 +3,11 @@ entries, keel.balances -> balances; exactly once.
 
 A batch is prepared where it is polled (decoded to columns, folded, its COPY streams
 built: sinks/event_columns.py, order_columns.py, ledger.py) and written by another thread
-while the next batch is polled and prepared. Its rows are split into parts by pair and
-by order id (sinks/shards.py: units that share no row, each with its own watermark),
-written side by side on their own connections. One part is one transaction:
-  1. lock the watermarks of the part's units in `sink_progress` (the rows of a new pair
-     are made beforehand, in a transaction of their own) and drop, per unit, every event
-     with seq <= last_seq (applied by an earlier run whose Kafka commit was lost);
+while the next batch is polled and prepared. Its pairs are split into parts, written
+side by side on their own connections (pairs share no row). One part is one transaction:
+  1. lock the part's pairs in `sink_progress` (creating the rows of new pairs first, so
+     two writers of a new pair queue on the same lock) and drop every event with
+     seq <= last_seq (applied by an earlier run whose Kafka commit was lost);
   2. COPY trades and the orders accepted in this batch straight into their tables: after
      step 1 none of them can exist. If one does all the same (progress rows reset by
      hand), the transaction is redone through temp tables with ON CONFLICT DO NOTHING.
@@ -34,7 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from infra.logs import event
 from schemas.codec import Codec, CodecError, RegistryUnavailable
-from sinks import ledger, shards
+from sinks import ledger
 from sinks.event_columns import EventColumns, decode
 from sinks.order_columns import OrderTables, fold, fresh
 from sinks.orders import ORDER_COLUMNS, TRADE_COLUMNS, UPDATE_COLUMNS
@@ -57,22 +56,14 @@ CREATE TEMP TABLE IF NOT EXISTS stage_order_updates (
     last_seq bigint) ON COMMIT DELETE ROWS;
 """ + ledger.STAGE_DDL
 
-_LOCK_PROGRESS = ("SELECT p.sink, p.pair, p.last_seq FROM sink_progress p "
-                  "JOIN unnest(%s::text[], %s::text[]) AS u(sink, pair) USING (sink, pair) "
-                  "ORDER BY p.sink, p.pair FOR UPDATE OF p")
+_LOCK_PROGRESS = ("SELECT pair, last_seq FROM sink_progress "
+                  "WHERE sink = %s AND pair = ANY(%s) ORDER BY pair FOR UPDATE")
 _NEW_PROGRESS = ("INSERT INTO sink_progress (sink, pair, last_seq) "
-                 "SELECT s, p, 0 FROM unnest(%s::text[], %s::text[]) AS u(s, p) ORDER BY s, p "
+                 "SELECT %s, p, 0 FROM unnest(%s::text[]) AS p ORDER BY p "
                  "ON CONFLICT (sink, pair) DO NOTHING")
-# The other shards' rows of a pair start where shard 0 (the sink's own row) stands: a
-# pair last written before shards existed has applied everything up to it.
-_NEW_SHARDS = ("INSERT INTO sink_progress (sink, pair, last_seq) "
-               "SELECT v.sink, b.pair, b.last_seq FROM sink_progress b "
-               "CROSS JOIN unnest(%s::text[]) AS v(sink) "
-               "WHERE b.sink = %s AND b.pair = ANY(%s) ORDER BY 1, 2 "
-               "ON CONFLICT (sink, pair) DO NOTHING")
 _SAVE_PROGRESS = ("UPDATE sink_progress SET last_seq = v.last_seq, updated_at = now() "
-                  "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS v(sink, pair, last_seq) "
-                  "WHERE sink_progress.sink = v.sink AND sink_progress.pair = v.pair")
+                  "FROM unnest(%s::text[], %s::bigint[]) AS v(pair, last_seq) "
+                  "WHERE sink_progress.sink = %s AND sink_progress.pair = v.pair")
 _MOVE_TRADES = ("INSERT INTO trades SELECT * FROM stage_trades "
                 "ON CONFLICT (pair, trade_id) DO NOTHING")
 _MOVE_ORDERS = (f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) "
@@ -107,9 +98,8 @@ TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout,
 
 @dataclass
 class Written:
-    events: int = 0          # events applied now (by some unit of their pair)
-    replayed: int = 0        # events some unit dropped as already applied (a unit's
-                             # watermark may stand past another's after a crash)
+    events: int = 0          # events applied now
+    replayed: int = 0        # events dropped as already applied (seq <= watermark)
     trades: int = 0
     orders: int = 0          # order rows inserted or updated
     ledger_entries: int = 0  # entries inserted (a redelivered one is not)
@@ -134,12 +124,11 @@ class Streams:
 
 @dataclass
 class Part:
-    """What one connection writes of a batch: the rows of some units (pair, shard) (and,
-    for one part, the ledger entries and balances)."""
-    units: list[tuple[str, int]]
-    events: EventColumns                  # every event of the units' pairs
+    """What one connection writes of a batch: the events of some pairs (and, for one
+    part, the ledger entries and balances)."""
+    events: EventColumns
     keep: np.ndarray = field(repr=False)  # fresh within the batch, before the watermarks
-    streams: Streams = field(repr=False)  # the units' rows of the kept events
+    streams: Streams = field(repr=False)  # of the kept events
     ledger: tuple[bytes, int] = (b"", 0)
     balances: tuple[bytes, int] = (b"", 0)
 
@@ -160,19 +149,27 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.commit()
 
 
-def _of_pairs(cols: EventColumns, codes) -> tuple[EventColumns, np.ndarray]:
-    """(the events of the pair codes `codes`, which of `cols` they are); `cols` itself
-    when that is all of them."""
-    mine = np.isin(cols.pair, list(codes))
-    return (cols if mine.all() else cols.take(mine)), mine
+def _groups(cols: EventColumns, n: int) -> list[np.ndarray]:
+    """Rows of each of up to n groups of whole pairs, the busiest pairs spread first."""
+    counts = np.bincount(cols.pair, minlength=len(cols.pairs))
+    present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c]]
+    if len(present) <= 1 or n <= 1:
+        return [np.arange(len(cols))]
+    load = [0] * min(n, len(present))
+    group_of = np.zeros(len(cols.pairs), np.int64)
+    for code in present:
+        g = load.index(min(load))
+        group_of[code] = g
+        load[g] += int(counts[code])
+    of_row = group_of[cols.pair]
+    return [np.flatnonzero(of_row == g) for g in range(len(load))]
 
 
 class PostgresStore:
-    """Writes prepared batches. Units (pair, shard) are independent (own rows, own
-    watermark), so a batch's units are split over `writers` connections, each its own
-    transaction, and PostgreSQL works on as many cores; the offsets move only after all
-    of them commit, and a part committed before a crash is dropped by its watermarks on
-    the replay."""
+    """Writes prepared batches. Pairs are independent (own rows, own watermark), so a
+    batch's pairs are split over `writers` connections, each its own transaction, and
+    PostgreSQL works on as many cores; the offsets move only after all of them commit,
+    and a part committed before a crash is dropped by its watermarks on the replay."""
 
     def __init__(self, dsn: str, sink: str = SINK, writers: int = 2, batches: int = 2,
                  connect_timeout: float = 5.0, codec: Codec | None = None,
@@ -184,7 +181,6 @@ class PostgresStore:
         self.codec = codec or Codec()
         self.settlements_topic = settlements_topic
         self.balances_topic = balances_topic
-        self._ready: set[str] = set()     # pairs whose watermark rows all exist
         self.pool = ConnectionPool(
             # Every part of every batch in flight (SinkLoop depth) has one, plus a probe.
             dsn, min_size=1, max_size=self.writers * max(1, batches) + 1, open=False,
@@ -237,16 +233,12 @@ class PostgresStore:
 
     def batch(self, cols: EventColumns, settlements: list[dict] = (),
               balances: list[dict] = ()) -> Batch:
-        # One fold for the whole batch (fresh() and fold() work pair by pair), then
-        # each part takes its units' rows.
-        keep, _, _ = fresh(cols, {})
-        tables = fold(cols if keep.all() else cols.take(keep))
         parts = []
-        for units in shards.groups(cols, self.writers):
-            events, mine = _of_pairs(cols, {c for c, _ in units})
-            streams = Streams.of(shards.select(tables, units, len(cols.pairs)))
-            parts.append(Part([(cols.pairs[c], s) for c, s in units], events, keep[mine],
-                              streams))
+        for rows in _groups(cols, self.writers):
+            part = cols if len(rows) == len(cols) else cols.take(rows)
+            keep, _, _ = fresh(part, {})
+            streams = Streams.of(fold(part if keep.all() else part.take(keep)))
+            parts.append(Part(part, keep, streams))
         led, bal = ledger.ledger_table(list(settlements)), ledger.balance_table(list(balances))
         smallest = min(parts, key=lambda p: len(p.events))
         smallest.ledger, smallest.balances = (led.payload(), len(led)), (bal.payload(), len(bal))
@@ -260,7 +252,6 @@ class PostgresStore:
         """Apply a batch, each part in one transaction; raises TRANSIENT errors (after
         every part has finished, so a retry never races a part still running)."""
         parts = [p for p in batch.parts if not p.empty()]
-        self._ensure_progress(sorted({pair for p in parts for pair, _ in p.units}))
         others = [self._helpers.submit(self._write_part, p) for p in parts[1:]]
         results, errors = [], []
         if parts:
@@ -276,30 +267,13 @@ class PostgresStore:
         if errors:
             raise errors[0]
         out = Written(max_ts=batch.max_ts)
-        seen: dict[str, np.ndarray] = {}        # pair -> (applied, dropped) per event
-        for r, part_seen in results:
-            for name in ("trades", "orders", "ledger_entries", "balances", "gaps"):
+        for r in results:
+            for name in ("events", "replayed", "trades", "orders", "ledger_entries",
+                         "balances", "gaps"):
                 setattr(out, name, getattr(out, name) + getattr(r, name))
-            for pair, marks in part_seen.items():
-                seen[pair] = seen[pair] | marks if pair in seen else marks
-        out.events = sum(int(m[0].sum()) for m in seen.values())
-        out.replayed = sum(int(m[1].sum()) for m in seen.values())
         return out
 
-    def _ensure_progress(self, pairs: list[str]) -> None:
-        """Make the watermark rows of new pairs, every shard's, before any part locks
-        them (a part only locks: two parts never wait on each other's rows)."""
-        new = [p for p in pairs if p not in self._ready]
-        if not new:
-            return
-        names = shards.shard_sinks(self.sink)
-        with self.pool.connection(timeout=self.connect_timeout) as conn:
-            conn.execute(_NEW_PROGRESS, ([self.sink] * len(new), new))
-            conn.execute(_NEW_SHARDS, (names[1:], self.sink, new))
-            conn.commit()
-        self._ready.update(new)
-
-    def _write_part(self, part: Part) -> tuple[Written, dict[str, np.ndarray]]:
+    def _write_part(self, part: Part) -> Written:
         with self.pool.connection(timeout=self.connect_timeout) as conn:
             try:
                 out = self._write(conn, part, direct=True)
@@ -311,33 +285,25 @@ class PostgresStore:
             conn.commit()
         return out
 
-    def _write(self, conn: psycopg.Connection, part: Part, direct: bool
-               ) -> tuple[Written, dict[str, np.ndarray]]:
-        """(report, {pair: [which of its events a unit of the part applied, which one
-        dropped]})."""
-        out, cols, seen = Written(), part.events, {}
+    def _write(self, conn: psycopg.Connection, part: Part, direct: bool) -> Written:
+        out = Written()
+        cols = part.events
         with conn.cursor() as cur:
             if len(cols):
-                marks = self._lock(cur, part.units)
-                views = shards.fresh_units(cols, part.units, marks)
-                # Every shard of a pair sees the same seqs: its gaps are told by shard 0.
-                gaps = [g for v in views if v.shard == 0 for g in v.gaps]
+                marks = self._lock(cur, [cols.pairs[c] for c in np.unique(cols.pair)])
+                keep, last, gaps = fresh(cols, marks)
                 for pair, after, got in gaps[:20]:
                     event(log, "seq gap", logging.WARNING, pair=pair, after=after, got=got)
                 out.gaps = len(gaps)
-                same = all(np.array_equal(v.keep, part.keep[v.rows]) for v in views)
-                moved = [(shards.sink_name(self.sink, v.shard), p, s) for v in views
-                         for p, s in v.last.items() if marks[(p, v.shard)] != s]
-                seen = shards.seen(views)
-                # Replays (a unit's watermark past some of the batch): fold again what
-                # each unit still needs.
-                streams = part.streams if same else Streams.of(shards.concat([
-                    shards.select(fold(v.events.take(v.keep)), v.units, len(cols.pairs))
-                    for v in views]))
+                out.events = int(keep.sum())
+                out.replayed = len(cols) - out.events
+                streams = (part.streams if np.array_equal(keep, part.keep)
+                           else Streams.of(fold(cols.take(keep))))
                 self._apply(cur, streams, out, direct)
+                moved = [(p, s) for p, s in last.items() if marks.get(p, 0) != s]
                 if moved:
-                    cur.execute(_SAVE_PROGRESS, tuple(list(c) for c in zip(*moved,
-                                                                           strict=True)))
+                    cur.execute(_SAVE_PROGRESS, ([p for p, _ in moved], [s for _, s in moved],
+                                                 self.sink))
             if part.ledger[1]:
                 _copy(cur, "stage_ledger", ledger.LEDGER_COLUMNS, part.ledger[0])
                 cur.execute(ledger.MOVE_LEDGER)
@@ -346,23 +312,14 @@ class PostgresStore:
                 _copy(cur, "stage_balances", ledger.BALANCE_COLUMNS, part.balances[0])
                 cur.execute(ledger.UPSERT_BALANCES)
                 out.balances = cur.rowcount
-        return out, seen
+        return out
 
-    def _lock(self, cur: psycopg.Cursor, units: list[tuple[str, int]]
-              ) -> dict[tuple[str, int], int]:
-        """(pair, shard) -> last seq, the units' rows locked. A row missing here (deleted
-        by hand) starts at 0: the batch then goes through the ON CONFLICT path."""
-        shard_of = {shards.sink_name(self.sink, s): s for _, s in units}
-        wanted = sorted((shards.sink_name(self.sink, s), p) for p, s in units)
-
-        def lock(keys):
-            rows = cur.execute(_LOCK_PROGRESS, ([k[0] for k in keys], [k[1] for k in keys]))
-            return {(pair, shard_of[sink]): seq for sink, pair, seq in rows.fetchall()}
-        marks = lock(wanted)
-        missing = [k for k in wanted if (k[1], shard_of[k[0]]) not in marks]
+    def _lock(self, cur: psycopg.Cursor, pairs: list[str]) -> dict[str, int]:
+        marks = dict(cur.execute(_LOCK_PROGRESS, (self.sink, pairs)).fetchall())
+        missing = [p for p in pairs if p not in marks]
         if missing:
-            cur.execute(_NEW_PROGRESS, ([k[0] for k in missing], [k[1] for k in missing]))
-            marks.update(lock(missing))
+            cur.execute(_NEW_PROGRESS, (self.sink, missing))
+            marks.update(cur.execute(_LOCK_PROGRESS, (self.sink, missing)).fetchall())
         return marks
 
     def _apply(self, cur: psycopg.Cursor, streams: Streams, out: Written,
@@ -401,11 +358,10 @@ class PostgresStore:
             out.orders += cur.rowcount
 
     def watermarks(self) -> dict[str, int]:
-        """pair -> last seq applied to every shard (for status pages and tests)."""
+        """pair -> last seq applied (for status pages and tests)."""
         with self.pool.connection(timeout=self.connect_timeout) as conn:
-            return dict(conn.execute("SELECT pair, min(last_seq) FROM sink_progress "
-                                     "WHERE sink = ANY(%s) GROUP BY pair",
-                                     (shards.shard_sinks(self.sink),)).fetchall())
+            return dict(conn.execute("SELECT pair, last_seq FROM sink_progress WHERE sink = %s",
+                                     (self.sink,)).fetchall())
 
 
 def _copy(cur: psycopg.Cursor, table: str, columns: tuple[str, ...], payload: bytes) -> None:
