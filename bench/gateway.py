@@ -362,12 +362,19 @@ async def e2e(stack: Stack, base: str, t: dict, users: dict, args) -> dict:
                                str(args.seconds), "--listen-key", key,
                                "--cid-prefix", f"e2e{len(attempts)}x")
         fills = got["e2e_ms"]
+        unfilled = []                   # why an order's fill never came: ask the gateway
+        for cid in got.get("unfilled", [])[:5]:
+            status, body = await t["taker"].call("GET", "/api/v3/order", symbol="BTCUSDT",
+                                                 origClientOrderId=cid)
+            unfilled.append({"cid": cid, "http": status, **{
+                k: body.get(k) for k in ("status", "executedQty", "code", "msg")
+                if isinstance(body, dict) and k in body}})
         held = (got["late"] <= 0.01 * got["sent"] and got["bad"] == 0
                 and fills["n"] >= 0.99 * got["sent"])
         attempts.append({"rate": rate, "sent": got["sent"], "late": got["late"],
                          "send_lag_ms": got["send_lag_ms"], "stream": got["stream"],
                          "errors": got["bad"], "fills": fills["n"], "e2e_ms": fills,
-                         "ack_ms": got["ack_ms"], "held": held})
+                         "ack_ms": got["ack_ms"], "held": held, "unfilled": unfilled})
         if held or rate / 2 < 50:
             break
         rate /= 2

@@ -383,6 +383,7 @@ async def _client_orders(host: str, port: int, args) -> dict:
             "e2e_ms": _percentiles(fills) if stream is not None else None,
             "stream": {"frames": stream.frames, "dropped": dropped}
             if stream is not None else None,
+            "unfilled": sorted(sent)[:20] if stream is not None else [],
             "first_bad": bad[0].decode(errors="replace")[:200] if bad else None}
 
 

@@ -7,6 +7,7 @@ WebSocket hub and wakes request waiters. It runs on the event loop only.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from engine.domain import Rejected, Trade
@@ -53,6 +54,13 @@ class DepthBatches:
 # A waiter's test: given the order (None if unknown) and the event, is it satisfied?
 Check = Callable[[OrderState | None, object], bool]
 
+# Engine events carry no client order id: the gateway learns it from the order's reply
+# (keel.replies), read by another fetch than keel.events. When an order's first events are
+# folded before its reply, its executionReports are held until the reply names the order,
+# so none reaches the user with an empty clientOrderId; past this long (an order no reply
+# will name) they go out as they are.
+HOLD_UNNAMED_S = 1.0
+
 
 class Folding:
     def __init__(self, markets: MarketsConfig, hub: Hub) -> None:
@@ -67,6 +75,9 @@ class Folding:
         self.order_waiters: dict[tuple[str, int], list[tuple[Check, asyncio.Future]]] = {}
         self.orders.listeners.append(self._order_changed)
         self.orders.balance_listeners.append(self._balance_changed)
+        # (pair, order_id) -> (first held at, user, reports): orders whose client id is unknown
+        self.unnamed: dict[tuple[str, int], tuple[float, int, list[dict]]] = {}
+        self.clock = time.monotonic
 
     # ---- records from the feed ----
     def on_event(self, ev) -> None:
@@ -121,6 +132,7 @@ class Folding:
             if rec.get("client_order_id"):
                 self.orders.register(rec["pair"], rec["order_id"], rec["user_id"], rec["ts"],
                                      client_order_id=rec["client_order_id"])
+                self.named(rec["pair"], rec["order_id"], rec["client_order_id"])
         if future is not None and not future.done():
             future.set_result(rec)
 
@@ -138,6 +150,24 @@ class Folding:
             self.flush_depth("@100ms")
             if tick % 10 == 0:
                 self.flush_depth("@depth")
+            self.release_unnamed()
+
+    # ---- executionReports of orders not yet named ----
+    def named(self, pair: str, order_id: int, client_order_id: str) -> None:
+        """The order's client id is known now: its held reports go out, in order."""
+        held = self.unnamed.pop((pair, order_id), None)
+        if held is not None:
+            for report in held[2]:
+                report["c"] = client_order_id
+                self.hub.publish_user(held[1], report)
+
+    def release_unnamed(self) -> None:
+        """Reports held longer than HOLD_UNNAMED_S go out without a client id."""
+        due = self.clock() - HOLD_UNNAMED_S
+        for key in [k for k, held in self.unnamed.items() if held[0] <= due]:
+            _, user_id, reports = self.unnamed.pop(key)
+            for report in reports:
+                self.hub.publish_user(user_id, report)
 
     # ---- waiting ----
     def expect_reply(self, request_id: str) -> asyncio.Future:
@@ -197,8 +227,12 @@ class Folding:
             return
         self._wake((state.pair, state.order_id), state, ev)
         if state.user_id in self.hub.users:
-            self.hub.publish_user(state.user_id,
-                                  se.execution_report(self.units[state.pair], state, ev))
+            report = se.execution_report(self.units[state.pair], state, ev)
+            key = (state.pair, state.order_id)
+            if not state.client_order_id or key in self.unnamed:
+                self.unnamed.setdefault(key, (self.clock(), state.user_id, []))[2].append(report)
+                return
+            self.hub.publish_user(state.user_id, report)
 
     def _balance_changed(self, user_id: int, asset: str, available: int, held: int,
                          ts: int) -> None:
