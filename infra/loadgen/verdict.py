@@ -158,11 +158,13 @@ def describe(j: dict) -> str:
 def _errors_hint(errors: list[str]) -> str:
     """The commonest errors, and what to do when it is the gateway's own rate limit: a
     load test from one IP meets the per-IP request weight limit (6000 a minute, shared by
-    runs less than a minute apart) long before the stack is loaded."""
+    runs less than a minute apart) long before the stack is loaded, and at a few hundred
+    orders/s each simulated user its API key's (600 a minute standard, 6000 VIP)."""
     if not errors:
         return ""
     hint = ("; these are the gateway's rate limits, not the stack's capacity: start the "
-            "stack with KEEL_GATEWAY_IP_LIMIT and KEEL_GATEWAY_VIP_LIMIT raised"
+            "stack with KEEL_GATEWAY_IP_LIMIT, KEEL_GATEWAY_STANDARD_LIMIT and "
+            "KEEL_GATEWAY_VIP_LIMIT raised"
             if any(" 429 " in e or "-1003" in e for e in errors) else "")
     return "; errors mostly: " + "; ".join(errors) + hint
 

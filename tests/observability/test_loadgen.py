@@ -103,6 +103,7 @@ def test_ramp_step_verdicts():
         limited.request(1.5, "error", "POST /api/v3/order: 429 -1003 Too many requests")
     j = judge(Limits(), limited, step)
     assert j["broke"] == "error_rate" and "KEEL_GATEWAY_IP_LIMIT" in describe(j)
+    assert "KEEL_GATEWAY_STANDARD_LIMIT" in describe(j)     # the per-key limit of most bots
     slow = _recorded(10.0)
     for s in slow.seconds:
         s.sent *= 2                                    # sent twice what was answered
