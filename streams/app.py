@@ -418,12 +418,11 @@ async def _deliver(stream, events, outputs, batch: trace.Batch, durable, before,
             await stream.ack(event)
         if previous is not None:
             await previous
-        await app.consumer.commit()
-        batch.mark("commit")
-        batch.closed(events)
     except Exception:
         _failed(events)
-    shutdown.batch_committed()
+        shutdown.batch_committed()
+        return
+    await _commit(events, batch)
 
 
 def _failed(events) -> None:
