@@ -134,9 +134,9 @@ def _summary(r: dict) -> str:
             line += f"\n  {r['breaking_point_detail']}"
         c = r.get("cpu_ceiling")
         if c and c.get("orders_per_s"):
-            line += (f"\n  CPU: {c['cpu_ms_per_extra_order']} ms per extra order across every "
-                     f"process, {c['idle_cpu_pct']}% of a core idle: {c['cores']} cores would be "
-                     f"full near {c['orders_per_s']:.0f} orders/s")
+            from infra.loadgen.verdict import ceiling_text
+
+            line += "\n  CPU: " + ceiling_text(c)
     if r["mode"] == "spike":
         line += f"; recovery {r['recovery_s']} s"
     return line

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from infra.loadgen.record import Recorder, percentile
+from infra.loadgen.verdict import ceiling_text
 
 
 def series(rec: Recorder) -> dict[str, list]:
@@ -104,9 +105,7 @@ def markdown(result: dict, pngs: list[str], command: str) -> str:
                   f"| breaking point | {r['breaking_point']} |"]
         c = r.get("cpu_ceiling")
         if c and c.get("orders_per_s"):
-            lines.append(f"| CPU ceiling | {c['cpu_ms_per_extra_order']} ms of CPU per extra "
-                         f"order, {c['idle_cpu_pct']}% of a core idle: {c['cores']} cores full "
-                         f"near {c['orders_per_s']:.0f} orders/s |")
+            lines.append(f"| CPU ceiling | {ceiling_text(c)} |")
     if r["mode"] == "spike":
         rec = r["recovery_s"]
         lines.append(f"| recovery after the spike | "

@@ -54,6 +54,9 @@ def mean_cpu(samples: list[dict], key: str = "cpu_pct") -> dict[str, float]:
     return {k: round(sum(v) / len(v), 1) for k, v in sorted(sums.items(), key=lambda kv: -sum(kv[1]))}
 
 
+SATURATED = 0.85     # share of the machine's cores in use that counts as full
+
+
 def cpu_ms_per_order(cpu_pct: dict[str, float], orders_per_s: float) -> dict[str, float]:
     """Milliseconds of CPU each process spent per answered order over a step (its idle
     polling included), busiest first, and their sum as "total"."""
@@ -63,15 +66,25 @@ def cpu_ms_per_order(cpu_pct: dict[str, float], orders_per_s: float) -> dict[str
     return {**out, "total": round(sum(out.values()), 3)}
 
 
-def cpu_ceiling(steps: list[dict], cores: int | None = None) -> dict | None:
-    """The order rate at which the machine's cores would be fully busy, from a straight
-    line through the steps' (answered orders/s, CPU of every process): the line's slope is
-    the CPU an extra order costs, its intercept what the stack burns idle. None with fewer
-    than two steps at different rates. A ceiling, not a promise: latency limits break
+def cpu_ceiling(steps: list[dict], cores: int | None = None,
+                full: float = SATURATED) -> dict | None:
+    """The order rate at which the machine's cores are full. When steps already used
+    `full` of them or more, the highest rate such a step carried is the answer, measured
+    ("saturated": the processes could not get more CPU, so a line through the steps
+    would bend; batching may still carry a little more). Otherwise
+    a straight line through the steps' (answered orders/s, CPU of every process): its
+    slope is what an extra order costs, its intercept what the stack burns idle, and the
+    rate it reaches all cores at is an estimate. None with fewer than two steps at
+    different rates and none saturated. A ceiling, not a promise: latency limits break
     well before the cores are full."""
     cores = cores or os.cpu_count() or 1
     points = [(s["orders_per_s"], sum(s["cpu_pct"].values())) for s in steps
               if s.get("orders_per_s") and s.get("cpu_pct")]
+    busy = [(x, y) for x, y in points if y >= full * 100 * cores]
+    if busy:
+        x, y = max(busy)
+        return {"cores": cores, "saturated": True, "cpu_pct": round(y, 1),
+                "cpu_ms_per_order": round(10 * y / x, 3), "orders_per_s": x}
     if len({x for x, _ in points}) < 2:
         return None
     n = len(points)
@@ -80,9 +93,20 @@ def cpu_ceiling(steps: list[dict], cores: int | None = None) -> dict | None:
     slope = sum((x - mx) * (y - my) for x, y in points) / sxx
     idle = my - slope * mx
     ceiling = (100 * cores - idle) / slope if slope > 0 else None
-    return {"cores": cores, "cpu_ms_per_extra_order": round(slope * 10, 3),
+    return {"cores": cores, "saturated": False, "cpu_ms_per_extra_order": round(slope * 10, 3),
             "idle_cpu_pct": round(idle, 1),
             "orders_per_s": round(ceiling, 0) if ceiling and ceiling > 0 else None}
+
+
+def ceiling_text(c: dict) -> str:
+    """cpu_ceiling's result in one line."""
+    if c.get("saturated"):
+        return (f"the {c['cores']} cores were full ({c['cpu_pct']}% of a core) at "
+                f"{c['orders_per_s']:g} orders/s, {c['cpu_ms_per_order']} ms of CPU per order "
+                f"across every process")
+    return (f"{c['cpu_ms_per_extra_order']} ms of CPU per extra order across every process, "
+            f"{c['idle_cpu_pct']}% of a core idle: {c['cores']} cores would be full near "
+            f"{c['orders_per_s']:.0f} orders/s (a straight-line estimate)")
 
 
 def judge(limits: Limits, rec: Recorder, step) -> dict:

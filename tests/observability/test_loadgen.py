@@ -14,6 +14,7 @@ from infra.loadgen.report import write
 from infra.loadgen.runner import Config, check_host
 from infra.loadgen.verdict import (
     Limits,
+    ceiling_text,
     cpu_ceiling,
     cpu_ms_per_order,
     describe,
@@ -142,9 +143,19 @@ def test_cpu_per_order_and_the_ceiling_it_implies():
     steps = [{"orders_per_s": r, "cpu_pct": {"a": 20 + 0.03 * r, "b": 20 + 0.02 * r}}
              for r in (100.0, 200.0, 400.0)]
     c = cpu_ceiling(steps, cores=2)
-    assert c == {"cores": 2, "cpu_ms_per_extra_order": 0.5, "idle_cpu_pct": 40.0,
-                 "orders_per_s": 3200.0}
+    assert c == {"cores": 2, "saturated": False, "cpu_ms_per_extra_order": 0.5,
+                 "idle_cpu_pct": 40.0, "orders_per_s": 3200.0}
+    assert "estimate" in ceiling_text(c)
     assert cpu_ceiling(steps[:1], cores=2) is None      # one rate: no slope to draw
+    # the cores were full: the most a full machine carried is the answer, not a line
+    # through steps whose CPU could not grow (the fit would put the ceiling far above)
+    full = [{"orders_per_s": 50.0, "cpu_pct": {"a": 140.0}},
+            {"orders_per_s": 200.0, "cpu_pct": {"a": 172.0}},
+            {"orders_per_s": 368.0, "cpu_pct": {"a": 178.0}}]
+    c = cpu_ceiling(full, cores=2)
+    assert c == {"cores": 2, "saturated": True, "cpu_pct": 178.0, "cpu_ms_per_order": 4.837,
+                 "orders_per_s": 368.0}
+    assert "were full" in ceiling_text(c)
 
 
 def test_report_is_markdown_with_charts(tmp_path):
