@@ -10,18 +10,11 @@ registry's framing works too); if they ever differ it falls back to the codec.
 from __future__ import annotations
 
 from schemas.codec import Codec
-from schemas.varint import BYTE as _ONE
-from schemas.varint import zigzag
+from schemas.varint import framing, string, zigzag
 
 SCHEMA = "order_request"
 PLACE_BRANCH = b"\x00"           # PlaceOrder is the body union's first branch
 _PAIRS: dict[str, bytes] = {}
-
-
-def string(text: str) -> bytes:
-    data = text.encode()
-    size = len(data)
-    return (_ONE[size << 1] if size < 64 else zigzag(size)) + data
 
 
 def place_body(request_id: str, user_id: int, ts: int, order: dict) -> bytes:
@@ -49,9 +42,8 @@ class PlaceRecordWriter:
         request_id, user_id, ts, order = _SAMPLE
         want = codec.encode(SCHEMA, {"request_id": request_id, "user_id": user_id, "ts": ts,
                                      "body": ("keel.PlaceOrder", order)})
-        body = place_body(request_id, user_id, ts, order)
         # None: the schema moved on and this writer no longer matches it; use the codec.
-        self.header = want[:-len(body)] if want.endswith(body) else None
+        self.header = framing(want, place_body(request_id, user_id, ts, order))
 
     def encode(self, request_id: str, user_id: int, ts: int, order: dict) -> bytes:
         if self.header is None:

@@ -17,20 +17,14 @@ from __future__ import annotations
 from engine.domain import Place
 from schemas.codec import COMMANDS, Codec
 from schemas.records import command_to_record
-from schemas.varint import BYTE as _ONE
-from schemas.varint import zigzag
+from schemas.varint import framing as _header
+from schemas.varint import string, zigzag
 
 _STRINGS: dict[str, bytes] = {}     # pair and asset names
 _NULL = b"\x00"                     # a ["null", X] union's first branch
 _SOME = b"\x02"                     # ... and its second, X
 _PLACE = b"\x00"                    # Place, the command union's first branch
 _EMPTY = b"\x00"                    # "" (length 0): an accepted request's message
-
-
-def string(text: str) -> bytes:
-    data = text.encode()
-    size = len(data)
-    return (_ONE[size << 1] if size < 64 else zigzag(size)) + data
 
 
 def _interned(text: str) -> bytes:
@@ -83,11 +77,6 @@ _REPLY_SAMPLES = (
 )
 _BALANCE_SAMPLE = {"user_id": 9, "asset": "BTC", "available": 10**16, "held": -3,
                    "version": 2**31, "ts": 1_700_000_000_000}
-
-
-def _header(want: bytes, body: bytes) -> bytes | None:
-    """The framing header, if `want` is that header followed by exactly `body`."""
-    return want[:-len(body)] if want.endswith(body) else None
 
 
 class Wire:

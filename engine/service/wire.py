@@ -24,6 +24,7 @@ from engine.domain import (
     SetTrading,
 )
 from schemas.codec import COMMANDS, EVENTS, Codec
+from schemas.varint import string as _string
 from schemas.varint import zigzag
 
 try:
@@ -54,11 +55,6 @@ def zz(n: int) -> bytes:
         return bytes((z & 0x7F | 0x80, (z >> 7) & 0x7F | 0x80, (z >> 14) & 0x7F | 0x80,
                       (z >> 21) & 0x7F | 0x80, z >> 28))
     return zigzag(n)
-
-
-def _string(s: str) -> bytes:
-    raw = s.encode()
-    return zz(len(raw)) + raw
 
 
 class FastWire:
