@@ -188,11 +188,12 @@ class Folding:
         return future
 
     def complete(self, state: OrderState | None, _ev=None) -> bool:
-        """All of a new order's matching is known: it is final, or the engine's depth
-        diff for the batch that accepted it has arrived together with its events."""
+        """All of a new order's matching is known: the engine's depth diff for the batch
+        that accepted it has arrived together with its events (for a filled order too, so
+        the REST depth already shows what it took), or it was never accepted (rejected)."""
         if state is None:
             return False
-        if state.final:
+        if state.final and not state.accepted_seq:
             return True
         seq = state.accepted_seq
         return bool(seq) and min(self.orders.events_seq.get(state.pair, 0),

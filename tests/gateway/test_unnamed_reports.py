@@ -64,3 +64,17 @@ def test_reports_wait_for_the_reply_that_names_the_order():
     f.release_unnamed()
     assert [(d["x"], d["c"], d["i"]) for u, d in hub.sent] == [("NEW", "", 31)]
     assert f.unnamed == {}
+
+
+def test_a_filled_order_is_complete_only_once_its_depth_diff_is_folded():
+    """A FULL/RESULT answer for an order that filled waits for the depth diff of its batch,
+    so a REST depth read right after it shows what the order took (read-your-writes)."""
+    f = Folding(load_markets(DEFAULT_MARKETS), RecordingHub(users=[]))
+    f.on_event(Accepted("BTCUSDT", 1, 1000, 11, 7, 0, 0, 0, 3_000_000, 1_000, 0))
+    for ev in _fill(2, taker=11, maker=5):
+        f.on_event(ev)
+    state = f.orders.orders[("BTCUSDT", 11)]
+    assert state.final and not f.complete(state)
+    f.on_depth({"pair": "BTCUSDT", "first_update_id": 1, "last_update_id": 3, "ts": 1003,
+                "is_snapshot": False, "bids": [], "asks": [{"price": 3_000_000, "qty": 0}]})
+    assert f.complete(state)
