@@ -17,12 +17,12 @@ from gateway import errors
 from gateway import render as r
 from gateway.context import BUS, CLOCK_MS, CONFIG, FOLDING, MARKETS, METRICS
 from gateway.order_form import parse_new_order, protection_price
-from gateway.orders import FINAL, OrderState
+from gateway.orders import FINAL, PENDING, OrderState
 from gateway.params import Params
 from gateway.public import json_response
 from gateway.signed import authenticate
 
-OPEN = ("PENDING_NEW", "NEW", "PARTIALLY_FILLED")
+OPEN = (PENDING, "NEW", "PARTIALLY_FILLED")
 
 
 async def _ask(request: web.Request, user_id: int, body, action: str,
@@ -97,7 +97,13 @@ def _find(request: web.Request, user_id: int, params: Params, action: str) -> Or
 async def query_order(request: web.Request) -> web.Response:
     principal, params = await authenticate(request)
     state = _find(request, principal.user_id, params, "query")
-    return json_response(r.order(request.app[FOLDING].units[state.pair], state))
+    folding = request.app[FOLDING]
+    if state.status == PENDING:
+        # Placed through another gateway instance, whose answer already carried the
+        # engine's verdict: this one answers as that one did once its own fold has it
+        # (or with what it knows at the order deadline).
+        await _wait(request, folding.wait_order(state.pair, state.order_id, folding.complete))
+    return json_response(r.order(folding.units[state.pair], state))
 
 
 def _cancel_view(u: r.Units, state: OrderState) -> dict:
