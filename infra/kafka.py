@@ -5,13 +5,20 @@ embedded broker and a production cluster differ only by `KEEL_KAFKA_BOOTSTRAP`.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from infra.settings import Settings
 
+# librdkafka's own lines (a broker gone, a coordinator moved) go through this logger, so
+# they come out as the process's JSON log lines at its level instead of raw "%3|...|FAIL|"
+# text on stderr. They are handed over when the client is polled.
+LIBRDKAFKA_LOGGER = logging.getLogger("kafka.librdkafka")
+
 
 def _base(settings: Settings, client_id: str | None) -> dict[str, Any]:
-    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap}
+    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap,
+                            "logger": LIBRDKAFKA_LOGGER}
     if client_id:
         conf["client.id"] = client_id
     return conf

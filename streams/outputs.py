@@ -23,6 +23,8 @@ import asyncio
 
 from confluent_kafka import KafkaException, Producer
 
+from infra.kafka import LIBRDKAFKA_LOGGER
+
 FLUSH_TIMEOUT_S = 60.0
 
 
@@ -30,7 +32,7 @@ class Outputs:
     def __init__(self, bootstrap: str, client_id: str) -> None:
         self.errors: list = []
         self.producer = Producer({
-            "bootstrap.servers": bootstrap, "client.id": client_id,
+            "bootstrap.servers": bootstrap, "client.id": client_id, "logger": LIBRDKAFKA_LOGGER,
             "enable.idempotence": True, "acks": "all",
             # flush() sends at once whatever lingers; the linger only groups a batch's
             # records into fewer requests while it is being produced.
