@@ -244,23 +244,15 @@ class PartitionWorker:
     def _transact(self, batch: list) -> None:
         """One transaction: the batch's events, dead letters and depth, and its input offset.
 
-        The first events are produced as soon as they exist, not with the rest at the end:
-        librdkafka registers a partition with the transaction (AddPartitionsToTxn) on a
-        1 ms timer started by the partition's first record, and sends its records only
-        once that is answered. Started at the end of the batch, that timer and the two
-        round trips after it (AddPartitionsToTxn, Produce) ran after the matching and
-        alongside the offsets' two (AddOffsetsToTxn, TxnOffsetCommit); started with the
-        first command they run during the matching, so the commit waits for EndTxn
-        mostly. (Sending the offsets from another thread as the batch starts gained
-        nothing more: the matching holds the GIL, so that thread starts late.)"""
+        Every broker round trip that can overlap the matching does (see _apply): after
+        it only the last records' Produce and EndTxn remain, instead of the offsets' two
+        round trips (AddOffsetsToTxn, TxnOffsetCommit) and a second registration for depth
+        in a row before EndTxn."""
         opts, part = self.opts, self.partition
         try:
             self.producer.begin_transaction()
             dropped, types = self._apply(batch)
             t_commit = self.clock()
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(opts.orders_topic, part, self.next_offset)],
-                self.group_metadata, COMMIT_TIMEOUT)
             self._commit()
         except (KafkaException, _Refused) as exc:
             self._fail(exc)
@@ -285,18 +277,46 @@ class PartitionWorker:
             # that batch.
             self.checkpoint()
 
+    def _send_offsets(self, offset: int) -> None:
+        self.producer.send_offsets_to_transaction(
+            [TopicPartition(self.opts.orders_topic, self.partition, offset)],
+            self.group_metadata, COMMIT_TIMEOUT)
+
+    def _depth(self, pair: str, ts: int, now: float) -> None:
+        for rec in self.feed.updates(self.books[pair], ts, now):
+            self._produce(self.opts.depth_topic,
+                          self.codec.encode("depth_update", rec, validate=False),
+                          self.keys[pair], self.partition)
+
     def _apply(self, batch: list) -> tuple[list, dict]:
-        """Match the batch and produce its records into the open transaction. Returns the
-        copies dropped and the count per (pair, command type)."""
-        opts, part, produce = self.opts, self.partition, self._produce
+        """Match the batch and produce its records into the open transaction, and send its
+        input offset. Returns the copies dropped and the count per (pair, command type).
+
+        The first command with events starts every round trip that does not need the
+        rest of the batch. librdkafka registers a partition with the transaction
+        (AddPartitionsToTxn) on a 1 ms timer started by the partition's first record, and
+        sends its records only once that is answered; a partition marked while a
+        registration is in flight waits for it and goes in a second one. So that
+        command's events and its pair's depth diff are produced at once (events and depth
+        registered in one request, during the matching), and then the offset, known from
+        the batch's last record, is sent (its two round trips run while the registration
+        timer does). Produced at the end, the events' registration and Produce ran after
+        the matching; the offsets after them; and the depth's registration after the
+        events' (debug trace, 10,000 orders/s: AddOffsetsToTxn, TxnOffsetCommit,
+        AddPartitionsToTxn(depth), Produce(depth), EndTxn in a row). The price: a batch of
+        several commands on one pair publishes two depth diffs instead of one (the chain
+        of update ids is the same). (Sending the offsets from another thread as the batch
+        starts gained nothing: the matching holds the GIL, so that thread starts late.)"""
+        opts = self.opts
         events_topic, records = opts.events_topic, self.wire.event_records
         books, keys, route = self.books, self.keys, self.router.route
         admit = self.duplicates.admit
+        end = batch[-1][0].offset() + 1
         dropped: list = []              # copies: no event, no seq, offset committed
         touched: dict[str, int] = {}
         types: dict[tuple[str, type], int] = {}
         out: list[dict] = []            # keel.events records, in order, sent as one batch
-        early = True                    # the first events go out at once (_transact says why)
+        early = True                    # the first events go out at once (see above)
         for msg, _ in batch:
             cmd = route(msg.value())
             if type(cmd) is Fault:
@@ -314,22 +334,24 @@ class PartitionWorker:
             if self.suppress is not None:
                 evs = self._unsuppressed(evs)
             out += records(evs, keys[pair])
+            touched[pair] = last_ts = cmd.ts
             if early and out:
                 self._produce_events(events_topic, out)
                 out, early = [], False
-            touched[pair] = last_ts = cmd.ts
+                self._depth(pair, last_ts, self.clock())
+                self._send_offsets(end)
             t = (pair, type(cmd))
             types[t] = types.get(t, 0) + 1
         if out:
             self._produce_events(events_topic, out)
-        self.next_offset = batch[-1][0].offset() + 1
+        if early:
+            self._send_offsets(end)
+        self.next_offset = end
         if touched:
             self.last_ts = last_ts
         now = self.clock()
         for pair, ts in touched.items():
-            for rec in self.feed.updates(books[pair], ts, now):
-                produce(opts.depth_topic, self.codec.encode("depth_update", rec, validate=False),
-                        keys[pair], part)
+            self._depth(pair, ts, now)
         self.since_snapshot += len(batch)
         return dropped, types
 
