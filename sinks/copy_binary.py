@@ -3,8 +3,12 @@
 In the binary format every row is a field count, then per field a 4-byte length (-1 for
 NULL) and the value in network byte order. Rows whose NULLs fall in the same places and
 whose text fields are equal share one fixed layout, so each such group is one numpy
-structured array written out whole; a batch has a handful of groups (pairs x statuses),
-never one Python call per row. The groups may come in any order: COPY loads a set.
+structured array; a batch has a handful of groups (pairs x statuses), never one Python
+call per row. The rows then go out in the order they were given, not group by group:
+the sink gives them in primary-key order, and a b-tree insert of a key above every
+key in the index skips the descent from the root (PostgreSQL's rightmost-leaf fast
+path). Group after group restarted the order ids at each group, so most keys landed
+between stored ones: the server's CPU per event was ~10% higher (sinks/__init__.py).
 """
 from __future__ import annotations
 
@@ -36,8 +40,21 @@ class Table:
         return len(self.values[0]) if self.values else 0
 
     def payload(self) -> bytes:
-        """The whole COPY stream (header, rows, trailer)."""
-        return HEADER + b"".join(self._groups()) + TRAILER
+        """The whole COPY stream (header, rows in their order, trailer)."""
+        groups = list(self._groups())
+        if len(groups) <= 1:
+            return HEADER + b"".join(block for _, block in groups) + TRAILER
+        # Each group's rows, fixed-size each, go to their own rows of an array as wide as
+        # the longest row; the padding is then dropped in one boolean-mask pass.
+        size = np.empty(len(self), np.int64)
+        for rows, block in groups:
+            size[rows] = len(block) // len(rows)
+        width = int(size.max())
+        grid = np.empty((len(self), width), np.uint8)
+        for rows, block in groups:
+            grid[rows, :len(block) // len(rows)] = np.frombuffer(block, np.uint8).reshape(
+                len(rows), -1)
+        return HEADER + grid[np.arange(width) < size[:, None]].tobytes() + TRAILER
 
     def rows(self) -> list[tuple]:
         """The rows as Python tuples (None for NULL): for tests and small statements."""
@@ -54,6 +71,7 @@ class Table:
         return list(zip(*cols, strict=True))
 
     def _groups(self):
+        """(rows, their bytes) of every group of rows that share one layout."""
         n = len(self)
         if not n:
             return
@@ -73,7 +91,7 @@ class Table:
         sorted_key = key[order]
         cuts = np.flatnonzero(np.diff(sorted_key)) + 1
         for rows in np.split(order, cuts):
-            yield self._block(rows)
+            yield rows, self._block(rows)
 
     def _block(self, rows: np.ndarray) -> bytes:
         first = int(rows[0])
