@@ -5,8 +5,8 @@ TAKING_OVER (has fenced the old writer and catches up to the committed offset), 
 PRIMARY (one Kafka transaction per batch: events, dead letters, depth and the input
 offset; when a snapshot is due, a second transaction right after it holding the snapshot
 and the same offset, so a snapshot's cost never delays a batch's events). The state
-machine lives here; the process loop in engine.service.runner only feeds records and
-ticks.
+machine lives here (how a transaction ends, in engine.service.outcome); the process loop
+in engine.service.runner only feeds records and ticks.
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import logging
 import time
 from collections import deque
 from enum import Enum
+from typing import NoReturn
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from engine.engine import Engine
 from engine.markets import MarketsConfig
@@ -24,45 +25,19 @@ from engine.service.config import EngineOptions
 from engine.service.depth import DepthFeed
 from engine.service.duplicates import DuplicateFilter, report_dropped
 from engine.service.metrics import EngineMetrics
+from engine.service.outcome import COMMIT_TIMEOUT, TXN_TIMEOUT, Refused, commit, fail
 from engine.service.routing import Fault, Router
 from engine.service.snapshots import chunk_records, find_latest, pack_state, unpack_state
 from infra.logs import event
 from schemas.codec import Codec, CodecError
 
 log = logging.getLogger(__name__)
-TXN_TIMEOUT = 30.0
-COMMIT_TIMEOUT = 10.0
-ABORT_TIMEOUT = 5.0
-# A fatal producer error (_FATAL) after a takeover is the fencing surfacing on produce().
-FENCING_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
-                 KafkaError._FATAL}
 
 
 class Role(Enum):
     STANDBY = "standby"
     TAKING_OVER = "taking_over"
     PRIMARY = "primary"
-
-
-class Fenced(Exception):
-    """Another instance owns this partition's transactional.id now: write nothing more."""
-
-
-class TransactionFailed(Exception):
-    """A transaction was aborted; the partition must be rebuilt from the log."""
-
-
-class Interrupted(Exception):
-    """Asked to stop while a transaction could not finish (the broker is unreachable): it
-    is left open, and the next writer's init_transactions aborts it."""
-
-
-class _Refused(Exception):
-    """The producer queue refused part of a batch."""
-
-
-def _kafka_error(exc: Exception) -> KafkaError | None:
-    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
 
 
 class PartitionWorker:
@@ -254,7 +229,7 @@ class PartitionWorker:
             dropped, types = self._apply(batch)
             t_commit = self.clock()
             self._commit()
-        except (KafkaException, _Refused) as exc:
+        except (KafkaException, Refused) as exc:
             self._fail(exc)
         if dropped:
             report_dropped(log, self.metrics, part, dropped)
@@ -360,7 +335,7 @@ class PartitionWorker:
         # start of every transaction and far larger than a batch, so a refusal is a fault:
         # a partial batch could not keep the events in order, so it aborts.
         if self.producer.produce_batch(topic, out, partition=self.partition) != len(out):
-            raise _Refused(next((m["_error"] for m in out if "_error" in m), "refused"))
+            raise Refused(next((m["_error"] for m in out if "_error" in m), "refused"))
 
     def checkpoint(self, timeout: float = TXN_TIMEOUT) -> None:
         """A transaction holding only a snapshot and the current offset: after a batch when
@@ -379,46 +354,10 @@ class PartitionWorker:
             self._fail(exc)
 
     def _commit(self, timeout: float = 4 * COMMIT_TIMEOUT) -> None:
-        """commit_transaction, retried in one-second calls (a timed-out call may be made
-        again) so that SIGTERM or another live instance is noticed between them."""
-        deadline = self.clock() + timeout
-        while True:
-            try:
-                self.producer.commit_transaction(max(0.1, min(1.0, deadline - self.clock())))
-                return
-            except KafkaException as exc:
-                err = _kafka_error(exc)
-                if err is None or not err.retriable() or self.clock() >= deadline:
-                    raise
-                if self.stale():
-                    # A fenced writer on tansu sees its connection dropped, not an error
-                    # code: retrying would hang. Another instance is beating: stop.
-                    raise Fenced(f"commit kept failing ({err}) while another instance "
-                                 "is live") from exc
-                if self.stopping():
-                    raise Interrupted(f"partition {self.partition}: commit not confirmed "
-                                      f"({err}) when asked to stop") from exc
-                time.sleep(0.01)        # an error that comes back at once: do not spin
+        commit(self.producer, self.partition, timeout, self.stale, self.stopping, self.clock)
 
-    def _fail(self, exc: Exception):
-        err = _kafka_error(exc)
-        if err is not None and (err.code() in FENCING_CODES or err.fatal()):
-            raise Fenced(f"partition {self.partition}: {err}") from exc
-        if self.stale():
-            raise Fenced(f"transaction failed ({err}) while another instance is live") from exc
-        if self.stopping():
-            # Aborting and rebuilding would wait on the broker again; the open transaction
-            # is aborted by whoever starts next.
-            raise Interrupted(f"partition {self.partition}: transaction failed ({err}) "
-                              "when asked to stop") from exc
-        event(log, "transaction failed, aborting and rebuilding", logging.ERROR,
-              partition=self.partition, error=str(exc))
-        try:
-            self.producer.abort_transaction(ABORT_TIMEOUT)
-        except KafkaException as abort_exc:
-            # Cannot even abort: the producer is no longer ours to use. Stop writing.
-            raise Fenced(f"abort failed after {err}: {abort_exc}") from abort_exc
-        raise TransactionFailed(str(exc)) from exc
+    def _fail(self, exc: Exception) -> NoReturn:
+        fail(self.producer, self.partition, exc, self.stale, self.stopping)
 
     def _unsuppressed(self, evs: list) -> list:
         """Drop events a fenced writer already exposed (see _go_live)."""

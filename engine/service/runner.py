@@ -23,14 +23,8 @@ from engine.service.config import EngineOptions, transactional_id
 from engine.service.fetchwait import FetchWait
 from engine.service.heartbeat import Heartbeats, live_primary
 from engine.service.metrics import EngineMetrics
-from engine.service.partition import (
-    TXN_TIMEOUT,
-    Fenced,
-    Interrupted,
-    PartitionWorker,
-    Role,
-    TransactionFailed,
-)
+from engine.service.outcome import TXN_TIMEOUT, Fenced, Interrupted, TransactionFailed
+from engine.service.partition import PartitionWorker, Role
 from engine.service.reader import LogReader
 from engine.service.tools import ensure_engine_topics
 from infra.kafka import consumer_config, producer_config

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from engine.service.partition import Fenced, Role, TransactionFailed
+from engine.service.outcome import Fenced, TransactionFailed
+from engine.service.partition import Role
 from engine.service.runner import EngineService
 
 
