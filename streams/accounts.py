@@ -103,17 +103,20 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     # how long after its first record it may keep taking a steady stream of them: larger
     # batches (each costs three broker round trips) against the time a request waits.
     within = float(settings.extra.get("KEEL_ACCOUNTS_BATCH_WAIT_MS", "50")) / 1000
-    # KEEL_ACCOUNTS_PIPELINE=1 pipelines batches (streams.app._pipelined). Off by default:
-    # traced at 1,000 requests/s (bench/streams.py --only latency, load 6-7) the overlapping
-    # round trips each took about twice as long on the embedded broker (changelog 3.6 ->
-    # 6.8 ms, outputs 7.3 -> 15.7 ms p50), batches were smaller (16 against 25 records)
-    # and the p50 latency was 59 ms against 35 sequentially (three pairs alike). At 2,000/s
-    # (load ~2) it was mixed: p50 46/40/126 ms pipelined against 72/54/46, at 294-334 us
-    # CPU per order against 248-293. Kept for Apache Kafka or a quieter broker, where
-    # concurrent requests need not queue behind each other. (Safety is not why: the suite
-    # passes either way.) The sequential path keeps one overlap: a batch's offset commit
-    # runs while the next batch is handled (streams.app._complete).
-    pipelined = settings.extra.get("KEEL_ACCOUNTS_PIPELINE", "0") == "1"
+    # Batches are pipelined (streams.app._pipelined; KEEL_ACCOUNTS_PIPELINE=0 runs them one
+    # after another): while one batch makes its round trips, the next is gathered and
+    # handled, and the batch in the making stays open until the previous batch's state is
+    # durable, so a record that arrives meanwhile joins the very next write. Sequentially
+    # a request waited for the batch in hand's whole cycle (handle, changelog and outputs
+    # round trips), then for its own: bench/streams.py --only latency at 2,000/s, runs
+    # alternated at load 9-12 (a shared machine): p50 89/103/102/199 ms pipelined against
+    # 150/170/160 sequential, p99 455/292/342/1454 against 1299/966/769 (the first two
+    # pipelined runs before the batch was kept open); at 253-283 us CPU per order against
+    # 196-220 (smaller batches write their users more often). The preloaded drain (--only
+    # accounts) was not slower: 96/77 us per request against 100/88. The previous session found pipelining slower at 1,000/s: its
+    # batches then held the event loop through their handling (now it yields every ms:
+    # streams.app._handle) and closed before the pipeline could take them.
+    pipelined = settings.extra.get("KEEL_ACCOUNTS_PIPELINE", "1") == "1"
 
     @app.agent(source, name="accounts")
     async def gate(stream):

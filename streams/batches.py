@@ -29,7 +29,12 @@ import asyncio
 
 
 async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
-                       ack: bool = True):
+                       ack: bool = True, ready=None):
+    """Yield lists of events (see the module docstring). `ready`, if given, returns the
+    futures its caller must see done before it can write another batch: until they are,
+    the batch in the making stays open past its idle and `within` closings (up to
+    `max_`), so a record arriving meanwhile still joins the next write instead of
+    waiting behind it for another (streams.app._pipelined)."""
     loop = asyncio.get_running_loop()
     events: list = []
     arrived = asyncio.Event()
@@ -72,6 +77,9 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
             while gate is None and len(events) != count and loop.time() - first < within:
                 count = len(events)
                 await asyncio.sleep(idle)
+            waits = ready() if ready is not None else ()
+            if waits:
+                await asyncio.wait(waits)
             _close()
             batch = list(events)
             try:
