@@ -93,13 +93,19 @@ def produce_commands(settings: Settings, codec: Codec, partition: int, commands,
     the record was handed to the producer, for latency measurements."""
     topic = settings.topic("orders")
     prefix = None if source is None else f"{source}:".encode()
+    encoded = ((c.pair.encode(), codec.encode_command(c),
+                [] if prefix is None else [(SOURCE_HEADER, prefix + str(i).encode())])
+               for i, c in enumerate(commands))
+    if rate:
+        # A rate-driven feed shares the machine with what it measures: generate and encode
+        # before its clock starts (~9 us of CPU a command, ~9% of a core at 10,000/s).
+        encoded = list(encoded)
 
     def records():
-        for i, c in enumerate(commands):
-            headers = [] if prefix is None else [(SOURCE_HEADER, prefix + str(i).encode())]
+        for key, value, headers in encoded:
             if stamp:
                 headers.append((SENT_HEADER, str(time.time_ns()).encode()))
-            yield c.pair.encode(), codec.encode_command(c), headers or None
+            yield key, value, headers or None
 
     return produce_values(settings, topic, partition, records(), rate)
 
