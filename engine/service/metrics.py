@@ -66,7 +66,8 @@ class EngineMetrics:
         self.lag = Gauge("exchange_engine_consumer_lag", "keel.orders high watermark - position",
                          ["partition"], registry=r)
         self.commit_time = Histogram(
-            "exchange_engine_commit_seconds", "Kafka transaction commit (offsets + commit)",
+            "exchange_engine_commit_seconds",
+            "End of a batch's matching to its transaction's commit (offsets went during it)",
             buckets=LATENCY_BUCKETS, registry=r)
         self.batch = Histogram("exchange_engine_batch_records", "Records per transaction",
                                buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000), registry=r)
