@@ -21,6 +21,10 @@ fresh topics (its own KEEL_TOPIC_PREFIX). Phases:
                 the way the engine writes it) and the group's offset at history: time
                 from constructing the service to it being primary (snapshot load +
                 100k replay + fencing + tail checks).
+  bare_p50_ms/bare_p99_ms  (only with --only ...,bare) the latency phase without the
+                engine: the same feeder and consumer settings, one transaction per batch
+                with the same records copied to keel.events, a depth record and the
+                offset, in the engine's order; the floor under p50_ms/p99_ms.
   failover_s    primary + standby processes (default 1 s takeover), kill -9 the primary
                 under 5,000 orders/s: time from the kill to the first event the standby
                 commits.
@@ -171,6 +175,60 @@ class Bench:
                 "sent_p99_ms": round(sent[int(len(sent) * 0.99)] * 1000, 3),
                 "latency_orders": total, "latency_batches": len(samples),
                 "offered_per_s": rate}
+
+    def bare(self, seconds: float, rate: int = 10_000) -> dict:
+        """The latency phase's broker work without the engine: the same feeder, a consumer
+        configured as the engine's, and per batch one transaction holding a record per
+        input record on keel.events (its value copied), one on keel.depth and the input
+        offset, produced and sent in the engine's order; no matching. Same quantiles
+        (consume -> commit, weighted by records): the floor the engine's p50/p99 sit on."""
+        from confluent_kafka import Consumer, Producer, TopicPartition
+
+        from infra.kafka import consumer_config, producer_config
+
+        env = self.env()
+        settings = self.settings(env)
+        orders, events, depth = (settings.topic(t) for t in ("orders", "events", "depth"))
+        consumer = Consumer(consumer_config(
+            settings, f"bare-{uuid.uuid4().hex[:6]}", "bench-bare", fetch_wait_max_ms=5,
+            fetch_min_bytes=1, queued_max_messages_kbytes=65_536))
+        consumer.assign([TopicPartition(orders, 0, 0)])
+        producer = Producer(producer_config(settings, "bench-bare", linger_ms=0,
+                                            transactional_id=f"bench-bare-{uuid.uuid4().hex}"))
+        producer.init_transactions(30)
+        metadata = consumer.consumer_group_metadata()
+        feeder = subprocess.Popen([sys.executable, __file__, "--feed", str(int(seconds * rate)),
+                                   str(rate)], env={**os.environ, **env},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        samples: list[tuple[float, int]] = []
+        done = 0
+        try:
+            deadline = time.monotonic() + seconds * 5 + 60
+            while done < int(seconds * rate) and time.monotonic() < deadline:
+                first = consumer.poll(0.02)
+                if first is None:
+                    continue
+                received = time.monotonic()
+                msgs = [m for m in [first] + consumer.consume(4999, 0) if m.error() is None]
+                if not msgs:
+                    continue
+                producer.begin_transaction()
+                producer.produce(events, msgs[0].value(), partition=0)
+                producer.produce(depth, b"d" * 64, partition=0)
+                producer.send_offsets_to_transaction(
+                    [TopicPartition(orders, 0, msgs[-1].offset() + 1)], metadata, 10)
+                for m in msgs[1:]:
+                    producer.produce(events, m.value(), partition=0)
+                producer.commit_transaction(10)
+                samples.append((time.monotonic() - received, len(msgs)))
+                done += len(msgs)
+        finally:
+            feeder.kill()
+            feeder.wait(10)
+            consumer.close()
+        return {"bare_p50_ms": round(_quantile(samples, 0.50) * 1000, 3),
+                "bare_p99_ms": round(_quantile(samples, 0.99) * 1000, 3),
+                "bare_orders": done, "bare_batches": len(samples)}
 
     def recovery(self, history: int, replay: int = 100_000) -> dict:
         from confluent_kafka import Consumer, Producer, TopicPartition
@@ -328,7 +386,8 @@ def main() -> int:
     parser.add_argument("--history", type=int, default=1_000_000)
     parser.add_argument("--latency-s", type=float, default=10.0)
     parser.add_argument("--only", default="throughput,latency,recovery,failover",
-                        help="comma-separated phases to run")
+                        help="comma-separated phases to run (also: bare, the latency "
+                             "phase's transactions without the engine)")
     parser.add_argument("--feed", nargs=2, type=int, metavar=("N", "RATE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.feed:
@@ -356,6 +415,11 @@ def main() -> int:
                       f"p99 {result['p99_ms']} ms (consume -> commit); from the feeder's send: "
                       f"p50 {result['sent_p50_ms']} ms, p99 {result['sent_p99_ms']} ms",
                       flush=True)
+            if "bare" in only:
+                result |= bench.bare(args.latency_s)
+                print(f"bare transactions at 10,000/s (the latency phase's broker work, no "
+                      f"matching): p50 {result['bare_p50_ms']} ms, p99 {result['bare_p99_ms']} "
+                      "ms (consume -> commit)", flush=True)
             if "recovery" in only:
                 result |= bench.recovery(args.history)
                 print(f"recovery: {result['recovery_s']} s (snapshot of "
