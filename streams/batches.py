@@ -34,7 +34,11 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
     futures its caller must see done before it can write another batch: until they are,
     the batch in the making stays open past its idle and `within` closings (up to
     `max_`), so a record arriving meanwhile still joins the next write instead of
-    waiting behind it for another (streams.app._pipelined)."""
+    waiting behind it for another (streams.app._pipelined); once they are done and the
+    stream has nothing queued, it closes without waiting out `idle`: on a live stream
+    records come a few per fetch, so the idle rule held a batch open for fetch after
+    fetch while the pipeline stood free. A backlog keeps the queue full, so a drain's
+    batches are as large as before."""
     loop = asyncio.get_running_loop()
     events: list = []
     arrived = asyncio.Event()
@@ -63,6 +67,8 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
         if opened is not None and not opened.done():
             opened.set_result(None)
 
+    queued = getattr(stream.channel, "queue", None)
+    queued = queued.qsize if queued is not None else (lambda: 1)
     acks = stream.enable_acks
     stream.enable_acks = False
     stream.add_processor(add)
@@ -76,6 +82,8 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
             first, count = loop.time(), 0
             while gate is None and len(events) != count and loop.time() - first < within:
                 count = len(events)
+                if ready is not None and queued() == 0 and not ready():
+                    break         # nothing more to take, and the caller can write now
                 await asyncio.sleep(idle)
             waits = ready() if ready is not None else ()
             if waits:
