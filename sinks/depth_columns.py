@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.catalog import default_catalog
-from sinks.event_columns import _pair_names, _varints, _zigzag
+from sinks.event_columns import _pair_names, _varints, _zigzag, padded, varint_values
 
 HEADER_LEN = 10
 # Records read at once: past this the arrays outgrow the caches and every record costs
@@ -133,7 +133,7 @@ def read(values: list, header: bytes) -> DepthHeads:
             parts.append(part)
         return concat(parts)
     lens = np.fromiter(map(len, values), np.int64, count=k)
-    buf = np.frombuffer(b"".join(values), np.uint8)
+    buf, words = padded(b"".join(values))
     if not len(buf):
         return _empty()
     ends = np.cumsum(lens)
@@ -167,12 +167,12 @@ def read(values: list, header: bytes) -> DepthHeads:
     _long_varints(stops, ends, arrays_at, ok)
     names, pair = _pair_names(buf, pair_at, length, ok)
     rows = np.flatnonzero(ok)
-    bids, asks = (_levels(buf, stops, found, ok, rows) for found in blocks)
+    bids, asks = (_levels(buf, words, stops, found, ok, rows) for found in blocks)
     return DepthHeads(rows, names, pair[rows], first[rows], last[rows], ts[rows],
                       flag[rows] == 1, bids, asks)
 
 
-def _levels(buf, stops, found, ok, rows) -> Levels:
+def _levels(buf, words, stops, found, ok, rows) -> Levels:
     """Read the (price, qty) items of the array blocks `found` (per round of the walk:
     records, first item's varint number, item count) of the records `rows`, which all
     passed the walk: every varint among them ends at a stop and is under 10 bytes."""
@@ -186,24 +186,16 @@ def _levels(buf, stops, found, ok, rows) -> Levels:
     count = np.zeros(len(ok), np.int64)
     np.add.at(count, rec, n)
     which = _ranges(tok, 2 * n)                  # varint numbers: price, qty, price, ...
-    value = _zigzag(_read_varints(buf, stops, which))
+    value = _zigzag(_read_varints(buf, words, stops, which))
     return Levels(count[rows], value[0::2], value[1::2])
 
 
-def _read_varints(buf, stops, which) -> np.ndarray:
+def _read_varints(buf, words, stops, which) -> np.ndarray:
     """Raw values of the varints numbered `which` (varint i ends at stops[i]), each of at
     most 9 bytes."""
     end = stops[which]
     start = np.where(which > 0, stops[np.maximum(which - 1, 0)] + 1, 0)
-    raw = (buf[start] & 0x7F).astype(np.uint64)
-    going = np.flatnonzero(end > start)
-    shift = 7
-    while going.size:
-        pos = start[going] + shift // 7
-        raw[going] |= (buf[pos] & 0x7F).astype(np.uint64) << np.uint64(shift)
-        going = going[pos < end[going]]
-        shift += 7
-    return raw
+    return varint_values(buf, words, start, end - start + 1)
 
 
 def _ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:

@@ -225,6 +225,48 @@ for _b, _name in enumerate(KINDS):
             _BOOLEANS.setdefault(_j, []).append(_b)
 
 
+def padded(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes of blob, the same bytes as aligned little-endian u64 words, zero-padded by
+    at least 8 bytes): `varint_values` reads up to 8 bytes of a varint from two words
+    instead of one gather a byte."""
+    full = np.frombuffer(blob + bytes(16 - len(blob) % 8), np.uint8)
+    return full[:len(blob)], full.view("<u8")
+
+
+_LOW_BYTES = np.array([(1 << 8 * n) - 1 for n in range(9)], np.uint64)
+_U = np.uint64
+
+
+def varint_values(buf: np.ndarray, words: np.ndarray, start: np.ndarray,
+                  size: np.ndarray) -> np.ndarray:
+    """Raw values of the varints at `start`, `size` bytes each (1 to 9, known already:
+    the caller found where each ends). The first 8 bytes come in one word; their 7-bit
+    groups are packed by three rounds of shifts (pairs of bytes, of 14-bit groups, of
+    28-bit groups) instead of one gather a byte."""
+    # The 8 bytes from `start`: the aligned word holding it, shifted down, and the next
+    # one's low bytes shifted up (numpy gives 0 for a shift by 64). Two aligned gathers:
+    # a u64 view at every byte offset was slower (unaligned gathers, 49% of the read).
+    at = start >> 3
+    shift = ((start & 7) << 3).astype(np.uint64)
+    x = np.take(words, at) >> shift
+    x |= np.take(words, at + 1) << (_U(64) - shift)
+    x &= np.take(_LOW_BYTES, np.minimum(size, 8))
+    x &= _U(0x7F7F7F7F7F7F7F7F)
+    t = x & _U(0x7F007F007F007F00)
+    x &= _U(0x007F007F007F007F)
+    x |= t >> _U(1)
+    np.bitwise_and(x, _U(0x3FFF00003FFF0000), out=t)
+    x &= _U(0x00003FFF00003FFF)
+    x |= t >> _U(2)
+    np.bitwise_and(x, _U(0x0FFFFFFF00000000), out=t)
+    x &= _U(0x000000000FFFFFFF)
+    x |= t >> _U(4)
+    nine = np.flatnonzero(size > 8)
+    if nine.size:
+        x[nine] |= (buf[start[nine] + 8] & 0x7F).astype(np.uint64) << _U(56)
+    return x
+
+
 def _zigzag(raw: np.ndarray) -> np.ndarray:
     return (raw >> np.uint64(1)).view(np.int64) ^ -(raw & np.uint64(1)).view(np.int64)
 

@@ -59,6 +59,22 @@ def test_heads_agree_with_the_codec(chunk):
     assert _heads(part) == [_head(depth[i]) for i in [*rows, *rows[::-1]]]
 
 
+def test_levels_of_every_varint_width_agree_with_the_codec(chunk):
+    """Prices and quantities from 0 to 2^61 (zigzag varints of 1 to 9 bytes), either sign."""
+    codec = Codec()
+    rng = random.Random(12)
+    depth = depth_updates(1500, seed=13)
+    for d in depth:
+        for side in ("bids", "asks"):
+            for lv in d[side]:
+                lv["price"] = rng.choice((1, -1)) * rng.getrandbits(rng.randint(0, 61))
+                lv["qty"] = rng.getrandbits(rng.randint(0, 61))
+    values = [codec.encode("depth_update", d) for d in depth]
+    heads = depth_columns.read(values, current_header())
+    assert heads.index.tolist() == list(range(len(values)))
+    assert _heads(heads) == [_head(d) for d in depth]
+
+
 def test_damaged_records_are_refused_or_read_as_the_codec_reads_them(chunk):
     codec = Codec()
     rng = random.Random(5)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from engine.domain import Accepted, Amended, MarketStatus, Trade
 from schemas.codec import Codec, CodecError, CodecFault
-from sinks.event_columns import SMALLINT_FIELDS, decode
+from sinks.event_columns import SMALLINT_FIELDS, decode, padded, varint_values
 from tests.sinks.feed import engine_events
 
 CODEC = Codec()
@@ -96,3 +98,25 @@ def test_tombstones_and_a_batch_of_nothing_but_damage():
     assert len(cols) == 0 and [i for i, _ in dead] == [0, 1, 2]
     cols, dead = decode([], CODEC)
     assert len(cols) == 0 and dead == []
+
+
+def test_varints_of_every_width_read_from_words():
+    """varint_values (8 bytes from two aligned words, 7-bit groups packed by shifts) on
+    varints of 1 to 9 bytes at every alignment, against a byte-by-byte reading."""
+    rng = random.Random(11)
+    numbers = [0, 1, 127, 128, (1 << 56) - 1, 1 << 56, (1 << 63) - 1]
+    numbers += [rng.getrandbits(rng.randint(1, 63)) for _ in range(3000)]
+    blob, starts, sizes = bytearray(), [], []
+    for n in numbers:
+        blob += bytes(rng.randint(0, 3))                    # any alignment
+        starts.append(len(blob))
+        while True:
+            blob.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+            n >>= 7
+            if not n:
+                break
+        sizes.append(len(blob) - starts[-1])
+    assert set(sizes) == set(range(1, 10))
+    buf, words = padded(bytes(blob))
+    got = varint_values(buf, words, np.array(starts), np.array(sizes))
+    assert got.tolist() == numbers
