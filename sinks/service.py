@@ -26,6 +26,30 @@ SWITCH_INTERVAL = 0.0005        # seconds (see clickhouse_loop and postgres_loop
 LINGER = 1.0                    # seconds a ClickHouse poll may wait for a whole batch
 
 
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A batch's numpy arrays are megabytes each: above glibc's default thresholds each was
+    mapped fresh and unmapped when freed, so the next batch's arrays faulted every page
+    in again (zeroed by the kernel). bench/sinks.py (sink process, rusage over the drain,
+    load 3-4): ClickHouse 68k -> 48k minor faults, system CPU 0.29 -> 0.19 s per 200k depth
+    rows; PostgreSQL 37k -> 25k faults, 0.17 -> 0.11 s per 278k events. A 16k-record
+    level read on fresh arrays: 16 -> 7 ms. The process keeps up to TRIM of freed heap.
+    Anything but glibc (no mallopt, or one that ignores these) is left as it is."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)     # glibc's largest: bigger blocks still mmap
+    mallopt(_M_TRIM_THRESHOLD, TRIM)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # glibc's malloc.h
+TRIM = 256 << 20
+
+
 def group(settings: Settings, store: str) -> str:
     """keel-sink-postgres / keel-sink-clickhouse under the default topic prefix."""
     return f"{settings.topic_prefix.rstrip('.')}-sink-{store}"
@@ -50,6 +74,7 @@ def postgres_loop(settings: Settings, stop: threading.Event, metrics: SinkMetric
     # backend idles: bench/sinks.py --only postgres, 4 alternating pairs (load 1-2):
     # 34.1/26.6/23.8/30.2k trades/s at 0.5 ms against 25.1/23.6/23.3/29.0k at 5 ms.
     sys.setswitchinterval(SWITCH_INTERVAL)
+    keep_freed_memory()
     settlements, balances = settings.topic("settlements"), settings.topic("balances")
     # Connections writing a batch side by side (by pair); one per core PostgreSQL may use.
     writers = int(settings.extra.get("KEEL_SINK_POSTGRES_WRITERS", "2"))
@@ -92,6 +117,7 @@ def clickhouse_loop(settings: Settings, client, lock, stop: threading.Event,
         # takes 16-21 ms alone took 108-124 ms beside a busy Python thread, 36-37 ms
         # at 0.5 ms (the busy thread kept 96-99% of its pace either way).
         sys.setswitchinterval(SWITCH_INTERVAL)
+    keep_freed_memory()
     ttl = int(settings.extra.get("KEEL_CLICKHOUSE_DEPTH_TTL_DAYS", "30"))
     dlq = DeadLetters(settings, codec, "clickhouse-sink")
     store = ClickHouseStore(client, settings.topic("events"), settings.topic("depth"),
