@@ -14,6 +14,10 @@ topics (its own KEEL_TOPIC_PREFIX) and real `keel streams ROLE` worker processes
                          per order, time from producing the request to reading its Place on
                          keel.orders (read_committed; the reader's own fetch wait is 1 ms);
   latency_cpu_us_per_msg   the worker's CPU time over that stretch, per order.
+  request_ack_p50_ms/_p99_ms  of that latency, the request's own trip into the broker:
+                         from its CreateTime to the bench producer's acknowledgement (seen
+                         when the bench next polls). Before then the worker cannot see it;
+                         on a loaded broker this term is large and is not the worker's.
   marketdata_msgs_per_s  engine events (accepts and trades on 3 pairs) preloaded on
                          keel.events, one marketdata worker drains them: events / time
                          from its first to its last committed ticker.
@@ -173,7 +177,14 @@ def bench_accounts(bootstrap: str, data: Path, n: int) -> tuple[float, float]:
 def bench_latency(bootstrap: str, data: Path, rate: int, seconds: float) -> dict:
     settings = fresh(bootstrap, data)
     codec = Codec()
-    producer = Producer(producer_config(settings, "bench", linger_ms=0))
+    acked: list[float] = []      # request CreateTime -> acknowledged by the broker (s)
+
+    def delivered(err, msg) -> None:
+        if err is None:
+            acked.append(time.time() - msg.timestamp()[1] / 1000)
+
+    producer = Producer(producer_config(settings, "bench", linger_ms=0,
+                                        on_delivery=delivered))
     # tansu holds a fetch for its whole max wait (librdkafka's default 500 ms) when the
     # partition has nothing new: the reader must not add its own wait to the figure.
     orders = reader(settings, "orders", fetch_wait_max_ms=1)
@@ -207,11 +218,15 @@ def bench_latency(bootstrap: str, data: Path, rate: int, seconds: float) -> dict
                 break
         cpu_us = 1e6 * (cpu_seconds(proc.pid) - cpu_before) / max(len(latencies), 1)
         latencies.sort()
-        def pct(p):  # noqa: E306
-            return round(1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))], 2)
-        return {"added_latency_p50_ms": pct(0.50), "added_latency_p99_ms": pct(0.99),
+        trip = sorted(acked[-total:])
+
+        def pct(values, p):
+            return round(1000 * values[min(len(values) - 1, int(p * len(values)))], 2)
+        return {"added_latency_p50_ms": pct(latencies, 0.50),
+                "added_latency_p99_ms": pct(latencies, 0.99),
                 "latency_orders": len(latencies), "offered_orders_per_s": rate,
-                "latency_cpu_us_per_msg": round(cpu_us, 1)}
+                "latency_cpu_us_per_msg": round(cpu_us, 1),
+                "request_ack_p50_ms": pct(trip, 0.50), "request_ack_p99_ms": pct(trip, 0.99)}
     finally:
         stop(proc)
         orders.close()
