@@ -54,6 +54,11 @@ class Source:
                                # the loop still polls while it waits (see hold()).
                                max_poll_interval_ms=600_000,
                                fetch_max_bytes=64 << 20,
+                               # librdkafka asks for 1 MB a partition per fetch by
+                               # default, and tansu 0.6 answers only after the whole
+                               # fetch wait (below): ~20 MB/s a partition, ~150k depth
+                               # records/s over two once the prefetched part was read.
+                               max_partition_fetch_bytes=16 << 20,
                                queued_max_messages_kbytes=256 << 10,
                                # A partition whose local queue is full is fetched again
                                # this much later (librdkafka's default: 1 s). With a
