@@ -227,7 +227,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--ops", type=int, default=100_000, help="workload ops per pair")
-    parser.add_argument("--depth", type=int, default=200_000, help="keel.depth records")
+    parser.add_argument("--depth", type=int, default=1_000_000,
+                        help="keel.depth records (1M: the load runs ~2 s; 200k ran ~0.4 s, "
+                             "too short for a stable figure)")
     parser.add_argument("--rate", type=int, default=5_000, help="events/s for the lag run")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the lag run")
     parser.add_argument("--batch", type=int, default=None,
