@@ -157,11 +157,17 @@ def read(values: list, header: bytes) -> DepthHeads:
     ok &= flag <= 1
     at = at + 1
     ok &= at <= ends
-    stops = np.flatnonzero(buf < 0x80)
+    last_byte = buf < 0x80
+    stops = np.flatnonzero(last_byte)
+    # stops_before[p]: how many varints end before byte p (a searchsorted of p in stops,
+    # by one pass over the bytes instead of a binary search a block: 7.7% of the sink's
+    # polling thread went to that search).
+    stops_before = np.zeros(len(buf) + 1, np.int64)
+    np.cumsum(last_byte, out=stops_before[1:])
     arrays_at = at
     blocks = []
     for _ in range(2):                                     # bids, then asks
-        at, found = _skip_array(buf, at, ends, ok, stops)
+        at, found = _skip_array(buf, at, ends, ok, stops, stops_before)
         blocks.append(found)
     ok &= at == ends
     _long_varints(stops, ends, arrays_at, ok)
@@ -185,16 +191,19 @@ def _levels(buf, words, stops, found, ok, rows) -> Levels:
     rec, tok, n = rec[order], tok[order], n[order]
     count = np.zeros(len(ok), np.int64)
     np.add.at(count, rec, n)
-    which = _ranges(tok, 2 * n)                  # varint numbers: price, qty, price, ...
-    value = _zigzag(_read_varints(buf, words, stops, which))
+    value = _zigzag(_read_varints(buf, words, stops, tok, 2 * n))   # price, qty, price, ...
     return Levels(count[rows], value[0::2], value[1::2])
 
 
-def _read_varints(buf, words, stops, which) -> np.ndarray:
-    """Raw values of the varints numbered `which` (varint i ends at stops[i]), each of at
-    most 9 bytes."""
-    end = stops[which]
-    start = np.where(which > 0, stops[np.maximum(which - 1, 0)] + 1, 0)
+def _read_varints(buf, words, stops, first, count) -> np.ndarray:
+    """Raw values of `count` varints from the varint numbered `first`, block after block
+    (varint i ends at stops[i]), each of at most 9 bytes."""
+    end = stops[_ranges(first, count)]
+    # A varint starts right after the one before it; only each block's first needs the
+    # end of a varint outside the block.
+    start = np.empty_like(end)
+    start[1:] = end[:-1] + 1
+    start[np.cumsum(count) - count] = np.where(first > 0, stops[np.maximum(first - 1, 0)] + 1, 0)
     return varint_values(buf, words, start, end - start + 1)
 
 
@@ -207,7 +216,7 @@ def _ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.arange(total) + np.repeat(first - starts, count)
 
 
-def _skip_array(buf, at, ends, ok, stops) -> tuple[np.ndarray, list]:
+def _skip_array(buf, at, ends, ok, stops, stops_before) -> tuple[np.ndarray, list]:
     """Walk one Avro array of (long, long) items in every record still ok; returns the
     positions after it and its blocks (per round: records, number of the first item's
     varint, item count). The items are not read here: a block of n items is 2n
@@ -232,7 +241,7 @@ def _skip_array(buf, at, ends, ok, stops) -> tuple[np.ndarray, list]:
         rows, count = rows[going], count[going]
         if not rows.size:
             break
-        tok = np.searchsorted(stops, at[rows])
+        tok = stops_before[at[rows]]
         found.append((rows, tok, count))
         last = tok + 2 * count - 1
         inside = last < len(stops)
