@@ -108,12 +108,15 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     # handled, and the batch in the making stays open until the previous batch's state is
     # durable, so a record that arrives meanwhile joins the very next write. Sequentially
     # a request waited for the batch in hand's whole cycle (handle, changelog and outputs
-    # round trips), then for its own: bench/streams.py --only latency at 2,000/s, runs
-    # alternated at load 9-12 (a shared machine): p50 89/103/102/199 ms pipelined against
-    # 150/170/160 sequential, p99 455/292/342/1454 against 1299/966/769 (the first two
-    # pipelined runs before the batch was kept open); at 253-283 us CPU per order against
-    # 196-220 (smaller batches write their users more often). The preloaded drain (--only
-    # accounts) was not slower: 96/77 us per request against 100/88. The previous session found pipelining slower at 1,000/s: its
+    # round trips), then for its own. bench/streams.py --only latency at 2,000/s, 13 runs
+    # alternated with sequential ones on a shared machine (load 2-12): the pipelined run had
+    # the lower p99 in 10 pairs and the lower p50 in 8; the gain is large under load (load
+    # 9-12: p50 89/103/102 ms against 150/170/160, p99 455/292/342 against 1299/966/769)
+    # and within the run-to-run noise at load 2-3 (p50 60/186/122/70/116 against
+    # 59/84/98/156/71), where overlapped flushes take longer on tansu (outputs 25-34 ms a
+    # batch against 11-13). CPU per order at 2,000/s is ~10-25% higher (smaller batches
+    # write their users more often); the preloaded drain (--only accounts) was not slower:
+    # 69-96 us per request against 79-100. The previous session found pipelining slower at 1,000/s: its
     # batches then held the event loop through their handling (now it yields every ms:
     # streams.app._handle) and closed before the pipeline could take them.
     pipelined = settings.extra.get("KEEL_ACCOUNTS_PIPELINE", "1") == "1"
