@@ -103,8 +103,8 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     # how long after its first record it may keep taking a steady stream of them: larger
     # batches (each costs three broker round trips) against the time a request waits.
     within = float(settings.extra.get("KEEL_ACCOUNTS_BATCH_WAIT_MS", "50")) / 1000
-    # Batches are pipelined (streams.app._pipelined; KEEL_ACCOUNTS_PIPELINE=0 runs them one
-    # after another): while one batch makes its round trips, the next is gathered and
+    # KEEL_ACCOUNTS_PIPELINE=1 pipelines batches (streams.app._pipelined; the default, 0,
+    # runs them one after another): while one batch makes its round trips, the next is gathered and
     # handled, and the batch in the making stays open until the previous batch's state is
     # durable, so a record that arrives meanwhile joins the very next write. Sequentially
     # a request waited for the batch in hand's whole cycle (handle, changelog and outputs
@@ -119,7 +119,11 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     # 69-96 us per request against 79-100. The previous session found pipelining slower at 1,000/s: its
     # batches then held the event loop through their handling (now it yields every ms:
     # streams.app._handle) and closed before the pipeline could take them.
-    pipelined = settings.extra.get("KEEL_ACCOUNTS_PIPELINE", "1") == "1"
+    # Off by default all the same: on the whole order path at a quiet machine it cost more
+    # than it gave. bench/gateway.py, 500 orders/s POST -> fill on the WebSocket, runs
+    # alternated at load 0.5-2.3: pipelined e2e p50 128/105/95/93 ms, p99 236/169/270/166;
+    # sequential p50 53/56/62 ms, p99 82/119/111 (one more sequential run stalled: p50 1.6 s).
+    pipelined = settings.extra.get("KEEL_ACCOUNTS_PIPELINE", "0") == "1"
 
     @app.agent(source, name="accounts")
     async def gate(stream):
