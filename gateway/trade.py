@@ -47,6 +47,13 @@ async def _wait(request: web.Request, future: asyncio.Future) -> None:
         pass
 
 
+async def _complete(request: web.Request, state: OrderState) -> None:
+    """Wait (within the deadline) until the engine's side of a new order is folded: its
+    events and the depth diff of its batch (gateway.state.Folding.complete)."""
+    folding = request.app[FOLDING]
+    await _wait(request, folding.wait_order(state.pair, state.order_id, folding.complete))
+
+
 def _depth_reached(folding, pair: str, order_id: int, seq: int) -> asyncio.Future:
     """Resolves once the local book has folded the engine's depth up to `seq`."""
     return folding.wait_order(pair, order_id,
@@ -78,7 +85,7 @@ async def new_order(request: web.Request) -> web.Response:
                                            reply["ts"], client_id, form)
     if form.resp_type == "ACK":
         return json_response(r.order_ack(state))
-    await _wait(request, folding.wait_order(pair, state.order_id, folding.complete))
+    await _complete(request, state)
     if state.status == "REJECTED":
         raise errors.from_result(state.code)
     return json_response(r.order_result(folding.units[pair], state,
@@ -97,13 +104,12 @@ def _find(request: web.Request, user_id: int, params: Params, action: str) -> Or
 async def query_order(request: web.Request) -> web.Response:
     principal, params = await authenticate(request)
     state = _find(request, principal.user_id, params, "query")
-    folding = request.app[FOLDING]
     if state.status == PENDING:
         # Placed through another gateway instance, whose answer already carried the
         # engine's verdict: this one answers as that one did once its own fold has it
         # (or with what it knows at the order deadline).
-        await _wait(request, folding.wait_order(state.pair, state.order_id, folding.complete))
-    return json_response(r.order(folding.units[state.pair], state))
+        await _complete(request, state)
+    return json_response(r.order(request.app[FOLDING].units[state.pair], state))
 
 
 def _cancel_view(u: r.Units, state: OrderState) -> dict:
