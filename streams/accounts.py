@@ -103,26 +103,16 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     # how long after its first record it may keep taking a steady stream of them: larger
     # batches (each costs three broker round trips) against the time a request waits.
     within = float(settings.extra.get("KEEL_ACCOUNTS_BATCH_WAIT_MS", "50")) / 1000
-    # KEEL_ACCOUNTS_PIPELINE=1 pipelines batches (streams.app._pipelined; the default, 0,
-    # runs them one after another): while one batch makes its round trips, the next is gathered and
-    # handled, and the batch in the making stays open until the previous batch's state is
-    # durable, so a record that arrives meanwhile joins the very next write. Sequentially
-    # a request waited for the batch in hand's whole cycle (handle, changelog and outputs
-    # round trips), then for its own. bench/streams.py --only latency at 2,000/s, 13 runs
-    # alternated with sequential ones on a shared machine (load 2-12): the pipelined run had
-    # the lower p99 in 10 pairs and the lower p50 in 8; the gain is large under load (load
-    # 9-12: p50 89/103/102 ms against 150/170/160, p99 455/292/342 against 1299/966/769)
-    # and within the run-to-run noise at load 2-3 (p50 60/186/122/70/116 against
-    # 59/84/98/156/71), where overlapped flushes take longer on tansu (outputs 25-34 ms a
-    # batch against 11-13). CPU per order at 2,000/s is ~10-25% higher (smaller batches
-    # write their users more often); the preloaded drain (--only accounts) was not slower:
-    # 69-96 us per request against 79-100. The previous session found pipelining slower at 1,000/s: its
-    # batches then held the event loop through their handling (now it yields every ms:
-    # streams.app._handle) and closed before the pipeline could take them.
-    # Off by default all the same: on the whole order path at a quiet machine it cost more
-    # than it gave. bench/gateway.py, 500 orders/s POST -> fill on the WebSocket, runs
-    # alternated at load 0.5-2.3: pipelined e2e p50 128/105/95/93 ms, p99 236/169/270/166;
-    # sequential p50 53/56/62 ms, p99 82/119/111 (one more sequential run stalled: p50 1.6 s).
+    # Batches run one after another unless KEEL_ACCOUNTS_PIPELINE=1 (streams.app._pipelined:
+    # while one batch makes its round trips the next is gathered and handled, and stays
+    # open until the previous one's state is durable). Pipelining pays under heavy load
+    # and costs on a quiet machine, where overlapped flushes take longer on tansu (outputs
+    # 25-34 ms a batch against 11-13) and CPU per order at 2,000/s is ~10-25% higher.
+    # bench/streams.py --only latency at 2,000/s, runs alternated: load 9-12, p50
+    # 89/103/102 ms pipelined against 150/170/160, p99 455/292/342 against 1299/966/769;
+    # load 2-3, p50 60/186/122/70/116 against 59/84/98/156/71 (noise). bench/gateway.py,
+    # 500 orders/s POST -> fill on the WebSocket, load 0.5-2.3: pipelined e2e p50
+    # 128/105/95/93 ms, p99 236/169/270/166; sequential p50 53/56/62, p99 82/119/111.
     pipelined = settings.extra.get("KEEL_ACCOUNTS_PIPELINE", "0") == "1"
 
     @app.agent(source, name="accounts")

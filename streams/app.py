@@ -386,7 +386,7 @@ async def _pipelined(stream, handle, max_batch, within, staged, after_batch) -> 
     would need. A batch's commit is left running while the next is written; that one's
     commit waits for it (Faust skips a commit asked for during another).
 
-    Until those two are done the batch in the making stays open (take_batches' `ready`):
+    Until those two are done the batch in the making stays open (take_batches' `pending`):
     it would wait for them anyway, and a record arriving meanwhile joins it instead of
     waiting for the next write.
     """
@@ -398,11 +398,11 @@ async def _pipelined(stream, handle, max_batch, within, staged, after_batch) -> 
     delivered = [None, None]                    # the last two batches' outputs acknowledged
     batch = trace.Batch()
 
-    def unready() -> list:
+    def pending() -> list:
         """What the next batch's state must wait for: gathering goes on meanwhile."""
         return [f for f in (durable, delivered[0]) if f is not None and not f.done()]
 
-    async for events in take_batches(stream, max_batch, within, ack=False, ready=unready):
+    async for events in take_batches(stream, max_batch, within, ack=False, pending=pending):
         try:
             await _handle(events, handle, batch)
         except Exception:

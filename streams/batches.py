@@ -29,8 +29,8 @@ import asyncio
 
 
 async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
-                       ack: bool = True, ready=None):
-    """Yield lists of events (see the module docstring). `ready`, if given, returns the
+                       ack: bool = True, pending=None):
+    """Yield lists of events (see the module docstring). `pending`, if given, returns the
     futures its caller must see done before it can write another batch: until they are,
     the batch in the making stays open past its idle and `within` closings (up to
     `max_`), so a record arriving meanwhile still joins the next write instead of
@@ -82,10 +82,10 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
             first, count = loop.time(), 0
             while gate is None and len(events) != count and loop.time() - first < within:
                 count = len(events)
-                if ready is not None and queued() == 0 and not ready():
+                if pending is not None and queued() == 0 and not pending():
                     break         # nothing more to take, and the caller can write now
                 await asyncio.sleep(idle)
-            waits = ready() if ready is not None else ()
+            waits = pending() if pending is not None else ()
             if waits:
                 await asyncio.wait(waits)
             _close()
