@@ -165,7 +165,7 @@ def test_sigkill_repeatedly_loses_and_doubles_nothing_views_included(
     want = (len(trades), len(depth))
     total = sum(want)
     rng = random.Random(9)
-    kills, progress = 0, []
+    kills, progress, at_kill = 0, [], []
     proc = sink_process("clickhouse", env, tmp_path / "ch.log")
     try:
         # Kill at fixed shares of the rows, so every kill lands mid-load however fast the
@@ -175,6 +175,7 @@ def test_sigkill_repeatedly_loses_and_doubles_nothing_views_included(
             wait_for(lambda m=total * share // 8: sum(_owner_counts(port) or (0,)) >= m,
                      timeout=300, every=0.02, what=f"{share}/8 of the rows")
             time.sleep(rng.uniform(0, 0.05))
+            at_kill.append(_owner_counts(port))
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
             kills += 1
@@ -190,9 +191,11 @@ def test_sigkill_repeatedly_loses_and_doubles_nothing_views_included(
     finally:
         assert stop(proc) == 0
     assert kills == 6
-    # Each kill landed mid-load: progress only grows and the last was short of the end.
+    # Each kill landed mid-load: progress only grows and the last kill was short of the
+    # end (counted right before the signal: a restarted sink may load the rest before its
+    # owner first answers, since it fetches 16 MB a partition, 839d11b).
     assert all(a <= b for x, y in itertools.pairwise(progress) for a, b in zip(x, y, strict=True))
-    assert sum(progress[-1]) < total
+    assert sum(at_kill[-1]) < total
 
 
 def test_bad_depth_records_go_to_the_dlq_and_the_rest_loads(kafka_bootstrap, prefix, tmp_path):
