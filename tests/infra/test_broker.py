@@ -1,0 +1,38 @@
+"""The embedded broker's process environment (infra/embedded/kafka.py)."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+from infra.embedded import free_port
+from infra.embedded.kafka import broker_env, spawn
+from infra.health import HealthCheck
+
+
+def test_broker_env_pins_tansu_log_filter_and_keeps_the_rest():
+    env = broker_env({"RUST_LOG": "debug", "PATH": "/bin", "KEEL_X": "1"})
+    assert env == {"RUST_LOG": "error", "PATH": "/bin", "KEEL_X": "1"}
+
+
+def test_a_rust_log_in_our_shell_does_not_reach_the_broker(tmp_path, monkeypatch):
+    # With RUST_LOG=info tansu logs every span (thousands of lines for one metadata call).
+    monkeypatch.setenv("RUST_LOG", "info")
+    port = free_port()
+    log = tmp_path / "kafka.log"
+    proc = spawn(port, log)
+    try:
+        deadline = time.monotonic() + 60
+        while not (result := HealthCheck("kafka", f"127.0.0.1:{port}").run(timeout=1.0)).ok:
+            assert proc.poll() is None and time.monotonic() < deadline, result.detail
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = log.read_text(errors="replace")
+    assert "listening on" in text          # the log was captured at all
+    assert "INFO" not in text and "DEBUG" not in text
