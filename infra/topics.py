@@ -26,7 +26,10 @@ class TopicSpec:
     key: str                       # what the record key is, for the describe table
     partitioned_by: PartitionedBy
     compacted: bool = False
-    retention_ms: int | None = None   # None: the broker's default
+    # None: the broker's default. The embedded tansu (memory engine) stores and ignores it,
+    # and compaction too: its partitions keep every batch for the broker's life (see
+    # infra/embedded/kafka.py).
+    retention_ms: int | None = None
 
 
 CATALOG: tuple[TopicSpec, ...] = (
