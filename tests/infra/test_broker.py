@@ -36,3 +36,34 @@ def test_a_rust_log_in_our_shell_does_not_reach_the_broker(tmp_path, monkeypatch
     text = log.read_text(errors="replace")
     assert "listening on" in text          # the log was captured at all
     assert "INFO" not in text and "DEBUG" not in text
+
+
+def test_keel_services_kafka_execs_the_broker_with_the_pinned_filter(tmp_path):
+    # `keel up` runs the broker through `keel services kafka`, which execs tansu.
+    import os
+    import sys
+
+    port = free_port()
+    log = tmp_path / "services-kafka.log"
+    env = {**os.environ, "RUST_LOG": "info", "KEEL_EMBEDDED_KAFKA_PORT": str(port),
+           "KEEL_DATA_DIR": str(tmp_path / "keel")}
+    env.pop("KEEL_KAFKA_BOOTSTRAP", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "services", "kafka"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (result := HealthCheck("kafka", f"127.0.0.1:{port}").run(timeout=1.0)).ok:
+            assert proc.poll() is None and time.monotonic() < deadline, result.detail
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = log.read_text(errors="replace")
+    assert "listening on" in text
+    assert "INFO" not in text and "DEBUG" not in text
