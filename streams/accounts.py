@@ -2,7 +2,8 @@
 
 One agent reads keel.requests and keel.settlements (co-partitioned by user) in partition
 order; the rules live in streams.ledger, each user's state one value of a changelog-backed
-table (written once per batch, durable before the batch's outputs are sent). Outputs:
+table (one changelog record a user per batch, durable before the batch's outputs are
+sent: a snapshot or its changes since, streams.userlog). Outputs:
 accepted commands to keel.orders on the pair's partition, answers to keel.replies, every
 balance change to keel.balances, undecodable records to keel.dlq.
 """
@@ -14,6 +15,7 @@ from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
+from streams import userlog
 from streams.app import app, emit, keel_topic, queue, run_batches, table
 from streams.dlq import dead_letter
 from streams.keys import user_partition
@@ -39,8 +41,11 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     replies = keel_topic(settings, "replies", n)
     balances = keel_topic(settings, "balances", n)
     dlq = keel_topic(settings, "dlq", 1)
-    users = Staged(table("users", n))      # Accounts copies what it changes
+    users_table = table("users", n)
+    userlog.install(users_table)            # recovered from either changelog format
+    users = Staged(users_table)
     accounts = Accounts(units, users)
+    users.records = accounts.changelog_records      # a user's core and changed entries
 
     counted = [0, 0]        # inputs, outputs of the batch: counted once per batch
 

@@ -204,14 +204,17 @@ def committed_ends(bootstrap: str, tps: list, listed: dict) -> dict:
     return ends
 
 
-def changelog_writer(table):
+def changelog_writer(table, records=None):
     """fn(key, value, partition) that sets `table[key] = value` and writes its changelog
     record as Faust would through `changelog_sink` (item 10), without Faust's layers
     (the table's __setitem__, its partition and sensor hooks, the serializer registry):
     py-spy put those at about half of a batch's write-back on the accounts worker, the
-    rest being orjson itself. None (write through the table) when item 10 is off
-    (exactly_once), the table expires keys (windowed), or Faust's bytes for a sample key and value
-    differ from these (other serializers, headers)."""
+    rest being orjson itself. With `records`, fn(key, value) -> (key, value or None)
+    pairs, the value is written as those records instead (None: a tombstone); the table
+    must then read them back itself (streams.userlog.install). None (write through the
+    table) when item 10 is off (exactly_once), the table expires keys (windowed), or
+    Faust's bytes for a sample key and value differ from these (other serializers,
+    headers)."""
     if changelog_sink is None or table._should_expire_keys():
         return None
     import orjson
@@ -230,6 +233,15 @@ def changelog_writer(table):
     def write(key, value, partition: int) -> None:
         sink(name, dumps(key), dumps(value, option=option), partition, None)
         table.data[key] = value
+
+    def write_records(key, value, partition: int) -> None:
+        for k, v in records(key, value):
+            sink(name, dumps(k), None if v is None else dumps(v, option=option), partition,
+                 None)
+        table.data[key] = value
+
+    if records is not None:
+        return write_records
 
     return write
 

@@ -2,7 +2,7 @@
 
 A user's whole state is one value, `users[str(uid)]`, so one record changes exactly one
 key and a crash can never leave half of a record's effect behind (the worker writes the
-touched users once per batch, after the batch's outputs are durable):
+touched users once per batch, before the batch's outputs are sent):
 
     b   {asset: [available, held, version]}            (asset smallest units)
     o   {order_id: [pair, side, asset, remaining hold, client id]}   (open orders)
@@ -12,10 +12,15 @@ touched users once per batch, after the batch's outputs are durable):
     s   {pair: [seq, [[order_id, reason], ...]]}        (last engine seq applied)
     n   {"requests": offset, "settlements": offset}     (last input offsets applied)
     d   {request offset: [code, message, pair, order_id, client id]}  (the last two batches')
+    g, x  the user's changelog generation and its changes since (streams.userlog)
 
-A user's dict is copied (two levels) the first time a batch touches it and then mutated
-in place; nested lists are never changed in place, only replaced, so the table's own
-value stays as the last written batch left it. `end_batch` starts the next copy.
+On the changelog a user is a snapshot and a record of what changed since, one of the two
+written per batch (streams.userlog): `Accounts` notes the entries of o, c and r it
+changes (`_touched`), and `changelog_records` makes the user's record. The user's dict is
+the table's own value, changed in place (copying a busy user's thousands of ids each
+batch cost what the changes record saves): the table is read only through
+streams.staged, which writes the user back at the end of the batch, and a batch that
+fails ends the process before anything could read it half-changed (streams.app).
 
 Exactly-once effects on an at-least-once log: the worker writes a batch's user states
 before it sends the batch's outputs. A record redelivered after a crash is recognised by
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from engine.domain import Amend, Cancel, CancelAll, Place, ResultCode
 from streams.holds import check_place, hold_for
 from streams.units import Units
+from streams.userlog import new_user, records
 
 # Order ids are unique across accounts partitions: (the request's offset + 1) times the
 # stride plus the partition (so at most ORDER_ID_STRIDE user partitions).
@@ -43,14 +49,14 @@ DECISIONS = 4_096       # per user: more than two batches (run_batches takes up 
 TRADE, RELEASE, FEE = 0, 1, 2       # Settlement.reason
 
 
-def new_user() -> dict:
-    return {"b": {}, "o": {}, "c": {}, "r": {}, "w": {}, "s": {}, "n": {}, "d": {}}
-
-
-def _remember(recent: dict, key, value, keep: int = RECENT) -> None:
+def _remember(recent: dict, key, value, keep: int = RECENT, touched=None,
+              part: str = "") -> None:
     recent[key] = value
     while len(recent) > keep:
-        del recent[next(iter(recent))]
+        old = next(iter(recent))
+        del recent[old]
+        if touched is not None:
+            touched.append((part, old))
 
 
 @dataclass
@@ -67,7 +73,8 @@ class Accounts:
     def __init__(self, units: Units, users: MutableMapping | None = None) -> None:
         self.units = units
         self.users = {} if users is None else users
-        self._mine: dict = {}           # key -> this batch's copy of the user
+        self._mine: dict = {}           # key -> the user, as this batch changes it
+        self._touched: dict = {}        # key -> its entries (part, id) this batch changed
         self._floor: dict = {}          # partition -> the batch's first request offset
         self._before: dict = {}         # ... and the previous batch's
 
@@ -77,15 +84,24 @@ class Accounts:
         if u is not None:
             return u
         u = self.users.get(key)
-        # Two levels suffice (see the module docstring); a deepcopy of a busy user's
-        # thousands of ids cost more than the rules themselves.
-        u = new_user() if u is None else {part: rows.copy() for part, rows in u.items()}
-        self.users[key] = self._mine[key] = u
+        if u is None:
+            u = new_user()
+        self.users[key] = self._mine[key] = u       # written back at the end of the batch
+        self._touched[key] = []
         return u
 
+    def _touch(self, uid: int) -> list:
+        """The list of entries (part, id) of `uid` that this batch changed."""
+        return self._touched[str(uid)]
+
+    def changelog_records(self, key: str, user: dict):
+        """The changelog records of one user written back (streams.userlog)."""
+        return records(key, user, self._touched.get(key, ()))
+
     def end_batch(self) -> None:
-        """The batch's users are written: the next batch copies before it changes them."""
+        """The batch's users are written: the next batch starts its own notes."""
         self._mine.clear()
+        self._touched.clear()
         self._before, self._floor = self._floor, {}
 
     def _seen(self, u: dict, source: str, offset: int | None) -> bool:
@@ -143,7 +159,9 @@ class Accounts:
         if rid in u["r"]:
             self._reply(out, request, ResultCode.DUPLICATE_REQUEST, "request already handled")
         else:
-            _remember(u["r"], rid, 1)
+            touched = self._touch(uid)
+            touched.append(("r", rid))
+            _remember(u["r"], rid, 1, RECENT, touched, "r")
             handler = getattr(self, f"_on_{kind}", None)
             if handler is None:
                 self._reply(out, request, ResultCode.INVALID_REQUEST, f"unknown request {kind}")
@@ -217,8 +235,10 @@ class Accounts:
                                **reply)
         self._change(out, uid, asset, -amount, amount, ts)
         u["o"][str(order_id)] = [pair, b["side"], asset, amount, cid]
+        touched = self._touch(uid)
+        touched.append(("o", str(order_id)))
         if cid is not None:
-            _remember_cid(u, cid, order_id)
+            _remember_cid(u, cid, order_id, touched)
         out.commands.append((Place(pair, order_id, uid, b["side"], b["kind"], b["tif"],
                                    b["price"], b["qty"], b["quote_qty"], b["stp"], ts),
                              request["request_id"]))
@@ -346,6 +366,8 @@ class Accounts:
         ts = record["ts"]
         if reason == RELEASE:
             entry = u["o"].pop(str(order_id), None)
+            if entry is not None:
+                self._touch(uid).append(("o", str(order_id)))
             if entry is not None and entry[3]:
                 self._change(out, uid, entry[2], entry[3], -entry[3], ts)
             return out
@@ -362,6 +384,7 @@ class Accounts:
             if entry is not None:
                 spent = -sum(e["held_delta"] for e in record["entries"] if e["asset"] == entry[2])
                 u["o"][str(order_id)] = entry[:3] + [entry[3] - spent, entry[4]]
+                self._touch(uid).append(("o", str(order_id)))
         return out
 
 
@@ -381,14 +404,16 @@ def _forget_before(decisions: dict, floor: int) -> None:
         del decisions[first]
 
 
-def _remember_cid(u: dict, cid: str, order_id: int) -> None:
+def _remember_cid(u: dict, cid: str, order_id: int, touched: list) -> None:
     """Keep every open order's client id and the last RECENT closed ones."""
     ids = u["c"]
     ids[cid] = order_id
+    touched.append(("c", cid))
     if len(ids) <= RECENT + len(u["o"]):
         return
     for old, oid in list(ids.items()):
         if str(oid) not in u["o"]:
             del ids[old]
+            touched.append(("c", old))
             if len(ids) <= RECENT + len(u["o"]):
                 return

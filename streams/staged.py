@@ -24,9 +24,12 @@ _UNSET = object()
 
 
 class Staged(MutableMapping):
-    def __init__(self, table, private: bool = False) -> None:
+    def __init__(self, table, private: bool = False, records=None) -> None:
         self.table = table
         self.private = private
+        # fn(key, value) -> changelog records, when the value is written as several
+        # (compat.changelog_writer; the accounts' users, streams.userlog)
+        self.records = records
         self.pending: dict = {}          # key -> [value or _GONE, the event that wrote it]
         self._writer = _UNSET            # compat.changelog_writer, once the app is set up
 
@@ -76,7 +79,7 @@ class Staged(MutableMapping):
         n = len(self.pending)
         fast = self._writer
         if fast is _UNSET:
-            fast = self._writer = compat.changelog_writer(self.table)
+            fast = self._writer = compat.changelog_writer(self.table, self.records)
         for key, (value, event) in self.pending.items():
             if fast is not None and value is not _GONE:
                 fast(key, value, event.message.partition)

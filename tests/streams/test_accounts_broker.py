@@ -93,3 +93,72 @@ def test_a_killed_worker_recovers_its_state_from_the_changelog(workers, client):
     assert all(c == copies[0] for c in copies)
     cancel = copies[0]
     assert cancel["order_id"] == order_id           # and the client order id map
+
+
+def test_a_worker_carries_on_from_users_written_in_the_old_format(workers, client,
+                                                                  stream_settings):
+    # The changelog of a deployment from before streams.userlog holds each user whole
+    # (no generation): a new worker reads it as it is and carries on, across a crash.
+    import orjson
+    from confluent_kafka import Producer
+
+    from infra.kafka import admin_client, producer_config
+    from streams.keys import user_partition
+    from streams.ledger import ORDER_ID_STRIDE
+
+    codec = client.codec
+    decode = lambda v: codec.decode("reply", v)  # noqa: E731
+    first = workers.start("accounts")
+    client.send_request(request("warm", 1, "Deposit", asset="USDT", amount=1, reference=None))
+    client.flush()
+    client.read("replies", decode, lambda got: len(got) >= 1)
+    workers.stop(first)
+    [changelog] = [t for t in admin_client(stream_settings, log_level=0).list_topics().topics
+                   if t.startswith(stream_settings.topic_prefix) and t.endswith("users-changelog")]
+    uid, held, avail = 11, 650_000_000, 10**9
+    partition = user_partition(uid, stream_settings.user_partitions)
+    oid = 777 * ORDER_ID_STRIDE + partition
+    old = {"b": {"USDT": [avail, held, 3]},
+           "o": {str(oid): ["BTCUSDT", 0, "USDT", held, "c1"]}, "c": {"c1": oid},
+           "r": {"old1": 1, "old2": 1}, "w": {}, "s": {}, "n": {}, "d": {}}
+    producer = Producer(producer_config(stream_settings, "old-worker"))
+    producer.produce(changelog, key=orjson.dumps(str(uid)), value=orjson.dumps(old),
+                     partition=partition)
+    assert producer.flush(30) == 0
+    second = workers.start("accounts")
+    client.send_request(request("old1", uid, "Deposit", asset="USDT", amount=5,
+                                reference=None))                     # a retry of an old id
+    client.send_request(request("x", uid, "CancelOrder", pair="BTCUSDT", order_id=None,
+                                client_order_id="c1"))
+    client.send_request(request("new1", uid, "Deposit", asset="USDT", amount=7,
+                                reference=None))
+    client.flush()
+    replies = client.read("replies", decode, lambda got: {"old1", "x", "new1"}
+                          <= {r["request_id"] for r in got})
+    code = {r["request_id"]: r for r in replies}
+    assert code["old1"]["code"] == ResultCode.DUPLICATE_REQUEST
+    assert code["x"]["code"] == 0 and code["x"]["order_id"] == oid
+    assert code["new1"]["code"] == 0
+    workers.stop(second, signal.SIGKILL)
+    workers.start("accounts")
+    for rid in ("old2", "new1"):                                   # both kinds of id
+        client.send_request(request(rid, uid, "Deposit", asset="USDT", amount=5,
+                                    reference=None))
+    client.send_request(request("w1", uid, "Withdraw", asset="USDT", amount=avail + 8,
+                                destination=None))
+    client.send_request(request("w2", uid, "Withdraw", asset="USDT", amount=avail + 7,
+                                destination=None))
+    client.flush()
+    want = {"old2", "w1", "w2"}
+    replies = client.read("replies", decode, lambda got: want <= {r["request_id"] for r in got}
+                          and sum(r["request_id"] == "new1" for r in got) >= 2)
+    code = {r["request_id"]: r["code"] for r in replies}
+    assert code == {"warm": 0, "old1": ResultCode.DUPLICATE_REQUEST, "x": 0,
+                    "new1": ResultCode.DUPLICATE_REQUEST,
+                    "old2": ResultCode.DUPLICATE_REQUEST,
+                    "w1": ResultCode.INSUFFICIENT_BALANCE, "w2": 0}
+    balances = client.read("balances", lambda v: codec.decode("balance", v),
+                           lambda got: any(b["user_id"] == uid and b["held"] == held + avail + 7
+                                           for b in got))
+    last = max((b for b in balances if b["user_id"] == uid), key=lambda b: b["version"])
+    assert (last["available"], last["held"]) == (0, held + avail + 7)
