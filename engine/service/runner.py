@@ -2,7 +2,7 @@
 
 The loop gathers a batch (bounded by count and time), hands each partition its records
 (the primaries' transactions then run side by side, one thread per partition), and between
-batches beats (primaries), watches beats and reads the committed offset
+batches tells the beat thread which partitions it leads, reads the committed offset
 (standbys), and takes over a partition whose primary went silent. SIGTERM/SIGINT finish
 the current transaction and return 0; a fenced writer returns EXIT_FENCED so its
 supervisor restarts it, as a standby.
@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from engine.markets import MarketsConfig
 from engine.service.config import EngineOptions, transactional_id
 from engine.service.fetchwait import FetchWait
-from engine.service.heartbeat import Heartbeats, live_primary
+from engine.service.heartbeat import Heartbeats
 from engine.service.metrics import EngineMetrics
 from engine.service.outcome import TXN_TIMEOUT, Fenced, Interrupted, TransactionFailed
 from engine.service.partition import PartitionWorker, Role
@@ -58,7 +58,6 @@ class EngineService:
         self.workers: dict[int, PartitionWorker] = {}
         self._paused: set[int] = set()
         self._pool: ThreadPoolExecutor | None = None
-        self._watch_lock = threading.Lock()     # worker threads ask _other_live too
         self.fetch_wait = FetchWait(self.opts.fetch_wait_ms, self.opts.catch_up_wait_ms)
 
     def stop(self, *_args) -> None:
@@ -93,7 +92,9 @@ class EngineService:
         ensure_engine_topics(self.settings, self.markets)
         self.reader = LogReader(self.settings, opts.group_id)
         self.consumer = self._consumer()
-        self.beats = Heartbeats(self.settings, opts.heartbeats_topic, self.partitions)
+        self.beats = Heartbeats(self.settings, opts.heartbeats_topic, opts.group_id,
+                                self.partitions, opts.heartbeat_s)
+        self.beats.start()
         try:
             return self._run()
         except Fenced as exc:
@@ -121,7 +122,7 @@ class EngineService:
                            self.consumer.incremental_assign(
                                [TopicPartition(opts.orders_topic, p, offset)]))
             self.workers[p] = worker
-            if self.standby or live_primary(reader, opts.heartbeats_topic, p, opts.takeover_s):
+            if self.standby or self.beats.live_primary(p, opts.takeover_s):
                 event(log, "starting as standby", partition=p, asked=self.standby)
             else:
                 take_now.append(p)
@@ -138,9 +139,7 @@ class EngineService:
         while not self.stopping:
             self._pump()
             now = time.monotonic()
-            primaries = [p for p, w in self.workers.items() if w.role is not Role.STANDBY]
-            self.beats.beat(primaries, opts.heartbeat_s)
-            self.beats.watch()
+            self.beats.lead([p for p, w in self.workers.items() if w.role is not Role.STANDBY])
             if now - committed_at >= opts.committed_poll_s:
                 committed_at = now
                 for p, w in self.workers.items():
@@ -289,9 +288,8 @@ class EngineService:
         self.consumer.seek(TopicPartition(self.opts.orders_topic, worker.partition, offset))
 
     def _other_live(self, partition: int) -> bool:
-        with self._watch_lock:
-            self.beats.watch()
-            return self.beats.other_live(partition, self.opts.takeover_s)
+        self.beats.refresh()
+        return self.beats.other_live(partition, self.opts.takeover_s)
 
     def _flow_control(self, worker: PartitionWorker) -> None:
         """A standby holds records past the committed offset; pause rather than hoard."""

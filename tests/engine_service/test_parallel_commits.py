@@ -48,7 +48,7 @@ class Seeks:
 
 
 class NoOtherLive:
-    def watch(self) -> None:
+    def refresh(self) -> None:
         pass
 
     def other_live(self, _partition, _within) -> bool:
@@ -61,7 +61,6 @@ def service(workers: list[StandIn]) -> EngineService:
     svc = EngineService.__new__(EngineService)
     svc.workers = {w.partition: w for w in workers}
     svc._paused = set()
-    svc._watch_lock = threading.Lock()
     svc._pool = ThreadPoolExecutor(len(workers), "keel-engine-txn")
     svc.consumer = Seeks()
     svc.beats = NoOtherLive()
