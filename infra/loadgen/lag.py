@@ -22,21 +22,23 @@ class GroupLag:
         """group -> records behind, summed over its partitions; {} if Kafka did not answer."""
         try:
             groups = self.admin.list_consumer_groups(request_timeout=self.timeout).result()
-            out = {}
+            committed: dict[str, list[tuple[tuple[str, int], int]]] = {}
             for group in sorted(g.group_id for g in groups.valid):
                 if group == "keel-lag-probe":
                     continue
                 futures = self.admin.list_consumer_group_offsets(
                     [ConsumerGroupTopicPartitions(group)], request_timeout=self.timeout)
-                total = 0
-                for tp in futures[group].result().topic_partitions:
-                    if tp.offset < 0:           # nothing committed yet on this partition
-                        continue
-                    _low, high = self.consumer.get_watermark_offsets(
-                        TopicPartition(tp.topic, tp.partition), timeout=self.timeout)
-                    total += max(0, high - tp.offset)
-                out[group] = total
-            return out
+                committed[group] = [((tp.topic, tp.partition), tp.offset)
+                                    for tp in futures[group].result().topic_partitions
+                                    if tp.offset >= 0]    # < 0: nothing committed yet
+            # One watermark per partition, however many groups read it (four read
+            # keel.events): on tansu a ListOffsets lists every batch of the partition, so
+            # asking once per group multiplied a cost that grows with uptime.
+            highs = {key: self.consumer.get_watermark_offsets(
+                         TopicPartition(*key), timeout=self.timeout)[1]
+                     for key in sorted({key for rows in committed.values() for key, _ in rows})}
+            return {group: sum(max(0, highs[key] - offset) for key, offset in rows)
+                    for group, rows in committed.items()}
         except (KafkaException, RuntimeError, KeyError):
             return {}
 
