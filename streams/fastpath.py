@@ -89,6 +89,7 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    _settings_once()
 
     from faust.transport.consumer import Consumer
     from mode.services import Service, WaitResults
@@ -109,3 +110,34 @@ def install() -> None:
         return await Service.wait_first(self, *coros, timeout=timeout)
 
     Consumer.wait_first = wait_first
+
+
+def _settings_once() -> None:
+    """Two settings Faust looks up for every record it delivers, looked up once.
+
+    Faust's settings are descriptors behind a registry's __getattribute__: the producer
+    buffer's size (read to hold deliveries back while Faust's own producer is behind)
+    asked `conf.producer_threaded`, and every event asked `conf.Event` for its class;
+    py-spy (--gil, bench/streams.py --only accounts) put the two at ~4% of the accounts
+    worker. Keel's outputs and changelogs go through librdkafka (streams.outputs), so
+    that buffer holds only Faust's own sends (exactly_once); a threaded producer keeps
+    Faust's check."""
+    from faust import App
+    from faust.transport.producer import ProducerBuffer
+
+    ebb = ProducerBuffer.wait_until_ebb
+
+    async def wait_until_ebb(self) -> None:
+        if getattr(self, "queue", None) is None and len(self.pending._queue) <= self.max_messages:
+            return
+        await ebb(self)
+
+    ProducerBuffer.wait_until_ebb = wait_until_ebb
+
+    def create_event(self, key, value, headers, message):
+        event = self.__dict__.get("_keel_event")
+        if event is None:
+            event = self.__dict__["_keel_event"] = self.conf.Event
+        return event(self, key, value, headers, message)
+
+    App.create_event = create_event
