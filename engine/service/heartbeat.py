@@ -34,11 +34,17 @@ from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 TIMEOUT = 2.0       # one commit or read; a broker slower than this counts as silence
+LIVENESS_SUFFIX = "-liveness"
 MINE = 256          # own stamps remembered: far more than are written between two reads
 
 
 def liveness_group(group_id: str) -> str:
-    return f"{group_id}-liveness"
+    return f"{group_id}{LIVENESS_SUFFIX}"
+
+
+def is_liveness_group(group: str) -> bool:
+    """A beats group: its committed "offsets" are stamps, not positions (no lag)."""
+    return group.endswith(LIVENESS_SUFFIX)
 
 
 class Heartbeats:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from engine.service.heartbeat import is_liveness_group
+
 
 class GroupLag:
     def __init__(self, bootstrap: str, timeout: float = 2.0) -> None:
@@ -24,8 +26,8 @@ class GroupLag:
             groups = self.admin.list_consumer_groups(request_timeout=self.timeout).result()
             committed: dict[str, list[tuple[tuple[str, int], int]]] = {}
             for group in sorted(g.group_id for g in groups.valid):
-                if group == "keel-lag-probe":
-                    continue
+                if group == "keel-lag-probe" or is_liveness_group(group):
+                    continue        # ours, and the engine's beats (stamps, not positions)
                 futures = self.admin.list_consumer_group_offsets(
                     [ConsumerGroupTopicPartitions(group)], request_timeout=self.timeout)
                 committed[group] = [((tp.topic, tp.partition), tp.offset)
