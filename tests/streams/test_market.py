@@ -1,6 +1,7 @@
 """Tickers and candles from engine events equal a direct computation from the trades."""
 from __future__ import annotations
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,12 +45,12 @@ orders = st.lists(st.tuples(st.integers(0, 1), st.integers(95, 105), st.integers
 
 
 @settings(max_examples=150, deadline=None)
-@given(script=orders, gap=st.sampled_from([0, 6 * 3_600_000]))
+@given(script=orders, gap=st.sampled_from([0, 6 * 3_600_000, 13 * 3_600_000]))
 def test_ticker_and_candles_equal_a_direct_computation(script, gap):
     engine, stats = Engine(MARKETS, impl="python"), PairStats(PAIR)
     ts, trades, tickers, candles = 1_700_000_000_000, [], [], []
     for n, (side, price, qty, step) in enumerate(script):
-        ts += step + (gap if n % 40 == 39 else 0)      # sometimes hours pass: windows roll
+        ts += step + (gap if n % 20 == 19 else 0)      # sometimes hours pass: windows roll
         cmd = Place(PAIR, n + 1, 1 + n % 3, side, 0, 0, price, qty, 0, 0, ts)
         if n % 7 == 6:                                   # cancels move the best prices too
             cmd = Cancel(PAIR, n - 2, 1 + (n - 3) % 3, ts)   # the order placed at n - 3
@@ -60,7 +61,12 @@ def test_ticker_and_candles_equal_a_direct_computation(script, gap):
             stats.apply(ev)                             # a redelivered event changes nothing
             if ticker is not None:
                 tickers.append(ticker)
+                # every ticker, not only the last: high/low/open follow the rolling window
+                want = direct_ticker(trades, ticker["ts"])
+                assert {k: ticker[k] for k in want} == want
             candles += new
+        if n % 5 == 4:          # a restart from the checkpoint (as the table stores it)
+            stats = PairStats.load(PAIR, orjson.loads(orjson.dumps(stats.dump())))
         book = engine.book(PAIR)
         assert stats.best(0)[0] == book.best_bid()
         assert stats.best(1)[0] == book.best_ask()
@@ -91,3 +97,22 @@ def test_dump_and_load_round_trip():
             s.apply(ev)
     t = PairStats.load(PAIR, s.dump())
     assert t.dump() == s.dump() and t.ticker() == s.ticker()
+
+
+def test_high_and_low_follow_a_rolling_window_over_a_long_run():
+    # The 24 h high and low are kept incrementally (streams.market): every ticker of a
+    # long run whose window keeps rolling equals a direct computation over the window.
+    import random
+
+    rnd = random.Random(7)
+    stats, trades, ts = PairStats(PAIR), [], 1_700_000_000_000
+    for n in range(3_000):
+        ts += rnd.choice([0, 60_000, 900_000, 3_600_000])       # ~40-100 trades in 24 h
+        price = rnd.randint(1, 1_000) if n % 500 < 250 else 500 + n % 7   # spikes, then calm
+        trade = Trade(PAIR, n + 1, ts, n + 1, price, 1 + n % 5, n % 2, 10**6 + n, 1, n, 2, 0, 0)
+        trades.append(trade)
+        ticker, _ = stats.apply(trade)
+        want = direct_ticker(trades[-200:], ts)
+        assert {k: ticker[k] for k in want} == want, n
+        if n % 400 == 399:
+            stats = PairStats.load(PAIR, orjson.loads(orjson.dumps(stats.dump())))
