@@ -46,7 +46,11 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
                                 f"unknown pair {engine_event.pair}")
         for record in rules.settle(engine_event):
             uid = record["user_id"]
-            await emit(settlements, key=user_key(uid), value=codec.encode("settlement", record),
+            # built by streams.settle from a decoded event in integer arithmetic: no schema
+            # check (fastavro's validation builds error objects for each union branch it
+            # tries: 33 us a record against 6 without; the writer still refuses a bad type)
+            await emit(settlements, key=user_key(uid),
+                       value=codec.encode("settlement", record, validate=False),
                        partition=user_partition(uid, n_users))
             metrics.outputs.inc()
         metrics.inputs.inc()
