@@ -10,17 +10,8 @@ from infra.embedded.kafka import broker_env, spawn
 from infra.health import HealthCheck
 
 
-def test_broker_env_pins_tansu_log_filter_and_keeps_the_rest():
-    env = broker_env({"RUST_LOG": "debug", "PATH": "/bin", "KEEL_X": "1"})
-    assert env == {"RUST_LOG": "error", "PATH": "/bin", "KEEL_X": "1"}
-
-
-def test_a_rust_log_in_our_shell_does_not_reach_the_broker(tmp_path, monkeypatch):
-    # With RUST_LOG=info tansu logs every span (thousands of lines for one metadata call).
-    monkeypatch.setenv("RUST_LOG", "info")
-    port = free_port()
-    log = tmp_path / "kafka.log"
-    proc = spawn(port, log)
+def _healthy_then_stopped(proc: subprocess.Popen, port: int, log) -> str:
+    """Wait until the broker answers, stop it, and return what it logged."""
     try:
         deadline = time.monotonic() + 60
         while not (result := HealthCheck("kafka", f"127.0.0.1:{port}").run(timeout=1.0)).ok:
@@ -33,7 +24,21 @@ def test_a_rust_log_in_our_shell_does_not_reach_the_broker(tmp_path, monkeypatch
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    text = log.read_text(errors="replace")
+    return log.read_text(errors="replace")
+
+
+def test_broker_env_pins_tansu_log_filter_and_keeps_the_rest():
+    env = broker_env({"RUST_LOG": "debug", "PATH": "/bin", "KEEL_X": "1"})
+    assert env == {"RUST_LOG": "error", "PATH": "/bin", "KEEL_X": "1"}
+
+
+def test_a_rust_log_in_our_shell_does_not_reach_the_broker(tmp_path, monkeypatch):
+    # With RUST_LOG=info tansu logs every span (thousands of lines for one metadata call).
+    monkeypatch.setenv("RUST_LOG", "info")
+    port = free_port()
+    log = tmp_path / "kafka.log"
+    proc = spawn(port, log)
+    text = _healthy_then_stopped(proc, port, log)
     assert "listening on" in text          # the log was captured at all
     assert "INFO" not in text and "DEBUG" not in text
 
@@ -52,18 +57,6 @@ def test_keel_services_kafka_execs_the_broker_with_the_pinned_filter(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "services", "kafka"],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not (result := HealthCheck("kafka", f"127.0.0.1:{port}").run(timeout=1.0)).ok:
-            assert proc.poll() is None and time.monotonic() < deadline, result.detail
-            time.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    text = log.read_text(errors="replace")
+    text = _healthy_then_stopped(proc, port, log)
     assert "listening on" in text
     assert "INFO" not in text and "DEBUG" not in text
