@@ -59,10 +59,18 @@ def test_trades_and_orders_are_loaded_once_even_when_delivered_twice(
     got = {(r[0], r[1]): r[2:] for r in _table(
         sink_db, "SELECT pair, order_id, status, filled_qty, filled_quote, remaining FROM orders")}
     assert got == expected_orders(events)
-    last = {}
+    last, last_trade = {}, {}
     for e in events:
         last[e.pair] = e.seq
-    assert dict(_table(sink_db, "SELECT pair, last_seq FROM sink_progress")) == last
+        if type(e) is Trade:
+            last_trade[e.pair] = e.seq
+    assert dict(_table(sink_db, "SELECT pair, last_seq FROM sink_progress "
+                                "WHERE sink = 'postgres'")) == last
+    # The trades' own watermark: past the last trade, no further than the last event.
+    trades_marks = dict(_table(sink_db, "SELECT pair, last_seq FROM sink_progress "
+                                        "WHERE sink = 'postgres:trades'"))
+    assert trades_marks.keys() == last.keys()
+    assert all(last_trade[p] <= trades_marks[p] <= last[p] for p in last)
 
 
 def test_undecodable_records_go_to_the_dlq_and_the_sink_goes_on(
