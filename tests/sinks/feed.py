@@ -81,10 +81,10 @@ def produce(bootstrap: str, topic: str, values: list[tuple[str, bytes]],
     return ends
 
 
-def sink_process(store: str, env: dict[str, str], log_path) -> subprocess.Popen:
+def sink_process(store: str, env: dict[str, str], log_path, *args: str) -> subprocess.Popen:
     out = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
     try:
-        return subprocess.Popen([sys.executable, "-m", "infra.cli", "sink", store],
+        return subprocess.Popen([sys.executable, "-m", "infra.cli", "sink", store, *args],
                                 env={**os.environ, **env}, stdout=out,
                                 stderr=subprocess.STDOUT)
     finally:
