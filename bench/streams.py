@@ -46,6 +46,7 @@ from confluent_kafka import Consumer, Producer
 from engine.domain import Accepted, Trade
 from engine.markets import load_markets
 from infra import topics
+from infra.embedded import stop_child
 from infra.kafka import admin_client, consumer_config, producer_config
 from infra.settings import DEFAULT_MARKETS, Settings
 from schemas.codec import Codec
@@ -77,13 +78,7 @@ def worker(settings: Settings, role: str, log: Path) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_child(proc, timeout=30)
 
 
 def request(rid: str, uid: int, ts: int, what: str, **body) -> dict:

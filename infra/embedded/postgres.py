@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from infra.embedded import die_with_parent
+from infra.embedded import die_with_parent, stop_child
 from infra.postgres import ensure_database, with_database
 from infra.settings import Settings
 
@@ -89,13 +89,7 @@ def wait_ready(dsn: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """Fast shutdown (SIGINT): roll back open transactions, checkpoint, exit."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_child(proc, signal.SIGINT, timeout)
 
 
 def run(settings: Settings) -> int:

@@ -5,7 +5,6 @@ database with the gateway's users. The gateway itself is served in-process per t
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ from psycopg import sql
 from engine.markets import MarketsConfig, load_markets
 from gateway.users import NewUser, create_user
 from gateway.vault import Vault
+from infra.embedded import stop_child
 from infra.migrate import migrate
 from infra.postgres import with_database
 from infra.settings import DEFAULT_MARKETS, Settings
@@ -88,13 +88,7 @@ def spawn(settings: Settings, log_dir: Path, name: str, *args: str) -> subproces
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_child(proc, timeout=20)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
 """The embedded broker's process environment (infra/embedded/kafka.py)."""
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 
-from infra.embedded import free_port
+from infra.embedded import free_port, stop_child
 from infra.embedded.kafka import broker_env, spawn
 from infra.health import HealthCheck
 
@@ -18,12 +17,7 @@ def _healthy_then_stopped(proc: subprocess.Popen, port: int, log) -> str:
             assert proc.poll() is None and time.monotonic() < deadline, result.detail
             time.sleep(0.1)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, timeout=15)
     return log.read_text(errors="replace")
 
 
