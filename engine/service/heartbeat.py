@@ -64,7 +64,6 @@ class Heartbeats:
         self.other_at: dict[int, float] = dict.fromkeys(partitions, float("-inf"))
         self._latest: dict[int, int] = {}           # partition -> last stamp read
         self._mine: deque[int] = deque(maxlen=MINE)   # stamps this instance wrote
-        self._partitions = list(partitions)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -112,7 +111,7 @@ class Heartbeats:
         """partition -> stamp (wall ms) of the last beat; -1 when none."""
         with self._lock:
             got = self._consumer.committed(
-                [TopicPartition(self.topic, p) for p in self._partitions], timeout=TIMEOUT)
+                [TopicPartition(self.topic, p) for p in self.last_seen], timeout=TIMEOUT)
         out = {}
         for tp in got:
             if tp.error is not None:
