@@ -3,6 +3,13 @@
 The service reads its own past (snapshots, the tail of what it published, the group's
 committed offset) with a separate, group-less read_committed consumer, so the main
 consumer's position is never disturbed.
+
+Its fetch wait starts short (a read that ends at the partition's end leaves a fetch held
+there, and the next assignment's fetch queues behind it) and widens when a read gets
+nothing for STALL_S: tansu lists the whole partition for every fetch that finds data and
+answers nothing when the listing outlasts the wait (README, the embedded broker's quirks),
+so at 10 ms a partition of ~30k batches (a depth partition after hours of low-rate
+trading) could not be read at all and the engine could not restart.
 """
 from __future__ import annotations
 
@@ -14,14 +21,42 @@ from infra.kafka import consumer_config
 from infra.settings import Settings
 
 TIMEOUT = 10.0
+FIRST_WAIT_MS = 10
+MAX_WAIT_MS = 2_000
+STALL_S = 1.0           # nothing read for this long while behind: widen the fetch wait
 
 
 class LogReader:
     def __init__(self, settings: Settings, group_id: str, client_id: str = "keel-engine-reader"):
+        self._config = (settings, group_id, client_id)
+        self.wait_ms = FIRST_WAIT_MS
+        self._consumer = self._make()
+
+    def _make(self) -> Consumer:
         # group.id is the engine's, for committed(); this consumer never commits or joins.
-        self._consumer = Consumer(consumer_config(
-            settings, group_id, client_id, enable_partition_eof=True, fetch_wait_max_ms=10,
-            fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024))
+        settings, group_id, client_id = self._config
+        return Consumer(consumer_config(
+            settings, group_id, client_id, enable_partition_eof=True,
+            fetch_wait_max_ms=self.wait_ms, fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024))
+
+    def _widen(self, at: TopicPartition) -> bool:
+        """A consumer with a 5x longer fetch wait, assigned at `at`; False at the cap.
+        (librdkafka fixes the wait when the client is made.)"""
+        if self.wait_ms >= MAX_WAIT_MS:
+            return False
+        self.wait_ms = min(self.wait_ms * 5, MAX_WAIT_MS)
+        old, self._consumer = self._consumer, self._make()
+        old.close()
+        self._consumer.assign([at])
+        return True
+
+    def _stalled(self, topic: str, partition: int, quiet_since: float, resume: int) -> bool:
+        """Nothing read since `quiet_since`: past STALL_S, widen and go on at `resume`
+        (True: the caller's quiet clock starts again)."""
+        if time.monotonic() - quiet_since < STALL_S:
+            return False
+        return self._widen(TopicPartition(topic, partition, resume))
 
     def close(self) -> None:
         self._consumer.close()
@@ -46,10 +81,14 @@ class LogReader:
             return low, listed
         self._consumer.assign([TopicPartition(topic, partition, max(low, listed - 1))])
         try:
-            deadline = time.monotonic() + TIMEOUT
+            deadline = quiet_since = time.monotonic()
+            deadline += TIMEOUT
             while time.monotonic() < deadline:
                 msg = self._consumer.poll(0.5)
                 if msg is None:
+                    if self._stalled(topic, partition, quiet_since, max(low, listed - 1)):
+                        quiet_since = time.monotonic()
+                        deadline = quiet_since + TIMEOUT
                     continue
                 err = msg.error()
                 if err is not None and err.code() != KafkaError._PARTITION_EOF:
@@ -72,13 +111,20 @@ class LogReader:
             return []
         self._consumer.assign([TopicPartition(topic, partition, start)])
         out = []
-        deadline = time.monotonic() + timeout
+        deadline = quiet_since = time.monotonic()
+        deadline += timeout
         try:
             while time.monotonic() < deadline:
                 done = False
                 # consume(n, timeout) waits for all n; poll returns at the first record.
                 first = self._consumer.poll(0.5)
                 batch = [first] + self._consumer.consume(10_000, 0) if first is not None else []
+                if batch:
+                    quiet_since = time.monotonic()
+                elif self._stalled(topic, partition, quiet_since,
+                                   out[-1].offset() + 1 if out else start):
+                    quiet_since = time.monotonic()
+                    deadline = quiet_since + timeout
                 for msg in batch:
                     err = msg.error()
                     if err is not None:
@@ -115,6 +161,7 @@ class LogReader:
         self._consumer.assign([TopicPartition(topic, partition, start)])
         try:
             quiet_since = time.monotonic()
+            resume = start
             while True:
                 first = self._consumer.poll(0.5)
                 batch = [first] + self._consumer.consume(10_000, 0) if first is not None else []
@@ -126,11 +173,14 @@ class LogReader:
                         raise KafkaException(err)
                     if msg.offset() >= end:
                         return
+                    resume = msg.offset() + 1
                     yield msg
                 if batch:
                     quiet_since = time.monotonic()
                     if self._consumer.position([tp])[0].offset >= end:
                         return
+                elif self._stalled(topic, partition, quiet_since, resume):
+                    quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > idle_timeout:
                     raise TimeoutError(f"reading {topic}[{partition}] stalled before {end}")
         finally:

@@ -306,16 +306,24 @@ class EngineService:
         return worker.pending[-1][0].offset() + 1 if worker.pending else worker.next_offset
 
     def _tune_fetch_wait(self) -> None:
-        lags = []
+        lags, positions = [], []
         for p, w in self.workers.items():
             try:
                 _, high = self.consumer.get_watermark_offsets(
                     TopicPartition(self.opts.orders_topic, p), cached=True)
             except Exception:  # noqa: BLE001 - unknown for now
                 high = -1
-            lags.append(max(0, high - self._resume_at(w)) if high >= 0 else None)
+            resume = self._resume_at(w)
+            paused = p in self._paused            # not moving on purpose
+            lags.append(max(0, high - resume) if high >= 0 and not paused else None)
+            positions.append(resume)
+        before = (self.fetch_wait.live_ms, self.fetch_wait.catch_up_ms)
         wait = self.fetch_wait.decide(
-            all(w.role is Role.PRIMARY for w in self.workers.values()), lags)
+            all(w.role is Role.PRIMARY for w in self.workers.values()), lags, positions)
+        if before != (self.fetch_wait.live_ms, self.fetch_wait.catch_up_ms):
+            event(log, "fetch wait widened: a partition behind its end is not moving",
+                  logging.WARNING, live_ms=self.fetch_wait.live_ms,
+                  catch_up_ms=self.fetch_wait.catch_up_ms, lags=lags)
         if wait is not None:
             self._switch_consumer(wait, lags)
 

@@ -10,14 +10,15 @@ import threading
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from engine.engine import Engine
 from engine.markets import MarketsConfig
 from engine.service.duplicates import SOURCE_HEADER, DuplicateFilter
 from engine.service.heartbeat import ensure_heartbeat_topic
+from engine.service.reader import LogReader
 from engine.service.snapshots import partition_hash
-from infra.kafka import admin_client, consumer_config, producer_config
+from infra.kafka import admin_client, producer_config
 from infra.settings import Settings
 from schemas.codec import Codec
 
@@ -112,31 +113,14 @@ def produce_commands(settings: Settings, codec: Codec, partition: int, commands,
 
 def read_partition(settings: Settings, topic: str, partition: int, start: int = 0,
                    timeout: float = 30.0) -> list:
-    """Every committed record of a partition from `start` to its current end."""
-    consumer = Consumer(consumer_config(
-        settings, None, "keel-tools-reader", enable_partition_eof=True, fetch_wait_max_ms=10,
-        fetch_max_bytes=64 * 1024 * 1024))
+    """Every committed record of a partition from `start` to its current end (the end
+    confirmed by a fetch, and read with a fetch wait that widens on a long partition:
+    LogReader)."""
+    reader = LogReader(settings, "keel-tools-reader", "keel-tools-reader")
     try:
-        # Read to EOF: tansu's listed high watermark can be short (see LogReader.watermarks).
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        if high <= low:
-            return []
-        consumer.assign([TopicPartition(topic, partition, max(start, low))])
-        out = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            first = consumer.poll(0.5)
-            for msg in [first] + consumer.consume(10_000, 0) if first is not None else []:
-                err = msg.error()
-                if err is None:
-                    out.append(msg)
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    return out
-                else:
-                    raise KafkaException(err)
-        raise TimeoutError(f"reading {topic}[{partition}] timed out")
+        return reader.read(topic, partition, start, timeout=timeout)
     finally:
-        consumer.close()
+        reader.close()
 
 
 def clean_run(markets: MarketsConfig, partition: int, commands, codec: Codec,

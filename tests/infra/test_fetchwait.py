@@ -1,0 +1,27 @@
+"""infra.fetchwait: when a reader counts as starved, and how far its waits widen (pure)."""
+from __future__ import annotations
+
+from infra.fetchwait import MAX_WAIT_MS, Starving, widened
+
+
+def test_starved_only_behind_and_standing_still_for_the_checks_asked():
+    s = Starving(checks=3)
+    assert not s.check([4, 0], [10, 7])             # first look
+    assert not s.check([4, 0], [10, 7])             # still once
+    assert not s.check([4, 0], [10, 7])             # twice
+    assert s.check([4, 0], [10, 7])                 # three times: starved
+    assert not s.check([4, 0], [10, 7])             # counted afresh after
+    moving, at_end, unknown = Starving(1), Starving(1), Starving(1)
+    for i in range(5):
+        assert not moving.check([4], [10 + i])
+        assert not at_end.check([0], [10])
+        assert not unknown.check([None], [10])
+
+
+def test_widening_doubles_live_up_to_catch_up_then_both_up_to_the_cap():
+    assert widened(5, 100, live_now=True) == (10, 100)
+    assert widened(80, 100, live_now=True) == (100, 100)
+    assert widened(5, 100, live_now=False) == (200, 200)
+    assert widened(100, 100, live_now=True) == (200, 200)
+    assert widened(1500, 1500, live_now=False) == (MAX_WAIT_MS, MAX_WAIT_MS)
+    assert widened(MAX_WAIT_MS, MAX_WAIT_MS, live_now=False) is None
