@@ -9,7 +9,8 @@ topics (its own KEEL_TOPIC_PREFIX) and real `keel streams ROLE` worker processes
   accounts_msgs_per_s    --requests requests (deposits, then limit orders of 200 users)
                          preloaded on keel.requests, then one accounts worker drains them:
                          requests / time from its first to its last committed reply;
-  accounts_cpu_us_per_msg  the worker's CPU time over the same stretch, per request.
+  accounts_cpu_us_per_msg  the worker's CPU time over the same stretch, per request;
+  accounts_broker_cpu_us_per_msg  the broker's (its own broker only), likewise.
   added_latency_p99_ms   a running accounts worker offered --rate orders/s for --seconds:
                          per order, time from producing the request to reading its Place on
                          keel.orders (read_committed; the reader's own fetch wait is 1 ms);
@@ -125,6 +126,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# How long a drain's reader waits per poll. consume(n, timeout) returns only when it has n
+# records or the timeout has passed, so the time a record is seen is late by up to this:
+# at 0.2 s (before 2026-11-23) the first and last replies of a ~1.6 s drain each carried
+# up to 0.2 s, and rates came in steps of ~10% (FINDINGS 21:15 item 4).
+POLL_S = 0.005
+
+
 def drain(consumer: Consumer, count: int, deadline_s: float,
           on_first=None) -> tuple[float, float]:
     """Read `count` records; (wall time of the first, of the last)."""
@@ -134,7 +142,7 @@ def drain(consumer: Consumer, count: int, deadline_s: float,
     while seen < count:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {seen} of {count} records within {deadline_s} s")
-        msgs = [m for m in consumer.consume(10_000, 0.2) if m.error() is None]
+        msgs = [m for m in consumer.consume(10_000, POLL_S) if m.error() is None]
         if msgs:
             now = time.monotonic()
             if not first and on_first is not None:
@@ -145,7 +153,8 @@ def drain(consumer: Consumer, count: int, deadline_s: float,
     return first, last
 
 
-def bench_accounts(bootstrap: str, data: Path, n: int) -> tuple[float, float]:
+def bench_accounts(bootstrap: str, data: Path, n: int,
+                   broker: subprocess.Popen | None = None) -> tuple:
     settings = fresh(bootstrap, data)
     codec = Codec()
     producer = Producer(producer_config(settings, "bench", linger_ms=20))
@@ -153,20 +162,27 @@ def bench_accounts(bootstrap: str, data: Path, n: int) -> tuple[float, float]:
     reqs = deposits(ts) + [order(i, ts) for i in range(n)]
     produce_requests(producer, settings, codec, reqs)
     assert producer.flush(60) == 0
-    replies = reader(settings, "replies")
+    # a short fetch wait: tansu looks again for a fetch that found nothing only after
+    # half the wait (500 ms by default), which would make the reader see a batch late
+    replies = reader(settings, "replies", fetch_wait_max_ms=5)
     proc = worker(settings, "accounts", data / "accounts-throughput.log")
     cpu: list[float] = []
+    pids = [proc.pid] + ([broker.pid] if broker is not None else [])
+
+    def stamp() -> None:
+        cpu.extend(cpu_seconds(pid) for pid in pids)
     try:
-        first, last = drain(replies, len(reqs), 600,
-                            on_first=lambda: cpu.append(cpu_seconds(proc.pid)))
-        cpu.append(cpu_seconds(proc.pid))
+        first, last = drain(replies, len(reqs), 600, on_first=stamp)
+        stamp()
     finally:
         stop(proc)
         replies.close()
     # the first poll that returned replies already held a whole committed batch; the CPU
     # figure (the worker's own, from its first to its last reply) is what a loaded
     # machine changes least
-    return len(reqs) / max(last - first, 1e-9), 1e6 * (cpu[1] - cpu[0]) / len(reqs)
+    half = len(cpu) // 2
+    used = [1e6 * (cpu[half + i] - cpu[i]) / len(reqs) for i in range(half)]
+    return len(reqs) / max(last - first, 1e-9), used[0], (used[1] if half > 1 else None)
 
 
 def bench_latency(bootstrap: str, data: Path, rate: int, seconds: float) -> dict:
@@ -253,7 +269,7 @@ def bench_marketdata(bootstrap: str, data: Path, n: int) -> float:
                 except BufferError:
                     producer.poll(0.05)
     assert producer.flush(60) == 0
-    tickers = reader(settings, "tickers")
+    tickers = reader(settings, "tickers", fetch_wait_max_ms=5)   # as the replies reader
     proc = worker(settings, "marketdata", data / "marketdata.log")
     try:
         first, last = drain(tickers, trades, 600)
@@ -292,9 +308,11 @@ def main() -> int:
         result: dict = {}
         try:
             if "accounts" in wanted:
-                rate, cpu_us = bench_accounts(bootstrap, data, args.requests)
+                rate, cpu_us, broker_us = bench_accounts(bootstrap, data, args.requests, broker)
                 result["accounts_msgs_per_s"] = round(rate)
                 result["accounts_cpu_us_per_msg"] = round(cpu_us, 1)
+                if broker_us is not None:
+                    result["accounts_broker_cpu_us_per_msg"] = round(broker_us, 1)
                 print(f"accounts: {result['accounts_msgs_per_s']} requests/s per worker, "
                       f"{result['accounts_cpu_us_per_msg']} us CPU per request", flush=True)
             if "latency" in wanted:
