@@ -35,6 +35,7 @@ from faust.streams import _current_event
 
 from infra.settings import Settings
 from streams import compat, fastpath, trace, tuning
+from streams.acks import ack_batch
 from streams.batches import take_batches
 
 ROLES = ("accounts", "settlement", "marketdata")
@@ -246,7 +247,7 @@ async def _send_outputs(outputs: list, batch: trace.Batch) -> None:
 
 async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.05,
                       staged=(), after_batch=None, state_first: bool = False,
-                      pipelined: bool = True) -> None:
+                      pipelined: bool = True, per_key: int | None = None) -> None:
     """Feed `handle(event)` batch by batch, then write the batch's outputs and its table
     state (the `staged` tables, then `after_batch`), each waited for until durable, and
     only then ack the events and commit their offsets. A crash at any point loses nothing.
@@ -263,16 +264,18 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
     The table state counts as written once every one of its changelog records is
     acknowledged (compat item 8), and a batch that raises ends the process uncommitted
     (Shutdown.batch_failed). A batch is up to `max_batch` records, closed as soon as no
-    more arrive (streams.batches), at most `within` seconds after its first record.
+    more arrive (streams.batches), at most `within` seconds after its first record, or
+    when `per_key` of its records share a key.
     """
     trace.install_dump(app)
     if trace.enabled():
         stream.add_processor(trace.stamp(stream))
     if state_first and pipelined and not _exactly_once():
-        return await _pipelined(stream, handle, max_batch, within, staged, after_batch)
+        return await _pipelined(stream, handle, max_batch, within, staged, after_batch,
+                                per_key)
     batch = trace.Batch()
     committing = None       # the previous batch's offset commit, when left running
-    async for events in take_batches(stream, max_batch, within):
+    async for events in take_batches(stream, max_batch, within, per_key=per_key):
         shutdown.batch_started()
         try:
             committing = await _complete(events, handle, staged, after_batch, state_first,
@@ -344,8 +347,7 @@ async def _complete(events, handle, staged, after_batch, state_first: bool,
     if state_first:
         await _send_outputs(outputs, batch)
         batch.mark("outputs")
-    for event in events:
-        event.ack()
+    ack_batch(app.consumer, events)
     if committing is not None:
         await committing
     if _exactly_once():        # the commit ends the transaction the next batch writes in
@@ -366,7 +368,8 @@ async def _commit(events, batch: trace.Batch) -> None:
     shutdown.batch_committed()
 
 
-async def _pipelined(stream, handle, max_batch, within, staged, after_batch) -> None:
+async def _pipelined(stream, handle, max_batch, within, staged, after_batch,
+                     per_key=None) -> None:
     """run_batches for a state-first agent, pipelined: while one batch makes its round
     trips to the broker (its state made durable, then its outputs sent and acknowledged,
     then its offsets committed), the next is gathered and handled, and its state is
@@ -402,7 +405,8 @@ async def _pipelined(stream, handle, max_batch, within, staged, after_batch) -> 
         """What the next batch's state must wait for: gathering goes on meanwhile."""
         return [f for f in (durable, delivered[0]) if f is not None and not f.done()]
 
-    async for events in take_batches(stream, max_batch, within, ack=False, pending=pending):
+    async for events in take_batches(stream, max_batch, within, ack=False, pending=pending,
+                                     per_key=per_key):
         try:
             await _handle(events, handle, batch)
         except Exception:
@@ -436,8 +440,7 @@ async def _deliver(stream, events, outputs, batch: trace.Batch, durable, before,
         await _send_outputs(outputs, batch)
         batch.mark("outputs")
         delivered.set_result(None)
-        for event in events:
-            await stream.ack(event)
+        ack_batch(app.consumer, events)
         if previous is not None:
             await previous
     except Exception:

@@ -12,8 +12,8 @@ stream in bursts, one per broker fetch, so a burst becomes one batch), when it h
 `max_` records, or `within` seconds after its first record. While a batch is in hand the
 stream delivers nothing more (a record waits in the stream's queue, as with take_events),
 so a batch's records are exactly the ones its caller acks; after the caller is done
-each event is acked to the stream too, as take_events does — unless `ack=False`: then
-the caller acks them itself (`stream.ack`), later: streams.app's pipelined accounts asks
+each event is acked too, as take_events does (all at once, streams.acks) — unless
+`ack=False`: then the caller acks them itself, later: streams.app's pipelined accounts asks
 for the next batch while this one is still being delivered, and an ack makes an offset
 committable (by a rebalance's commit, say) before its outputs are acknowledged.
 
@@ -27,10 +27,15 @@ from __future__ import annotations
 
 import asyncio
 
+from streams.acks import ack_batch
+
 
 async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
-                       ack: bool = True, pending=None):
-    """Yield lists of events (see the module docstring). `pending`, if given, returns the
+                       ack: bool = True, pending=None, per_key: int | None = None):
+    """Yield lists of events (see the module docstring). With `per_key`, a batch also
+    closes when that many of its records share one message key (accounts: one user's
+    requests, whose decisions the user keeps for two batches, streams.ledger.DECISIONS).
+    `pending`, if given, returns the
     futures its caller must see done before it can write another batch: until they are,
     the batch in the making stays open past its idle and `within` closings (up to
     `max_`), so a record arriving meanwhile still joins the next write instead of
@@ -41,6 +46,7 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
     batches are as large as before."""
     loop = asyncio.get_running_loop()
     events: list = []
+    keys: dict = {}                          # per_key: records of the batch per key
     arrived = asyncio.Event()
     gate: asyncio.Future | None = None       # set while a batch is full or in hand
 
@@ -54,6 +60,11 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
         arrived.set()
         if len(events) >= max_:
             _close()
+        elif per_key is not None:
+            key = event.message.key
+            same = keys[key] = keys.get(key, 0) + 1
+            if same >= per_key:
+                _close()
         return value
 
     def _close() -> None:
@@ -94,9 +105,9 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
                 yield batch
             finally:
                 events.clear()
+                keys.clear()
                 if ack:
-                    for event in batch:
-                        await stream.ack(event)
+                    ack_batch(stream.app.consumer, batch)   # those the caller left unacked
                 _open()
     finally:
         stream.enable_acks = acks

@@ -44,7 +44,10 @@ from streams.userlog import new_user, records
 # stride plus the partition (so at most ORDER_ID_STRIDE user partitions).
 ORDER_ID_STRIDE = 4096
 RECENT = 1_000          # request ids and closed client ids remembered per user
-DECISIONS = 4_096       # per user: more than two batches (run_batches takes up to 2,000)
+# A batch holds at most this many records of one user (streams.accounts closes it there)...
+BATCH_PER_USER = 2_000
+# ... so this many decisions per user cover the batch in hand and the one before.
+DECISIONS = 4_096
 
 TRADE, RELEASE, FEE = 0, 1, 2       # Settlement.reason
 
