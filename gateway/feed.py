@@ -16,7 +16,10 @@ low but reads a backlog of small batches very slowly — at 5 ms, not at all (a 
 0 of 20,000 single-record batches in 30 s; at 100 ms it read them in under 4 s). The feed
 reads with CATCH_UP_WAIT_MS until every partition has reported its end, then hands the
 positions to a consumer with LIVE_WAIT_MS; when the live consumer falls LAG_RECORDS
-behind, it goes back to catching up.
+behind, it goes back to catching up. Both waits widen for good when a partition behind
+its end stops moving (infra.fetchwait): tansu lists a partition's every batch for each
+fetch and answers nothing when that outlasts the wait, so past ~8k batches (keel.replies
+after some hours at a low rate) the 5 ms live wait would read nothing from it.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from collections import deque
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from gateway.state import Folding
+from infra.fetchwait import Starving, widened
 from infra.kafka import consumer_config
 from infra.logs import event
 from infra.settings import Settings
@@ -40,6 +44,10 @@ LIVE_WAIT_MS = 5                    # fetch wait at the tail: adds up to this to
 CATCH_UP_WAIT_MS = 100              # fetch wait while reading a backlog
 LAG_RECORDS = 5000                  # behind by this many records: catch up again
 LAG_CHECK_S = 1.0
+# Checks in a row a partition behind its end must stand still to count as starved: more
+# than an engine transaction stays open in a takeover (read_committed stands still behind
+# it too, see infra.fetchwait.Starving).
+STARVED_CHECKS = 5
 TOPICS = ("events", "depth", "tickers", "candles", "balances", "replies")
 
 
@@ -53,10 +61,13 @@ class Feed:
         self.ready = asyncio.Event()
         self.decode_errors = 0
         self.live = False                # reading with the live fetch wait (else catching up)
+        self.live_wait_ms = LIVE_WAIT_MS
+        self.catch_up_wait_ms = CATCH_UP_WAIT_MS
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending_eof: set[tuple[str, int]] = set()
+        self._assigned: dict[tuple[str, int], int] = {}      # by the last consumer switch
         self._queue: deque[list] = deque()
         self._scheduled = False
         full = {settings.topic(t): t for t in TOPICS}
@@ -75,7 +86,7 @@ class Feed:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        consumer = self._consumer(CATCH_UP_WAIT_MS)
+        consumer = self._consumer(self.catch_up_wait_ms)
         meta = consumer.list_topics(timeout=10)
         assignment = []
         for topic in self._handlers:
@@ -109,6 +120,7 @@ class Feed:
         catching_up = True
         unfinished = {(tp.topic, tp.partition) for tp in assignment}
         next_check = time.monotonic() + LAG_CHECK_S
+        starving = Starving(STARVED_CHECKS)
         try:
             while not self._stop.is_set():
                 # consume() waits for the whole batch or the timeout, so block on the first
@@ -130,16 +142,22 @@ class Feed:
                             if err is not None and err.code() == KafkaError._PARTITION_EOF:
                                 unfinished.discard((msg.topic(), msg.partition()))
                 if catching_up and not unfinished:
-                    consumer = self._switch(consumer, assignment, LIVE_WAIT_MS)
+                    consumer = self._switch(consumer, assignment, self.live_wait_ms)
                     catching_up = False
                     self.live = True
-                elif not catching_up and time.monotonic() >= next_check:
+                elif time.monotonic() >= next_check:
                     next_check = time.monotonic() + LAG_CHECK_S
-                    lag = self._lag(consumer, assignment)
-                    if lag > LAG_RECORDS:
+                    lags, positions = self._lags(consumer, assignment)
+                    lag = sum(n for n in lags if n)
+                    if starving.check(lags, positions) and self._widen(not catching_up, lags):
+                        consumer = self._switch(consumer, assignment, self.catch_up_wait_ms)
+                    elif catching_up or lag <= LAG_RECORDS:
+                        continue
+                    else:
                         event(log, "gateway feed behind; catching up", logging.WARNING,
                               records=lag)
-                        consumer = self._switch(consumer, assignment, CATCH_UP_WAIT_MS)
+                        consumer = self._switch(consumer, assignment, self.catch_up_wait_ms)
+                    if not catching_up:
                         catching_up, self.live = True, False
                         unfinished = {(tp.topic, tp.partition) for tp in assignment}
         except RuntimeError:             # the loop closed under us at shutdown
@@ -151,29 +169,52 @@ class Feed:
                 fetch_wait_ms: int) -> Consumer:
         """A consumer with another fetch wait, assigned where `consumer` stopped handing
         records over (records it fetched and did not hand over are fetched again)."""
-        positions = consumer.position(assignment)
+        positions = self._positions(consumer, assignment)
         consumer.close()
         fresh = self._consumer(fetch_wait_ms)
         fresh.assign([TopicPartition(tp.topic, tp.partition,
                                      tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
                       for tp in positions])
+        self._assigned = {(tp.topic, tp.partition): tp.offset for tp in positions
+                          if tp.offset >= 0}
         return fresh
 
-    @staticmethod
-    def _lag(consumer: Consumer, assignment: list[TopicPartition]) -> int:
-        """Records between the consumer's position and the high watermarks its fetches
-        reported (cached: no broker round trip)."""
-        lag = 0
-        for tp in consumer.position(assignment):
-            if tp.offset < 0:
-                continue
-            try:
-                _low, high = consumer.get_watermark_offsets(tp, cached=True)
-            except Exception:            # no fetch answered for it yet
-                continue
-            if high > tp.offset:
-                lag += high - tp.offset
-        return lag
+    def _positions(self, consumer: Consumer, assignment: list[TopicPartition]
+                   ) -> list[TopicPartition]:
+        """Where `consumer` goes on: its position, or, before it has handed anything
+        over, where it was assigned (librdkafka knows no position until then)."""
+        return [tp if tp.offset >= 0 else TopicPartition(
+                    tp.topic, tp.partition, self._assigned.get((tp.topic, tp.partition), -1))
+                for tp in consumer.position(assignment)]
+
+    def _widen(self, live_now: bool, lags: list[int | None]) -> bool:
+        waits = widened(self.live_wait_ms, self.catch_up_wait_ms, live_now)
+        if waits is None:
+            return False
+        self.live_wait_ms, self.catch_up_wait_ms = waits
+        event(log, "gateway feed fetch wait widened: a partition behind its end is not "
+              "moving", logging.WARNING, live_ms=self.live_wait_ms,
+              catch_up_ms=self.catch_up_wait_ms, behind=sum(1 for n in lags if n))
+        return True
+
+    def _lags(self, consumer: Consumer, assignment: list[TopicPartition]
+              ) -> tuple[list[int | None], list[int | None]]:
+        """Per partition: records between the consumer's position and the high watermark
+        its fetches reported (cached: no broker round trip; None if not known yet), and
+        the position."""
+        lags: list[int | None] = []
+        positions: list[int | None] = []
+        for tp in self._positions(consumer, assignment):
+            lag = None
+            if tp.offset >= 0:
+                try:
+                    _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                    lag = max(0, high - tp.offset) if high >= 0 else None
+                except Exception:        # no fetch answered for it yet
+                    pass
+            lags.append(lag)
+            positions.append(tp.offset if tp.offset >= 0 else None)
+        return lags, positions
 
     def _drain(self) -> None:
         """One batch per loop turn, as before: what it published is flushed to the
