@@ -55,6 +55,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     port = args.metrics_port
     metrics.serve(settings.metrics_port_base + METRICS_OFFSET[args.role] if port is None else port)
     importlib.import_module(f"streams.{args.role}").register(settings, markets, metrics)
+    from streams.starving import watch
+
+    watch(app)
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
