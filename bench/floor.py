@@ -32,7 +32,8 @@ the lowest p99 among them. The first second of each run is not counted; a record
 read within the run + 60 s counts as slower than every other (p99 null if over 1%). A
 relay fetch wait of 1 ms starves on tansu (most records never read): not a default. With
 --json the last line is one JSON object: per path `<path>_p50_ms`, `<path>_p99_ms` (the best run),
-and `runs` with every run's figures.
+and `runs` with every run's figures, among them the CPU (% of one core, over the run) of
+the broker, of the relays together and of this process (source and reader).
 """
 from __future__ import annotations
 
@@ -147,6 +148,9 @@ def run_path(path: str, wait_ms: int, seconds: float, workdir: Path) -> dict:
         latencies: list[float] = []
         total = int(rate * seconds)
         start, wall_start = time.monotonic(), time.time()
+        cpu_before = {"broker": _cpu_seconds(broker.pid),
+                      "relays": sum(_cpu_seconds(r.pid) for r in relays),
+                      "source_reader": time.process_time()}
         sent = received = 0
         while received < total and time.monotonic() - start < seconds + 60:
             due = min(total, int((time.monotonic() - start) * rate))
@@ -161,6 +165,11 @@ def run_path(path: str, wait_ms: int, seconds: float, workdir: Path) -> dict:
                     received += 1
                     if sent_at - wall_start >= WARMUP_S:
                         latencies.append(now - sent_at)
+        elapsed = time.monotonic() - start
+        cpu_pct = {name: round(100 * (now - cpu_before[name]) / elapsed, 1)
+                   for name, now in (("broker", _cpu_seconds(broker.pid)),
+                                     ("relays", sum(_cpu_seconds(r.pid) for r in relays)),
+                                     ("source_reader", time.process_time()))}
         reader.close()
         # A record never read counts as slower than any that was (tansu can starve a
         # short-wait reader: the figure must not be taken over the lucky ones only).
@@ -175,12 +184,18 @@ def run_path(path: str, wait_ms: int, seconds: float, workdir: Path) -> dict:
             return None if value == float("inf") else round(1000 * value, 2)
         return {"path": path, "rate": rate, "relay_fetch_wait_ms": wait_ms,
                 "records": received, "sent": sent, "counted": counted,
-                "never_read": max(0, missing),
+                "never_read": max(0, missing), "cpu_pct": cpu_pct,
                 "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
     finally:
         for proc in relays:
             stop_child(proc)
         stop_child(broker)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -206,7 +221,8 @@ def main() -> int:
                 print(f"{path} at {run['rate']}/s, relay fetch wait {wait} ms: "
                       f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, max {run['max_ms']} ms "
                       f"({run['counted']} records counted, {run['never_read']} never read "
-                      f"within {args.seconds:g} s + 60 s)", flush=True)
+                      f"within {args.seconds:g} s + 60 s); CPU % of a core: {run['cpu_pct']}",
+                      flush=True)
                 if run["p99_ms"] is not None and (best is None or run["p99_ms"] < best["p99_ms"]):
                     best = run
             if best is not None:
