@@ -197,11 +197,20 @@ def _orders(cols: EventColumns, pair_texts: list[str]):
     base = [pair[head], oid[head], user]
     seq_last, ts_last = cols.seq[last_ev], cols.ts[last_ev]
 
+    # Rows go out in the orders' primary-key order, (order_id, pair) since migration 0010:
+    # a key above every stored one takes the b-tree's rightmost-leaf fast path. Runs are
+    # sorted by (pair, order_id); with one pair (a backlog's batches) that is the same.
+    if len(starts) and pair[starts[0]] != pair[starts[-1]]:
+        by_key = np.lexsort((pair[head], oid[head]))
+    else:
+        by_key = None
+
     def table(names, types, values, nulls, mask):
         texts = [pair_texts if t == "text" and i == 0 else (STATUSES if t == "text" else None)
                  for i, t in enumerate(types)]
-        return Table(names, types, [v[mask] for v in values],
-                     [None if z is None else z[mask] for z in nulls], texts)
+        rows = mask if by_key is None else by_key[mask[by_key]]
+        return Table(names, types, [v[rows] for v in values],
+                     [None if z is None else z[rows] for z in nulls], texts)
 
     zeros = np.zeros(len(starts), np.int64)
     yes = np.ones(len(starts), bool)

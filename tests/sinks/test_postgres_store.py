@@ -112,7 +112,8 @@ def test_an_upgraded_database_keeps_where_its_trades_were(make_database, tmp_pat
     with psycopg.connect(dsn) as conn:             # as the older sink left it
         conn.execute("DELETE FROM sink_progress WHERE sink LIKE '%:trades'")
         marks = dict(conn.execute("SELECT pair, last_seq FROM sink_progress").fetchall())
-    assert [m.version for m in migrate(dsn)] == [9]
+    # 0009 and what came after it (0010 rebuilds the orders' key over the rows stored).
+    assert [m.version for m in migrate(dsn)][:2] == [9, 10]
     with psycopg.connect(dsn) as conn:
         assert dict(conn.execute("SELECT pair, last_seq FROM sink_progress "
                                  "WHERE sink = 'postgres:trades'").fetchall()) == marks
