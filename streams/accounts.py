@@ -27,14 +27,21 @@ from streams.wire import Wire
 
 log = logging.getLogger(__name__)
 
-# Records a batch takes at most (with 150 ms to gather them, KEEL_ACCOUNTS_BATCH_WAIT_MS).
-# Each batch pays fixed costs: three broker round trips, a changelog record per user it
-# touched, Faust's fetches and commit. bench/streams.py --only accounts (20,800 requests,
-# 200 users), alternated at load 2.6-4.7 (2026-11-23): 2,000 records / 50 ms gave
-# 9.7/10.2/7.8k requests/s at 85-98 us of worker CPU each, 2,000 / 150 ms 7.2/9.9/2.1k at
-# 77-105 us, 5,000 / 150 ms 12.8/11.6/11.7/9.4/12.4/13.2k at 64-79 us. A batch still holds
-# at most BATCH_PER_USER records of one user (the decisions each user keeps, ledger).
+# Records a batch takes at most. Each batch pays fixed costs: three broker round trips, a
+# changelog record per user it touched, Faust's fetches and commit. bench/streams.py
+# --only accounts (20,800 requests, 200 users), alternated at load 2.6-4.7 (2026-11-23):
+# batches of at most 2,000 records / 50 ms gave 9.7/10.2/7.8k requests/s at 85-98 us of
+# worker CPU each, 2,000 / 150 ms 7.2/9.9/2.1k at 77-105 us, 5,000 / 150 ms
+# 12.8/11.6/11.7/9.4/12.4/13.2k at 64-79 us. A batch still holds at most BATCH_PER_USER
+# records of one user (the decisions each user keeps, ledger).
 MAX_BATCH = 5_000
+# A batch that holds this many records within KEEL_ACCOUNTS_BATCH_WAIT_MS (a drain gives
+# 600-1,600 in 50 ms, 2,000 requests/s ~100) may gather for up to this long: the 150 ms
+# that fill MAX_BATCH in a drain. Below it a batch closes as before, so a live stream's
+# batches are unchanged (streams.batches). Same bench, alternated at load 2.7-3.6: HEAD
+# 7.2/6.0k requests/s (124/134 us), this rule at 500 records 10.3/6.0k (96/122 us), every
+# batch allowed 150 ms 10.8/8.0k (82/95 us).
+BACKLOG = (200, 0.15)
 
 
 def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics) -> None:
@@ -116,9 +123,8 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     # A batch closes as soon as no more records are queued (streams.batches); this caps
     # how long after its first record it may keep taking a steady stream of them: larger
     # batches (each costs three broker round trips) against the time a request waits.
-    # Only a backlog keeps a batch taking records that long (at 2,000/s a batch closes
-    # after a few ms), and in a backlog every record waits for a whole batch anyway.
-    within = float(settings.extra.get("KEEL_ACCOUNTS_BATCH_WAIT_MS", "150")) / 1000
+    # A batch that reaches BACKLOG[0] records is draining a backlog and may gather longer.
+    within = float(settings.extra.get("KEEL_ACCOUNTS_BATCH_WAIT_MS", "50")) / 1000
     # Batches run one after another unless KEEL_ACCOUNTS_PIPELINE=1 (streams.app._pipelined:
     # while one batch makes its round trips the next is gathered and handled, and stays
     # open until the previous one's state is durable). Pipelining pays under heavy load
@@ -135,4 +141,4 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     async def gate(stream):
         await run_batches(stream, handle, max_batch=MAX_BATCH, within=within, staged=(users,),
                           after_batch=end_batch, state_first=True, pipelined=pipelined,
-                          per_key=BATCH_PER_USER)
+                          per_key=BATCH_PER_USER, backlog=BACKLOG)

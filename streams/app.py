@@ -247,7 +247,8 @@ async def _send_outputs(outputs: list, batch: trace.Batch) -> None:
 
 async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.05,
                       staged=(), after_batch=None, state_first: bool = False,
-                      pipelined: bool = True, per_key: int | None = None) -> None:
+                      pipelined: bool = True, per_key: int | None = None,
+                      backlog: tuple[int, float] | None = None) -> None:
     """Feed `handle(event)` batch by batch, then write the batch's outputs and its table
     state (the `staged` tables, then `after_batch`), each waited for until durable, and
     only then ack the events and commit their offsets. A crash at any point loses nothing.
@@ -264,18 +265,20 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
     The table state counts as written once every one of its changelog records is
     acknowledged (compat item 8), and a batch that raises ends the process uncommitted
     (Shutdown.batch_failed). A batch is up to `max_batch` records, closed as soon as no
-    more arrive (streams.batches), at most `within` seconds after its first record, or
-    when `per_key` of its records share a key.
+    more arrive (streams.batches), at most `within` seconds after its first record (or
+    `backlog`'s seconds once it holds `backlog`'s count), or when `per_key` of its
+    records share a key.
     """
     trace.install_dump(app)
     if trace.enabled():
         stream.add_processor(trace.stamp(stream))
     if state_first and pipelined and not _exactly_once():
         return await _pipelined(stream, handle, max_batch, within, staged, after_batch,
-                                per_key)
+                                per_key, backlog)
     batch = trace.Batch()
     committing = None       # the previous batch's offset commit, when left running
-    async for events in take_batches(stream, max_batch, within, per_key=per_key):
+    async for events in take_batches(stream, max_batch, within, per_key=per_key,
+                                     backlog=backlog):
         shutdown.batch_started()
         try:
             committing = await _complete(events, handle, staged, after_batch, state_first,
@@ -369,7 +372,7 @@ async def _commit(events, batch: trace.Batch) -> None:
 
 
 async def _pipelined(stream, handle, max_batch, within, staged, after_batch,
-                     per_key=None) -> None:
+                     per_key=None, backlog=None) -> None:
     """run_batches for a state-first agent, pipelined: while one batch makes its round
     trips to the broker (its state made durable, then its outputs sent and acknowledged,
     then its offsets committed), the next is gathered and handled, and its state is
@@ -406,7 +409,7 @@ async def _pipelined(stream, handle, max_batch, within, staged, after_batch,
         return [f for f in (durable, delivered[0]) if f is not None and not f.done()]
 
     async for events in take_batches(stream, max_batch, within, ack=False, pending=pending,
-                                     per_key=per_key):
+                                     per_key=per_key, backlog=backlog):
         try:
             await _handle(events, handle, batch)
         except Exception:

@@ -31,10 +31,15 @@ from streams.acks import ack_batch
 
 
 async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
-                       ack: bool = True, pending=None, per_key: int | None = None):
+                       ack: bool = True, pending=None, per_key: int | None = None,
+                       backlog: tuple[int, float] | None = None):
     """Yield lists of events (see the module docstring). With `per_key`, a batch also
     closes when that many of its records share one message key (accounts: one user's
     requests, whose decisions the user keeps for two batches, streams.ledger.DECISIONS).
+    With `backlog` = (n, seconds), a batch that holds n records or more may go on
+    gathering until `seconds` after its first instead of `within`: only a backlog fills
+    a batch that fast, and there every record waits for a whole batch anyway, so a
+    larger one costs nobody time and spreads each batch's fixed costs thinner.
     `pending`, if given, returns the
     futures its caller must see done before it can write another batch: until they are,
     the batch in the making stays open past its idle and `within` closings (up to
@@ -45,6 +50,7 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
     fetch while the pipeline stood free. A backlog keeps the queue full, so a drain's
     batches are as large as before."""
     loop = asyncio.get_running_loop()
+    backlog = backlog or (max_, within)
     events: list = []
     keys: dict = {}                          # per_key: records of the batch per key
     arrived = asyncio.Event()
@@ -91,7 +97,8 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
                 await stream.wait_for_stopped(arrived, timeout=1.0)
                 continue
             first, count = loop.time(), 0
-            while gate is None and len(events) != count and loop.time() - first < within:
+            while gate is None and len(events) != count and \
+                    loop.time() - first < (within if len(events) < backlog[0] else backlog[1]):
                 count = len(events)
                 if pending is not None and queued() == 0 and not pending():
                     break         # nothing more to take, and the caller can write now
