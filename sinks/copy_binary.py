@@ -43,18 +43,20 @@ class Table:
         """The whole COPY stream (header, rows in their order, trailer)."""
         groups = list(self._groups())
         if len(groups) <= 1:
-            return HEADER + b"".join(block for _, block in groups) + TRAILER
+            return HEADER + b"".join(block.tobytes() for _, block in groups) + TRAILER
         # Each group's rows, fixed-size each, go to their own rows of an array as wide as
-        # the longest row; the padding is then dropped in one boolean-mask pass.
-        size = np.empty(len(self), np.int64)
-        for rows, block in groups:
-            size[rows] = len(block) // len(rows)
-        width = int(size.max())
+        # the longest row; the padding is then dropped in one boolean-mask pass (the mask
+        # is one row per group, gathered per row: comparing every byte's column with its
+        # row's width cost as much as the pass itself).
+        widths = [block.shape[1] for _, block in groups]
+        width = max(widths)
         grid = np.empty((len(self), width), np.uint8)
-        for rows, block in groups:
-            grid[rows, :len(block) // len(rows)] = np.frombuffer(block, np.uint8).reshape(
-                len(rows), -1)
-        return HEADER + grid[np.arange(width) < size[:, None]].tobytes() + TRAILER
+        group = np.empty(len(self), np.intp)
+        for g, (rows, block) in enumerate(groups):
+            grid[rows, :widths[g]] = block
+            group[rows] = g
+        keep = (np.arange(width) < np.array(widths)[:, None])[group]
+        return HEADER + grid[keep].tobytes() + TRAILER
 
     def rows(self) -> list[tuple]:
         """The rows as Python tuples (None for NULL): for tests and small statements."""
@@ -71,7 +73,8 @@ class Table:
         return list(zip(*cols, strict=True))
 
     def _groups(self):
-        """(rows, their bytes) of every group of rows that share one layout."""
+        """(rows, their bytes: a uint8 array of a row each) of every group of rows that
+        share one layout."""
         n = len(self)
         if not n:
             return
@@ -93,7 +96,7 @@ class Table:
         for rows in np.split(order, cuts):
             yield rows, self._block(rows)
 
-    def _block(self, rows: np.ndarray) -> bytes:
+    def _block(self, rows: np.ndarray) -> np.ndarray:
         first = int(rows[0])
         layout = [("count", ">i2")]
         fill = []
@@ -124,4 +127,4 @@ class Table:
         block["count"] = len(self.types)
         for name, constant, values in fill:
             block[name] = constant if values is None else values[rows]
-        return block.tobytes()
+        return block.view(np.uint8).reshape(len(rows), -1)
