@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -29,7 +28,7 @@ from sinks.clickhouse_schema import (
     statements,
 )
 from sinks.depth_native import current_header, insert_file
-from sinks.source import KEY, OFFSET, PARTITION, TOPIC, VALUE, ends_of
+from sinks.source import OFFSET, PARTITION, TOPIC, VALUE, ends_of
 
 log = logging.getLogger(__name__)
 
@@ -72,77 +71,6 @@ class RawDepth:
     heads: depth_columns.DepthHeads
 
 
-@dataclass
-class _DepthRecords:
-    """A batch's depth records without their Message objects (see _read_later)."""
-    topic: str
-    partitions: np.ndarray
-    offsets: np.ndarray
-    values: list
-    keys: list
-
-    @classmethod
-    def of(cls, msgs: list, topic: str, partitions: np.ndarray | None) -> _DepthRecords:
-        n = len(msgs)
-        if partitions is None:
-            partitions = np.fromiter(map(PARTITION, msgs), np.int64, n)
-        try:
-            keys = list(map(KEY, msgs))
-        except AttributeError:                  # a stand-in without keys (tests)
-            keys = [None] * n
-        return cls(topic, partitions, np.fromiter(map(OFFSET, msgs), np.int64, n),
-                   list(map(VALUE, msgs)), keys)
-
-    def message(self, i: int) -> _Record:
-        return _Record(self.topic, int(self.partitions[i]), int(self.offsets[i]),
-                       self.keys[i], self.values[i])
-
-
-class _Record:
-    """One record as a dead letter needs it (DeadLetters.send reads a Message so)."""
-
-    def __init__(self, topic: str, partition: int, offset: int, key, value: bytes) -> None:
-        self._fields = (topic, partition, offset, key, value)
-
-    def topic(self) -> str:
-        return self._fields[0]
-
-    def partition(self) -> int:
-        return self._fields[1]
-
-    def offset(self) -> int:
-        return self._fields[2]
-
-    def key(self):
-        return self._fields[3]
-
-    def value(self) -> bytes:
-        return self._fields[4]
-
-
-class LaterDepth:
-    """A batch's depth records being read on the store's reader thread (item kind 4):
-    the polling thread hands them over and polls the next batch meanwhile. resolve()
-    gives the items the read made (kinds 3 and 1, as the records would have been
-    prepared where they were polled) and adds the records the codec refused to the
-    batch's dead letters, once however often the write is tried."""
-
-    def __init__(self, future: Future, work, dead: list) -> None:
-        self._future, self._work, self._dead = future, work, dead
-        self._items: list | None = None
-
-    def resolve(self) -> list:
-        if self._items is None:
-            try:
-                items, dead = self._future.result()
-            except Exception:  # noqa: BLE001 - read again here: raises what is wrong
-                items, dead = self._work()      # (a registry away: the write is retried)
-            self._dead.extend(dead)
-            # The batch's messages (held by the work) go now, not with the batch.
-            self._items, self._work, self._future = items, None, None
-        return self._items
-
-
 class ClickHouseStore:
     def __init__(self, client, events_topic: str, depth_topic: str,
                  lock: threading.Lock | None = None, depth_ttl_days: int = 30,
@@ -163,7 +91,6 @@ class ClickHouseStore:
         self._replay: dict[int, _Replay] = {}
         self._trade_marks: dict[str, int] = {}            # pair -> last trade seq kept
         self._depth_marks: dict[str, tuple[int, int]] = {}  # pair -> (last_update_id, snapshot)
-        self._reader: ThreadPoolExecutor | None = None
 
     # ---- schema and positions ----
 
@@ -215,9 +142,7 @@ class ClickHouseStore:
     def prepare(self, codec):
         """A messages -> (items, [(message, CodecError)]) function for SinkLoop, run where
         the batch is polled. Items are (kind, partition, offset, value): 0 an engine
-        event, 1 a decoded depth update, 3 a RawDepth of a whole partition's depth, 4 a
-        LaterDepth (embedded chDB: the batch's depth, read on the reader thread into
-        items of kinds 3 and 1)."""
+        event, 1 a decoded depth update, 3 a RawDepth of a whole partition's depth."""
         events, depth = self.events_topic, self.depth_topic
         self._codec = codec
         header = current_header() if self.raw_depth else None
@@ -244,44 +169,21 @@ class ClickHouseStore:
                     except CodecError as exc:
                         dead.append((m, exc))
             if depth_msgs:
-                mine = partitions if depth_msgs is msgs else None
-                if header is None:
-                    self._prepare_depth(depth_msgs, header, items, dead, mine)
-                else:
-                    items.append((4, -1, -1, self._read_later(depth_msgs, header, dead, mine)))
+                self._prepare_depth(depth_msgs, header, items, dead,
+                                    partitions if depth_msgs is msgs else None)
             return items, dead, ends_of(msgs, topics, partitions)
         return prepare
 
-    def _read_later(self, msgs: list, header: bytes, dead: list,
-                    partition: np.ndarray | None) -> LaterDepth:
-        """The depth read of a batch, on the reader thread. The polling thread was the
-        sink's critical path (consume ~0.6 + this read ~1.0 us a record, chDB's insert
-        beside it); the read's array operations let go of the GIL, so it now runs beside
-        the next poll and the insert. The messages stay here: alive on the reader, the
-        collector would walk them all (sinks/loop.py _take)."""
-        if self._reader is None:
-            self._reader = ThreadPoolExecutor(1, thread_name_prefix="clickhouse-depth-read")
-        records = _DepthRecords.of(msgs, self.depth_topic, partition)
-
-        def work() -> tuple[list, list]:
-            items: list = []
-            dead: list = []
-            self._depth_items(records, header, items, dead)
-            return items, dead
-        return LaterDepth(self._reader.submit(work), work, dead)
-
     def _prepare_depth(self, msgs: list, header: bytes | None, items: list, dead: list,
                        partition: np.ndarray | None = None) -> None:
-        self._depth_items(_DepthRecords.of(msgs, self.depth_topic, partition), header,
-                          items, dead)
-
-    def _depth_items(self, records: _DepthRecords, header: bytes | None, items: list,
-                     dead: list) -> None:
         """Items of a batch's depth records: a RawDepth per partition when the walk
         vouches for all of that partition's records (read in one go for the batch), else
         the partition's records decoded one by one."""
-        values, offset, partition = records.values, records.offsets, records.partitions
-        n = len(values)
+        n = len(msgs)
+        if partition is None:
+            partition = np.fromiter(map(PARTITION, msgs), np.int64, n)
+        offset = np.fromiter(map(OFFSET, msgs), np.int64, n)
+        values = list(map(VALUE, msgs))
         heads = depth_columns.read(values, header) if header is not None else None
         if heads is not None:
             read = np.zeros(n, bool)
@@ -305,7 +207,7 @@ class ClickHouseStore:
                 except RegistryUnavailable:
                     raise
                 except CodecError as exc:
-                    dead.append((records.message(i), exc))
+                    dead.append((msgs[i], exc))
 
     def write(self, items: list) -> Written:
         """Insert a batch; on any failure the in-memory marks and the block being replayed
@@ -335,12 +237,6 @@ class ClickHouseStore:
                     replay[p].complete = True
             elif kind == 3:
                 raw.append((p, value, self._fresh(value, out)))
-            elif kind == 4:
-                for kind_, p_, offset_, value_ in value.resolve():
-                    if kind_ == 3:
-                        raw.append((p_, value_, self._fresh(value_, out)))
-                    else:
-                        self._depth(p_, offset_, value_, depth, out)
             else:
                 self._depth(p, offset, value, depth, out)
         with self.lock:

@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 # Message accessors to map over a whole batch: the loop runs in C, no Python frame a
 # record (a batch is tens of thousands of them).
-TOPIC, PARTITION, OFFSET, VALUE, KEY, _ERROR = (
-    methodcaller(n) for n in ("topic", "partition", "offset", "value", "key", "error"))
+TOPIC, PARTITION, OFFSET, VALUE, _ERROR = (
+    methodcaller(n) for n in ("topic", "partition", "offset", "value", "error"))
 
 # Errors a consumer reports while the broker or a topic is not there yet: keep polling.
 _QUIET = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART,
