@@ -1,16 +1,31 @@
 """The sinks' Kafka side: a read_committed group consumer that hands out batches, commits
 offsets only when told (after the store's commit) and can hold its position while the
 store is away (partitions paused, the group membership kept alive by polling).
+
+Its fetch wait widens when the broker starves it: tansu lists every batch of a partition
+for each fetch that finds data and answers nothing when the listing outlasts the wait
+(README, the embedded broker's quirks), so at 50 ms a keel.events partition past ~75k
+batches (fewer on a busy machine) would never be read again, not even after a restart.
+Once a second the consumer's assigned partitions are looked at (infra.fetchwait.Starving);
+when one behind its end has not moved (or only crawled) for STARVED_CHECKS looks, the wait
+doubles (up to infra.fetchwait.MAX_WAIT_MS) and never narrows. librdkafka fixes the wait
+when the client is made, so the consumer is replaced: the old one leaves the group (its
+partitions are revoked: `generation` rises) and a new one joins with the same
+subscription and callbacks.
+That is a rebalance: the new owner resumes from the committed offsets (or the store's own
+positions) and the store drops what it already holds.
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from operator import methodcaller
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from infra.fetchwait import MAX_WAIT_MS, Starving
 from infra.kafka import consumer_config
 from infra.logs import event
 from infra.settings import Settings
@@ -25,6 +40,18 @@ TOPIC, PARTITION, OFFSET, VALUE, _ERROR = (
 # Errors a consumer reports while the broker or a topic is not there yet: keep polling.
 _QUIET = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART,
           KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
+
+# tansu 0.6 holds a fetch for the whole wait even when records are there: at librdkafka's
+# 500 ms, 5k events/s reached PostgreSQL in 225 ms (p50); 53 ms at 50 ms.
+FETCH_WAIT_MS = 50
+STARVE_CHECK_S = 1.0
+# Looks in a row a partition behind its end must stand still to count as starved: more than
+# an engine transaction stays open in a takeover (read_committed stands still behind it).
+STARVED_CHECKS = 5
+# Records a look in which a partition further behind than this moved no more than this
+# counts as standing still: at a wait just short of the listing tansu answers a fetch now
+# and then (20 ms on ~39k batches read ~20 records/s); a sink reads 100k+ records/s.
+CRAWL = 100
 
 
 def ends_of(msgs: list, topics: list[str], partitions: np.ndarray) -> dict[tuple[str, int], int]:
@@ -44,12 +71,30 @@ def ends_of(msgs: list, topics: list[str], partitions: np.ndarray) -> dict[tuple
     return out
 
 
+class _Assigning:
+    """The consumer as an on_assign callback sees it: where it assigns the partitions (the
+    store's own positions) is where they resume, not the committed offsets."""
+
+    def __init__(self, consumer: Consumer, resumes: dict[tuple[str, int], int]) -> None:
+        self._consumer, self._resumes = consumer, resumes
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self._consumer.assign(partitions)
+        self._resumes.update({(tp.topic, tp.partition): tp.offset for tp in partitions})
+
+    def __getattr__(self, name: str):
+        return getattr(self._consumer, name)
+
+
 class Source:
+    _look_at = float("inf")      # next starvation look (a Source made bare never looks)
+
     def __init__(self, settings: Settings, group: str, topics: list[str], client_id: str,
                  max_records: int = 5000, poll_timeout: float = 0.1,
                  on_assign: Callable[[Consumer, list[TopicPartition]], None] | None = None,
-                 eager: bool = False, linger: float | None = None, **overrides) -> None:
-        conf = consumer_config(settings, group, client_id,
+                 eager: bool = False, linger: float | None = None,
+                 fetch_wait_ms: int = FETCH_WAIT_MS, **overrides) -> None:
+        self._conf = consumer_config(settings, group, client_id,
                                # An outage of the store may outlast librdkafka's default;
                                # the loop still polls while it waits (see hold()).
                                max_poll_interval_ms=600_000,
@@ -66,14 +111,10 @@ class Source:
                                # waits out that second with nothing queued: ~0.7 s of
                                # idle per 280k records (210k/s consumed, 710k/s at 10 ms).
                                fetch_queue_backoff_ms=10,
-                               # tansu 0.6 holds a fetch for the whole wait even when
-                               # records are there: at librdkafka's 500 ms, 5k events/s
-                               # reached PostgreSQL in 225 ms (p50); 53 ms at 50 ms.
-                               fetch_wait_max_ms=50,
                                # Topics created after we subscribed are found in seconds.
                                topic_metadata_refresh_interval_ms=5000,
                                log_level=3, **overrides)
-        self.consumer = Consumer(conf)
+        self.fetch_wait_ms = fetch_wait_ms     # widens when starved, never narrows
         self.topics = topics
         self.max_records = max_records
         self.poll_timeout = poll_timeout
@@ -84,16 +125,26 @@ class Source:
         self.eager = eager                 # return what is queued rather than wait for more
         self.generation = 0          # rises on every revocation: older batches are stale
         self._on_assign = on_assign
-        self.consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked)
+        self._starving = Starving(STARVED_CHECKS, CRAWL)
+        self._look_at = time.monotonic() + STARVE_CHECK_S
+        self._resumes: dict[tuple[str, int], int] = {}  # where position-less ones resume
+        self.consumer = self._join()
+
+    def _join(self) -> Consumer:
+        consumer = Consumer({**self._conf, "fetch.wait.max.ms": self.fetch_wait_ms})
+        consumer.subscribe(self.topics, on_assign=self._assigned, on_revoke=self._revoked)
+        return consumer
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._resumes.clear()
         event(log, "partitions assigned", logging.INFO,
               partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
         if self._on_assign is not None:
-            self._on_assign(consumer, partitions)
+            self._on_assign(_Assigning(consumer, self._resumes), partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.generation += 1
+        self._resumes.clear()
         event(log, "partitions revoked", logging.INFO,
               partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
@@ -107,6 +158,10 @@ class Source:
         wait = self.poll_timeout if timeout is None else timeout
         if timeout is None and self._short and self.linger is not None and not self.eager:
             wait = self.linger
+        # Looked at before consuming: what we hand out is a replaced consumer's new one.
+        if time.monotonic() >= self._look_at:
+            self._look_at = time.monotonic() + STARVE_CHECK_S
+            self._watch()
         # The caller (SinkLoop._take) keeps the collector off while the batch's Message
         # objects live: 20k of them set off ~30 collections otherwise.
         msgs = self._consume(wait)
@@ -128,6 +183,56 @@ class Source:
                     msgs += self.consumer.consume(self.max_records - 1, 0)
             return msgs
         return self.consumer.consume(self.max_records, wait)
+
+    def _watch(self) -> None:
+        """Widen the fetch wait when a partition behind its end stands still."""
+        try:
+            lags, positions = self.looks()
+        except KafkaException as exc:       # a look must never stop the sink
+            event(log, "fetch wait look failed", logging.DEBUG, error=str(exc))
+            return
+        if not self._starving.check(lags, positions) or self.fetch_wait_ms >= MAX_WAIT_MS:
+            return
+        self.fetch_wait_ms = min(self.fetch_wait_ms * 2, MAX_WAIT_MS)
+        event(log, "fetch wait widened: a partition behind its end is not moving",
+              logging.WARNING, wait_ms=self.fetch_wait_ms, behind=sum(1 for n in lags if n))
+        # Leaving the group revokes our partitions (generation rises, batches in flight
+        # are stale: their commits may fail and they are replayed). Nothing was committed
+        # past a written batch, so the new member resumes at or before what was written.
+        self.generation += 1
+        self.consumer.close()
+        self._resumes.clear()
+        self.consumer = self._join()
+
+    def looks(self) -> tuple[list[int | None], list[int | None]]:
+        """Per assigned partition, in a fixed order: records between where the consumer
+        resumes and the high watermark its fetches reported (cached: no broker round
+        trip; None if unknown), and where it resumes. Before it has handed a record over
+        librdkafka knows no position: it resumes where on_assign assigned it, else at the
+        committed offset (one OffsetFetch per assignment, kept), or with none committed
+        at the low watermark (offsets reset to the earliest): a partition starved from its
+        first fetch would count as unknown, not behind, otherwise."""
+        assignment = sorted(self.consumer.assignment(),
+                            key=lambda tp: (tp.topic, tp.partition))
+        if not assignment:
+            return [], []
+        missing = [tp for tp in self.consumer.position(assignment)
+                   if tp.offset < 0 and (tp.topic, tp.partition) not in self._resumes]
+        if missing:
+            for tp in self.consumer.committed(missing, timeout=2.0):
+                self._resumes[(tp.topic, tp.partition)] = tp.offset
+        lags: list[int | None] = []
+        positions: list[int | None] = []
+        for tp in self.consumer.position(assignment):
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            at = tp.offset
+            if at < 0:
+                at = self._resumes.get((tp.topic, tp.partition), -1)
+                at = at if at >= 0 else low
+            known = at >= 0 and high >= 0
+            lags.append(max(0, high - at) if known else None)
+            positions.append(at if at >= 0 else None)
+        return lags, positions
 
     @staticmethod
     def ends(msgs: list) -> dict[tuple[str, int], int]:

@@ -18,6 +18,19 @@ def test_starved_only_behind_and_standing_still_for_the_checks_asked():
         assert not unknown.check([None], [10])
 
 
+def test_crawling_far_behind_counts_as_standing_still():
+    s = Starving(checks=2, crawl=100)
+    assert not s.check([38_000], [10])
+    assert not s.check([37_980], [30])              # 20 records a check: crawling
+    assert s.check([37_960], [50])
+    near, quick = Starving(1, crawl=100), Starving(1, crawl=100)
+    near.check([50], [10])
+    assert not near.check([50], [40])               # moving, and near the end
+    assert near.check([50], [40])                   # a few behind and still: as ever
+    quick.check([38_000], [10])
+    assert not quick.check([37_000], [1_010])       # reading
+
+
 def test_widening_doubles_live_up_to_catch_up_then_both_up_to_the_cap():
     assert widened(5, 100, live_now=True) == (10, 100)
     assert widened(80, 100, live_now=True) == (100, 100)

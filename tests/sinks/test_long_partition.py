@@ -1,0 +1,84 @@
+"""The PostgreSQL sink still loads a keel.events partition too long for its fetch wait
+(real broker and PostgreSQL).
+
+tansu lists every batch of a partition for each fetch that finds data and answers nothing
+when that outlasts the fetch wait (README, the embedded broker's quirks): past ~75k
+batches the sinks' 50 ms wait reads nothing from the partition, ever, and a restart that
+resumes from the committed offset reads nothing either. The sink must see the partition
+stand still while behind and widen its wait (sinks/source.py, infra.fetchwait).
+
+To keep the prefill short, the sink starts at a 10 ms wait on a partition of ~40k
+single-record batches (a listing of ~26 ms on an idle machine): the same ratio as 50 ms
+on ~200k batches. Without the widening it loaded nothing in the whole timeout.
+"""
+from __future__ import annotations
+
+import threading
+
+import psycopg
+from confluent_kafka import Producer
+
+from engine.domain import Trade
+from infra.settings import Settings
+from schemas.codec import Codec
+from sinks.dlq import DeadLetters
+from sinks.loop import SinkLoop
+from sinks.metrics import SinkMetrics
+from sinks.postgres import TRANSIENT, PostgresStore
+from sinks.source import Source
+from tests.sinks.feed import engine_events, wait_for
+
+OPS = 28_000            # ~40k events of one pair: one single-record batch each
+FIRST_WAIT_MS = 10
+
+
+def _produce_one_per_batch(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0,
+                         "batch.num.messages": 1, "enable.idempotence": True})
+    for i, value in enumerate(values):
+        producer.produce(topic, value, b"BTCUSDT", partition=0)
+        if i % 1000 == 0:
+            producer.poll(0)
+        while len(producer) > 2000:
+            producer.poll(0.01)
+    assert producer.flush(60) == 0
+
+
+def _trades(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM trades").fetchone()[0]
+
+
+def test_the_postgres_sink_loads_a_partition_too_long_for_its_wait(
+        kafka_bootstrap, prefix, sink_db):
+    events = engine_events(OPS, pairs=("BTCUSDT",))
+    trades = sum(1 for e in events if type(e) is Trade)
+    assert trades and len(events) > 35_000
+    codec = Codec()
+    settings = Settings.from_env({"KEEL_KAFKA_BOOTSTRAP": kafka_bootstrap,
+                                  "KEEL_POSTGRES_URL": sink_db, "KEEL_TOPIC_PREFIX": prefix})
+    _produce_one_per_batch(kafka_bootstrap, settings.topic("events"),
+                           [codec.encode_event(e) for e in events])
+
+    store = PostgresStore(sink_db, writers=2, batches=2, codec=codec)
+    store.open()
+    source = Source(settings, prefix.rstrip(".") + "-sink-postgres",
+                    [settings.topic("events")], client_id="t-sink-long", eager=True,
+                    fetch_wait_ms=FIRST_WAIT_MS)
+    stop = threading.Event()
+    loop = SinkLoop("postgres", source, None, store.write, TRANSIENT,
+                    DeadLetters(settings, codec, "postgres-sink"), SinkMetrics("postgres"),
+                    stop, prepare=store.prepare, pipeline=True, depth=2)
+    runner = threading.Thread(target=loop.run, name="t-sink-long")
+    runner.start()
+    try:
+        wait_for(lambda: _trades(sink_db) >= trades, timeout=90, every=0.5,
+                 what="every trade of the long partition")
+    finally:
+        stop.set()
+        runner.join(60)
+        source.close()
+        store.close()
+    assert not runner.is_alive()
+    assert _trades(sink_db) == trades
+    assert source.fetch_wait_ms > FIRST_WAIT_MS
