@@ -1,12 +1,12 @@
 """Fetch waits that widen when the broker starves a reader (pure; the engine's consumer
-and the gateway's feed apply it).
+and log reader, the gateway's feed, the streams workers and the sinks apply it).
 
 tansu's memory engine lists every batch of a partition on each fetch that finds data and
 answers nothing when that listing outlasts the fetch's wait (README, the embedded broker's
 quirks): ~0.65 us a batch, so a 5 ms wait reads nothing from a partition past ~8k batches,
 a 100 ms one past ~150k, fewer on a busy machine. Every partition only grows. A reader
-that sees a partition behind its end not move at all for STARVED_CHECKS checks in a row
-is starved: it widens its waits (the live one doubles, up to the catch-up wait; once the
+that sees a partition behind its end not move (or crawl, below) for STARVED_CHECKS
+checks in a row is starved: it widens its waits (the live one doubles, up to the catch-up wait; once the
 catch-up wait itself starves, both double, up to MAX_WAIT_MS) and never narrows them.
 On Apache Kafka a fetch with data there is answered whatever the wait: this never fires.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 STARVED_CHECKS = 2      # checks in a row a partition behind its end did not move at all
 MAX_WAIT_MS = 2_000     # a listing this long is ~3M batches: widen no further
+CRAWL = 100             # records a check that still count as standing still (see Starving)
 
 
 class Starving:
@@ -25,12 +26,13 @@ class Starving:
     of transactional topics should ask for more checks than a transaction normally lasts,
     or it widens its waits for an engine that is merely down."""
 
-    def __init__(self, checks: int = STARVED_CHECKS, crawl: int = 0) -> None:
+    def __init__(self, checks: int = STARVED_CHECKS, crawl: int = CRAWL) -> None:
         self.checks = checks
         # Moving no more than this many records a check, while further behind than that,
         # counts as standing still too: near the edge tansu answers a fetch now and then (a
         # 20 ms wait read ~20 records/s of a ~39k-batch partition), a reader that never
-        # catches up and never stands still either.
+        # catches up and never stands still either. Every reader here goes through
+        # thousands of records a second when it has them.
         self.crawl = crawl
         self._positions: list[int | None] = []
         self._still = 0

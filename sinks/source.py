@@ -48,10 +48,6 @@ STARVE_CHECK_S = 1.0
 # Looks in a row a partition behind its end must stand still to count as starved: more than
 # an engine transaction stays open in a takeover (read_committed stands still behind it).
 STARVED_CHECKS = 5
-# Records a look in which a partition further behind than this moved no more than this
-# counts as standing still: at a wait just short of the listing tansu answers a fetch now
-# and then (20 ms on ~39k batches read ~20 records/s); a sink reads 100k+ records/s.
-CRAWL = 100
 
 
 def ends_of(msgs: list, topics: list[str], partitions: np.ndarray) -> dict[tuple[str, int], int]:
@@ -125,7 +121,7 @@ class Source:
         self.eager = eager                 # return what is queued rather than wait for more
         self.generation = 0          # rises on every revocation: older batches are stale
         self._on_assign = on_assign
-        self._starving = Starving(STARVED_CHECKS, CRAWL)
+        self._starving = Starving(STARVED_CHECKS)
         self._look_at = time.monotonic() + STARVE_CHECK_S
         self._resumes: dict[tuple[str, int], int] = {}  # where position-less ones resume
         self.consumer = self._join()
