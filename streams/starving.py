@@ -27,9 +27,13 @@ CHECK_S = 1.0
 STARVED_CHECKS = 5
 
 
-def looks(consumer) -> tuple[list[int | None], list[int | None]]:
+def looks(consumer, active) -> tuple[list[int | None], list[int | None]]:
     """Per assigned partition (in a fixed order): records behind the last known high
-    watermark (None: unknown, or paused) and the position (None: not known yet)."""
+    watermark (None: unknown, paused, or not one Faust reads now) and the position (None:
+    not known yet). `active`: the (topic, partition)s Faust is reading — the changelogs
+    while it recovers its tables, the inputs after. An active table's changelog stays
+    assigned after recovery and grows with the worker's own writes, unread: without
+    this it looked starved (a fresh `keel up` widened accounts to 2 s in 40 s)."""
     assignment = consumer._subscription.subscription
     assignment = assignment.assignment if assignment is not None else None
     if assignment is None:
@@ -39,7 +43,8 @@ def looks(consumer) -> tuple[list[int | None], list[int | None]]:
     for tp in sorted(assignment.tps):
         state = assignment.state_value(tp)
         position = state.position if state.has_valid_position else None
-        known = position is not None and state.highwater is not None and not state.paused
+        known = (position is not None and state.highwater is not None and not state.paused
+                 and (tp.topic, tp.partition) in active)
         lags.append(max(0, state.highwater - position) if known else None)
         positions.append(position)
     return lags, positions
@@ -62,7 +67,8 @@ def watch(app) -> None:
         consumer = getattr(app.consumer._thread, "_consumer", None)
         if consumer is None or consumer._fetcher is None:
             return
-        lags, positions = looks(consumer)
+        active = {(tp.topic, tp.partition) for tp in app.consumer._get_active_partitions()}
+        lags, positions = looks(consumer, active)
         if starving.check(lags, positions):
             wait = widen(consumer._fetcher)
             if wait is not None:
