@@ -1,20 +1,23 @@
 """The embedded broker's floor under Keel's latency targets: the order path's broker work
 alone, no Keel code in it.
 
-    .venv/bin/python bench/floor.py [--json] [--seconds 10] [--fetch-wait-ms 2,5,10]
+    .venv/bin/python bench/floor.py [--json] [--seconds 10] [--fetch-wait-ms 5,10]
                                     [--only accounts,order,...]
 
 Each path is relayed by bare processes that do only what the real stage must do with the
-broker, with librdkafka (confluent-kafka), linger 0, on a fresh tansu:
+broker, with librdkafka (confluent-kafka), linger 0, on a fresh tansu, over --partitions
+partitions per topic (4, as Keel's user-keyed topics; records spread round-robin as over
+many users, each relayed to the same partition number):
   state-first hop (what an accounts worker must do per batch, streams/app.py): read a
-      batch, produce one state record per batch to a changelog topic and wait for its
+      batch, produce one state record per partition to a changelog topic and wait for its
       acknowledgement, then produce a copy of every record to the next topic and wait for
       those acknowledgements; commit the input offsets without waiting.
   transaction hop (what the engine must do per batch, engine/service): read a batch
-      (read_committed), then one transaction holding one state record (the engine's
-      depth record, accounts' changelog), a copy of every record on the next topic and
+      (read_committed), then one transaction holding one state record a partition (the
+      engine's depth record, accounts' changelog), a copy of every record on the next topic and
       the input offsets.
-A source produces records at a fixed rate, each carrying its send time; a read_committed
+A source produces records at a fixed rate (linger 1 ms, as the gateway), each carrying its
+send time; a read_committed
 reader at the path's end (fetch wait 1 ms, as bench/streams.py's reader) takes each
 record's latency = read time - send time. Paths (the targets of issues 5, 7 and 8):
   accounts   source -> state-first hop -> reader, at 2,000 records/s
@@ -30,7 +33,7 @@ record's latency = read time - send time. Paths (the targets of issues 5, 7 and 
 Each path runs once per relay fetch wait given (a fresh broker each time); the floor is
 the lowest p99 among them. The first second of each run is not counted; a record not
 read within the run + 60 s counts as slower than every other (p99 null if over 1%). A
-relay fetch wait of 1 ms starves on tansu (most records never read): not a default. With
+relay fetch wait of 1 or 2 ms starves on tansu (many records never read): not a default. With
 --json the last line is one JSON object: per path `<path>_p50_ms`, `<path>_p99_ms` (the best run),
 and `runs` with every run's figures, among them the CPU (% of one core, over the run) of
 the broker, of the relays together and of this process (source and reader).
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -58,13 +62,15 @@ PATHS = {"accounts": (2_000, ("state",)), "accounts-txn": (2_000, ("txn",)),
          "ramp": (2_000, ("state", "txn")), "ramp-txn": (2_000, ("txn", "txn"))}
 WARMUP_S = 1.0
 PAD = b"x" * 120          # about a Place command's size
+SOURCE_LINGER_MS = 1      # as the gateway's request producer (gateway/requests.py)
 
 
 def _settings(bootstrap: str) -> Settings:
     return Settings.from_env({**os.environ, "KEEL_KAFKA_BOOTSTRAP": bootstrap})
 
 
-def relay(kind: str, bootstrap: str, source: str, target: str, wait_ms: int) -> int:
+def relay(kind: str, bootstrap: str, source: str, target: str, wait_ms: int,
+          partitions: int) -> int:
     """Child mode: one hop of `kind` from `source` to `target` until SIGTERM/killed."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -76,7 +82,7 @@ def relay(kind: str, bootstrap: str, source: str, target: str, wait_ms: int) -> 
         settings, f"floor-{kind}-{uuid.uuid4().hex[:6]}", f"floor-{kind}",
         fetch_wait_max_ms=wait_ms, fetch_min_bytes=1,
         isolation_level="read_committed" if txn else "read_uncommitted"))
-    consumer.assign([TopicPartition(source, 0, 0)])
+    consumer.assign([TopicPartition(source, p, 0) for p in range(partitions)])
     extra = {"transactional_id": f"floor-{uuid.uuid4().hex}"} if txn else {}
     producer = Producer(producer_config(settings, f"floor-{kind}", linger_ms=0, **extra))
     if txn:
@@ -91,24 +97,28 @@ def relay(kind: str, bootstrap: str, source: str, target: str, wait_ms: int) -> 
         msgs = [m for m in [first] + consumer.consume(4999, 0) if m.error() is None]
         if not msgs:
             continue
-        offsets = [TopicPartition(source, 0, msgs[-1].offset() + 1)]
+        ends = {m.partition(): m.offset() + 1 for m in msgs}
+        offsets = [TopicPartition(source, p, end) for p, end in ends.items()]
         if txn:
             producer.begin_transaction()
-            producer.produce(changelog, b"s" * 64, partition=0)
+            for p in ends:
+                producer.produce(changelog, b"s" * 64, partition=p)
             for m in msgs:
-                producer.produce(target, m.value(), partition=0)
+                producer.produce(target, m.value(), partition=m.partition())
             producer.send_offsets_to_transaction(offsets, metadata, 10)
             producer.commit_transaction(10)
         else:
-            producer.produce(changelog, b"s" * 64, partition=0)
+            for p in ends:
+                producer.produce(changelog, b"s" * 64, partition=p)
             producer.flush(10)
             for m in msgs:
-                producer.produce(target, m.value(), partition=0)
+                producer.produce(target, m.value(), partition=m.partition())
             producer.flush(10)
             consumer.commit(offsets=offsets, asynchronous=True)
 
 
-def run_path(path: str, wait_ms: int, seconds: float, workdir: Path) -> dict:
+def run_path(path: str, wait_ms: int, seconds: float, workdir: Path,
+             partitions: int) -> dict:
     from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import NewTopic
 
@@ -132,19 +142,19 @@ def run_path(path: str, wait_ms: int, seconds: float, workdir: Path) -> dict:
         topics = [f"floor.t{i}" for i in range(len(hops) + 1)]
         names = topics + [f"{t}-changelog" for t in topics[1:]]
         admin = admin_client(settings)
-        for future in admin.create_topics([NewTopic(t, 1, 1) for t in names]).values():
+        for future in admin.create_topics([NewTopic(t, partitions, 1) for t in names]).values():
             future.result(30)
         for kind, source, target in zip(hops, topics[:-1], topics[1:], strict=True):
             proc = subprocess.Popen(
                 [sys.executable, __file__, "--relay", kind, bootstrap, source, target,
-                 str(wait_ms)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 str(wait_ms), str(partitions)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             relays.append(proc)
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"relay {kind} did not start")
         reader = Consumer(consumer_config(settings, None, "floor-reader",
                                           fetch_wait_max_ms=1, fetch_min_bytes=1))
-        reader.assign([TopicPartition(topics[-1], 0, 0)])
-        producer = Producer(producer_config(settings, "floor-source", linger_ms=0))
+        reader.assign([TopicPartition(topics[-1], p, 0) for p in range(partitions)])
+        producer = Producer(producer_config(settings, "floor-source", linger_ms=SOURCE_LINGER_MS))
         latencies: list[float] = []
         total = int(rate * seconds)
         start, wall_start = time.monotonic(), time.time()
@@ -155,7 +165,8 @@ def run_path(path: str, wait_ms: int, seconds: float, workdir: Path) -> dict:
         while received < total and time.monotonic() - start < seconds + 60:
             due = min(total, int((time.monotonic() - start) * rate))
             while sent < due:
-                producer.produce(topics[0], struct.pack(">d", time.time()) + PAD, partition=0)
+                producer.produce(topics[0], struct.pack(">d", time.time()) + PAD,
+                                 partition=sent % partitions)
                 sent += 1
             producer.poll(0)
             for m in reader.consume(10_000, 0.001):
@@ -202,21 +213,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--fetch-wait-ms", default="2,5,10",
+    parser.add_argument("--fetch-wait-ms", default="5,10",
                         help="relay fetch waits to try, comma-separated (a fresh broker each)")
     parser.add_argument("--only", default=",".join(PATHS), help="paths, comma-separated")
-    parser.add_argument("--relay", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--partitions", type=int, default=4,
+                        help="partitions of every topic of the path (Keel's user topics: 4)")
+    parser.add_argument("--relay", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # SIGTERM unwinds like an exception, so every broker and relay started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.relay:
-        kind, bootstrap, source, target, wait = args.relay
-        return relay(kind, bootstrap, source, target, int(wait))
+        kind, bootstrap, source, target, wait, partitions = args.relay
+        return relay(kind, bootstrap, source, target, int(wait), int(partitions))
     runs = []
     result: dict = {}
     with tempfile.TemporaryDirectory(prefix="keel-floor-") as tmp:
         for path in args.only.split(","):
             best = None
             for wait in (int(w) for w in args.fetch_wait_ms.split(",")):
-                run = run_path(path, wait, args.seconds, Path(tmp))
+                run = run_path(path, wait, args.seconds, Path(tmp), args.partitions)
                 runs.append(run)
                 print(f"{path} at {run['rate']}/s, relay fetch wait {wait} ms: "
                       f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, max {run['max_ms']} ms "
