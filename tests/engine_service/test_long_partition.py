@@ -10,12 +10,13 @@ progress while behind and widen its wait (engine.service.fetchwait), not sit the
 """
 from __future__ import annotations
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from engine.service.config import EngineOptions
 from engine.service.reader import FIRST_WAIT_MS, LogReader
 from engine.workload import operations, to_commands
-from infra.kafka import consumer_config, producer_config
+from infra.kafka import consumer_config
+from tests.long_partition import produce_one_per_batch
 
 from .conftest import log_of, wait_for
 
@@ -24,17 +25,8 @@ LATE = 20               # commands sent once it is live: far below the 1,000-rec
 
 
 def _produce_one_per_batch(env, commands, topic: str | None = None) -> None:
-    producer = Producer(producer_config(env.settings, "t-long", linger_ms=0,
-                                        batch_num_messages=1))
-    topic = topic or env.settings.topic("orders")
-    for i, command in enumerate(commands):
-        producer.produce(topic, env.codec.encode_command(command), command.pair.encode(),
-                         partition=0)
-        if i % 1000 == 0:
-            producer.poll(0)
-        while len(producer) > 2000:
-            producer.poll(0.01)
-    assert producer.flush(60) == 0
+    produce_one_per_batch(env.settings.bootstrap, topic or env.settings.topic("orders"),
+                          (env.codec.encode_command(c) for c in commands), key=b"BTCUSDT")
 
 
 def _committed(env) -> int:

@@ -12,13 +12,12 @@ import asyncio
 import time
 import uuid
 
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from gateway.feed import LIVE_WAIT_MS, Feed
-from infra.kafka import producer_config
 from infra.settings import Settings
 from schemas.codec import Codec
+from tests.long_partition import produce_one_per_batch
 
 BATCHES = 20_000
 
@@ -40,15 +39,7 @@ def _reply(codec: Codec, request_id: str) -> bytes:
 
 
 def _produce_one_per_batch(settings: Settings, values) -> None:
-    producer = Producer(producer_config(settings, "t-feed-long", linger_ms=0,
-                                        batch_num_messages=1))
-    for i, value in enumerate(values):
-        producer.produce(settings.topic("replies"), value, partition=0)
-        if i % 1000 == 0:
-            producer.poll(0)
-        while len(producer) > 2000:
-            producer.poll(0.01)
-    assert producer.flush(60) == 0
+    produce_one_per_batch(settings.bootstrap, settings.topic("replies"), values)
 
 
 async def _until(predicate, timeout: float, what: str) -> None:

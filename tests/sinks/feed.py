@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from decimal import Decimal
 
 from confluent_kafka import Producer
@@ -225,3 +226,40 @@ class Message:
 
     def value(self):
         return self._v
+
+
+def columns(events):
+    """Engine events as the PostgreSQL sink's decoded columns (none dead)."""
+    from schemas.codec import Codec
+    from sinks.event_columns import decode
+
+    codec = Codec()
+    cols, dead = decode([codec.encode_event(e) for e in events], codec)
+    assert not dead
+    return cols
+
+
+@contextmanager
+def opened_store(dsn: str):
+    """A PostgresStore with two writers, open for the block."""
+    from sinks.postgres import PostgresStore
+
+    store = PostgresStore(dsn, writers=2)
+    store.open()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def stored(dsn: str):
+    """(trade count, distinct trades, quantity sum) and {(pair, order_id): state} as the
+    PostgreSQL sink left them."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        trades = conn.execute("SELECT count(*), count(DISTINCT (pair, trade_id)), sum(qty) "
+                              "FROM trades").fetchone()
+        orders = {(r[0], r[1]): r[2:] for r in conn.execute(
+            "SELECT pair, order_id, status, filled_qty, filled_quote, remaining FROM orders")}
+    return trades, orders

@@ -3,19 +3,10 @@ read as the codec reads them, alone and beside records of one block each."""
 from __future__ import annotations
 
 from schemas.codec import Codec
+from schemas.varint import zigzag
 from sinks import depth_columns
 from sinks.depth_native import current_header
 from tests.sinks.feed import depth_updates
-
-
-def _long(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _in_blocks(codec: Codec, d: dict) -> bytes:
@@ -23,7 +14,7 @@ def _in_blocks(codec: Codec, d: dict) -> bytes:
     head = codec.encode("depth_update", {**d, "bids": [], "asks": []})[:-2]
 
     def side(levels):
-        return b"".join(_long(1) + _long(lv["price"]) + _long(lv["qty"]) for lv in levels) + b"\0"
+        return b"".join(zigzag(1) + zigzag(lv["price"]) + zigzag(lv["qty"]) for lv in levels) + b"\0"
     return head + side(d["bids"]) + side(d["asks"])
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from schemas.codec import Codec, CodecError
+from schemas.varint import zigzag
 from sinks import depth_columns, depth_native
 from sinks.clickhouse import ClickHouseStore
 from sinks.depth_native import current_header
@@ -108,24 +109,13 @@ def _with_sized_block(value: bytes) -> bytes:
     """The same record with its bids written as one block of negative count and size."""
     codec = Codec()
     d = codec.decode("depth_update", value)
-    body = b"".join(_long(lv["price"]) + _long(lv["qty"]) for lv in d["bids"])
+    body = b"".join(zigzag(lv["price"]) + zigzag(lv["qty"]) for lv in d["bids"])
     plain = codec.encode("depth_update", {**d, "bids": []})
     # plain: ...flag, 0 (empty bids), asks...; put the sized block before that 0.
     head = codec.encode("depth_update", {**d, "bids": [], "asks": []})[:-2]
     rest = plain[len(head):]
     assert rest[0] == 0
-    return head + _long(-len(d["bids"])) + _long(len(body)) + body + rest
-
-
-def _long(n: int) -> bytes:
-    """An Avro long: zigzag, then 7 bits a byte."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return head + zigzag(-len(d["bids"])) + zigzag(len(body)) + body + rest
 
 
 def test_native_block_round_trip(clickhouse_client, tmp_path):

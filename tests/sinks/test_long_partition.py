@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 
 import psycopg
-from confluent_kafka import Producer
 
 from engine.domain import Trade
 from infra.settings import Settings
@@ -26,22 +25,11 @@ from sinks.loop import SinkLoop
 from sinks.metrics import SinkMetrics
 from sinks.postgres import TRANSIENT, PostgresStore
 from sinks.source import Source
+from tests.long_partition import produce_one_per_batch
 from tests.sinks.feed import engine_events, wait_for
 
 OPS = 28_000            # ~40k events of one pair: one single-record batch each
 FIRST_WAIT_MS = 10
-
-
-def _produce_one_per_batch(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0,
-                         "batch.num.messages": 1, "enable.idempotence": True})
-    for i, value in enumerate(values):
-        producer.produce(topic, value, b"BTCUSDT", partition=0)
-        if i % 1000 == 0:
-            producer.poll(0)
-        while len(producer) > 2000:
-            producer.poll(0.01)
-    assert producer.flush(60) == 0
 
 
 def _trades(dsn: str) -> int:
@@ -57,8 +45,8 @@ def test_the_postgres_sink_loads_a_partition_too_long_for_its_wait(
     codec = Codec()
     settings = Settings.from_env({"KEEL_KAFKA_BOOTSTRAP": kafka_bootstrap,
                                   "KEEL_POSTGRES_URL": sink_db, "KEEL_TOPIC_PREFIX": prefix})
-    _produce_one_per_batch(kafka_bootstrap, settings.topic("events"),
-                           [codec.encode_event(e) for e in events])
+    produce_one_per_batch(kafka_bootstrap, settings.topic("events"),
+                          [codec.encode_event(e) for e in events], key=b"BTCUSDT")
 
     store = PostgresStore(sink_db, writers=2, batches=2, codec=codec)
     store.open()

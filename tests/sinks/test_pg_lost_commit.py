@@ -17,38 +17,22 @@ from psycopg import sql
 
 from engine.domain import Trade
 from infra.postgres import with_database
-from schemas.codec import Codec
-from sinks.event_columns import decode
-from sinks.postgres import TRADES_SUFFIX, PostgresStore
-from tests.sinks.feed import engine_events, expected_orders
-
-
-def _columns(events):
-    codec = Codec()
-    cols, dead = decode([codec.encode_event(e) for e in events], codec)
-    assert not dead
-    return cols
+from sinks.postgres import TRADES_SUFFIX
+from tests.sinks.feed import (
+    columns,
+    engine_events,
+    expected_orders,
+    opened_store,
+    stored,
+)
 
 
 def _state(dsn: str):
+    trades, orders = stored(dsn)
     with psycopg.connect(dsn) as conn:
-        trades = conn.execute("SELECT count(*), count(DISTINCT (pair, trade_id)), sum(qty) "
-                              "FROM trades").fetchone()
-        orders = {(r[0], r[1]): r[2:] for r in conn.execute(
-            "SELECT pair, order_id, status, filled_qty, filled_quote, remaining FROM orders")}
         marks = dict(((r[0], r[1]), r[2]) for r in conn.execute(
             "SELECT sink, pair, last_seq FROM sink_progress"))
     return trades, orders, marks
-
-
-@contextmanager
-def _open(dsn: str):
-    store = PostgresStore(dsn, writers=2)
-    store.open()
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 @contextmanager
@@ -71,26 +55,26 @@ def _snapshot(dsn: str):
 def test_a_lost_commit_loses_its_watermark_too_and_a_replay_restores_it(sink_db):
     events = engine_events(1500, seed=31)
     first, second = len(events) // 3, 2 * len(events) // 3
-    with _open(sink_db) as store:
-        store.write(store.batch(_columns(events[:first])))
+    with opened_store(sink_db) as store:
+        store.write(store.batch(columns(events[:first])))
     kept = _state(sink_db)
     # The database as a crash that lost the next batch's commits would leave it.
     with _snapshot(sink_db) as lost:
-        with _open(sink_db) as store:
-            store.write(store.batch(_columns(events[first:second])))
+        with opened_store(sink_db) as store:
+            store.write(store.batch(columns(events[first:second])))
         whole = _state(sink_db)
         assert whole[2] != kept[2]                    # the batch moved both watermarks
         assert _state(lost) == kept                   # the copy: as before the batch
         # Kafka redelivers from the last offset it committed, here the first batch's
         # start, and the batch after it follows: each event lands exactly once (orders
         # stored in the first batch take their fills as deltas, not twice).
-        with _open(lost) as store:
-            report = store.write(store.batch(_columns(events[:second])))
+        with opened_store(lost) as store:
+            report = store.write(store.batch(columns(events[:second])))
             assert report.replayed == first
             assert report.events == second - first
-            store.write(store.batch(_columns(events[second:])))
-        with _open(sink_db) as store:
-            store.write(store.batch(_columns(events[second:])))
+            store.write(store.batch(columns(events[second:])))
+        with opened_store(sink_db) as store:
+            store.write(store.batch(columns(events[second:])))
         trades = [e for e in events if type(e) is Trade]
         for dsn in (lost, sink_db):
             got_trades, got_orders, marks = _state(dsn)

@@ -6,38 +6,25 @@ an older sink loaded keeps its place through migration 0009."""
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 
 import psycopg
 import pytest
 
 from engine.domain import Trade
 from infra.migrate import MIGRATION_DIRS, migrate
-from schemas.codec import Codec
-from sinks.event_columns import decode
-from sinks.postgres import ORDERS, TRADES, PostgresStore
-from tests.sinks.feed import engine_events, expected_orders
-
-
-def _columns(events):
-    codec = Codec()
-    cols, dead = decode([codec.encode_event(e) for e in events], codec)
-    assert not dead
-    return cols
-
-
-def _state(dsn: str):
-    with psycopg.connect(dsn) as conn:
-        trades = conn.execute("SELECT count(*), count(DISTINCT (pair, trade_id)), sum(qty) "
-                              "FROM trades").fetchone()
-        orders = {(r[0], r[1]): r[2:] for r in conn.execute(
-            "SELECT pair, order_id, status, filled_qty, filled_quote, remaining FROM orders")}
-    return trades, orders
+from sinks.postgres import ORDERS, TRADES
+from tests.sinks.feed import (
+    columns,
+    engine_events,
+    expected_orders,
+    opened_store,
+    stored,
+)
 
 
 @pytest.fixture
 def store(sink_db):
-    with _open(sink_db) as s:
+    with opened_store(sink_db) as s:
         yield s
 
 
@@ -46,9 +33,9 @@ def test_a_job_committed_before_a_failure_is_not_applied_twice(store, sink_db, m
                                                                 failing):
     events = engine_events(1500, seed=12)
     cut = len(events) // 2
-    store.write(store.batch(_columns(events[:cut])))
-    before = _state(sink_db)
-    batch = store.batch(_columns(events[cut:]))
+    store.write(store.batch(columns(events[:cut])))
+    before = stored(sink_db)
+    batch = store.batch(columns(events[cut:]))
     assert len(batch.parts) == 2                    # one part per pair, side by side
     apply, failed = store._apply, []
 
@@ -63,7 +50,7 @@ def test_a_job_committed_before_a_failure_is_not_applied_twice(store, sink_db, m
     with pytest.raises(psycopg.OperationalError):
         store.write(batch)
     assert failed                                    # the helper's job failed ...
-    half = _state(sink_db)
+    half = stored(sink_db)
     trades = [e for e in events if type(e) is Trade]
     # ... after the other jobs committed theirs: the batch is in, but for one job's rows
     if failing == TRADES:
@@ -76,21 +63,21 @@ def test_a_job_committed_before_a_failure_is_not_applied_twice(store, sink_db, m
     report = store.write(batch)                      # ... the retry writes it, once
     assert report.replayed > 0
     assert (report.events > 0) if failing == ORDERS else (report.trades > 0)
-    got_trades, got_orders = _state(sink_db)
+    got_trades, got_orders = stored(sink_db)
     assert got_trades == (len(trades), len(trades), sum(t.qty for t in trades))
     assert got_orders == expected_orders(events)
 
 
 def test_rows_stored_past_a_lost_watermark_take_the_on_conflict_path(store, sink_db):
     events = engine_events(800, seed=13)
-    batch = store.batch(_columns(events))
+    batch = store.batch(columns(events))
     store.write(batch)
-    before = _state(sink_db)
+    before = stored(sink_db)
     with psycopg.connect(sink_db) as conn:
         conn.execute("DELETE FROM sink_progress")
     report = store.write(batch)                      # COPY would hit the primary keys
     assert report.trades == 0 and report.events == len(events)
-    assert _state(sink_db) == before
+    assert stored(sink_db) == before
     assert before[1] == expected_orders(events)
 
 
@@ -107,8 +94,8 @@ def test_an_upgraded_database_keeps_where_its_trades_were(make_database, tmp_pat
     migrate(dsn, (older,))
     events = engine_events(1500, seed=14)
     cut = len(events) // 2
-    with _open(dsn) as store:
-        store.write(store.batch(_columns(events[:cut])))
+    with opened_store(dsn) as store:
+        store.write(store.batch(columns(events[:cut])))
     with psycopg.connect(dsn) as conn:             # as the older sink left it
         conn.execute("DELETE FROM sink_progress WHERE sink LIKE '%:trades'")
         marks = dict(conn.execute("SELECT pair, last_seq FROM sink_progress").fetchall())
@@ -119,21 +106,12 @@ def test_an_upgraded_database_keeps_where_its_trades_were(make_database, tmp_pat
                                  "WHERE sink = 'postgres:trades'").fetchall()) == marks
     replay = events[cut - 300:]                     # the Kafka commit of 300 was lost
     assert any(type(e) is Trade for e in events[cut - 300:cut])
-    with _open(dsn) as store, caplog.at_level("WARNING"):
-        report = store.write(store.batch(_columns(replay)))
+    with opened_store(dsn) as store, caplog.at_level("WARNING"):
+        report = store.write(store.batch(columns(replay)))
     assert "ON CONFLICT" not in caplog.text
     assert report.replayed == 300
     trades = [e for e in events if type(e) is Trade]
-    got_trades, got_orders = _state(dsn)
+    got_trades, got_orders = stored(dsn)
     assert got_trades == (len(trades), len(trades), sum(t.qty for t in trades))
     assert got_orders == expected_orders(events)
 
-
-@contextmanager
-def _open(dsn: str):
-    store = PostgresStore(dsn, writers=2)
-    store.open()
-    try:
-        yield store
-    finally:
-        store.close()

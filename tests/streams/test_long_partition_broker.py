@@ -8,10 +8,8 @@ must widen the wait so the backlog and what follows it are read.
 """
 from __future__ import annotations
 
-from confluent_kafka import Producer
-
-from infra.kafka import producer_config
 from streams.keys import user_key, user_partition
+from tests.long_partition import produce_one_per_batch
 from tests.streams.sim import request
 
 BATCHES = 20_000
@@ -20,16 +18,9 @@ UID = 77
 
 def _one_per_batch(client, requests) -> None:
     settings = client.settings
-    producer = Producer(producer_config(settings, "t-long", linger_ms=0, batch_num_messages=1))
-    partition = user_partition(UID, settings.user_partitions)
-    for i, req in enumerate(requests):
-        producer.produce(settings.topic("requests"), key=user_key(UID),
-                         value=client.codec.encode("order_request", req), partition=partition)
-        if i % 1000 == 0:
-            producer.poll(0)
-        while len(producer) > 2000:
-            producer.poll(0.01)
-    assert producer.flush(60) == 0
+    produce_one_per_batch(settings.bootstrap, settings.topic("requests"),
+                          (client.codec.encode("order_request", r) for r in requests),
+                          user_partition(UID, settings.user_partitions), user_key(UID))
 
 
 def _deposit(rid: str) -> dict:
