@@ -50,12 +50,15 @@ class Starving:
         return False
 
 
+def doubled(wait_ms: int, factor: int = 2) -> int | None:
+    """A single wait widened (`factor` times, up to MAX_WAIT_MS), or None at the cap."""
+    return None if wait_ms >= MAX_WAIT_MS else min(wait_ms * factor, MAX_WAIT_MS)
+
+
 def widened(live_ms: int, catch_up_ms: int, live_now: bool) -> tuple[int, int] | None:
     """(live, catch-up) waits after a starved check, or None at the cap. `live_now`: the
     starved reader was on its live wait (it should catch up on the long one now)."""
     if live_now and live_ms < catch_up_ms:
         return min(live_ms * 2, catch_up_ms), catch_up_ms
-    if catch_up_ms < MAX_WAIT_MS:
-        wider = min(catch_up_ms * 2, MAX_WAIT_MS)
-        return wider, wider
-    return None
+    wider = doubled(catch_up_ms)
+    return None if wider is None else (wider, wider)

@@ -25,7 +25,7 @@ from operator import methodcaller
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from infra.fetchwait import MAX_WAIT_MS, Starving
+from infra.fetchwait import Starving, doubled
 from infra.kafka import consumer_config
 from infra.logs import event
 from infra.settings import Settings
@@ -187,9 +187,10 @@ class Source:
         except KafkaException as exc:       # a look must never stop the sink
             event(log, "fetch wait look failed", logging.DEBUG, error=str(exc))
             return
-        if not self._starving.check(lags, positions) or self.fetch_wait_ms >= MAX_WAIT_MS:
+        wider = doubled(self.fetch_wait_ms) if self._starving.check(lags, positions) else None
+        if wider is None:
             return
-        self.fetch_wait_ms = min(self.fetch_wait_ms * 2, MAX_WAIT_MS)
+        self.fetch_wait_ms = wider
         event(log, "fetch wait widened: a partition behind its end is not moving",
               logging.WARNING, wait_ms=self.fetch_wait_ms, behind=sum(1 for n in lags if n))
         # Leaving the group revokes our partitions (generation rises, batches in flight

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 
-from infra.fetchwait import MAX_WAIT_MS, Starving
+from infra.fetchwait import Starving, doubled
 from infra.logs import event
 
 log = logging.getLogger("keel.streams.starving")
@@ -52,10 +52,10 @@ def looks(consumer, active) -> tuple[list[int | None], list[int | None]]:
 
 def widen(fetcher) -> int | None:
     """Double the fetcher's wait (None: already at the cap)."""
-    if fetcher._fetch_max_wait_ms >= MAX_WAIT_MS:
-        return None
-    fetcher._fetch_max_wait_ms = min(fetcher._fetch_max_wait_ms * 2, MAX_WAIT_MS)
-    return fetcher._fetch_max_wait_ms
+    wait = doubled(fetcher._fetch_max_wait_ms)
+    if wait is not None:
+        fetcher._fetch_max_wait_ms = wait
+    return wait
 
 
 def watch(app) -> None:

@@ -17,12 +17,12 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from infra.fetchwait import doubled
 from infra.kafka import consumer_config
 from infra.settings import Settings
 
 TIMEOUT = 10.0
 FIRST_WAIT_MS = 10
-MAX_WAIT_MS = 2_000
 STALL_S = 1.0           # nothing read for this long while behind: widen the fetch wait
 
 
@@ -43,9 +43,10 @@ class LogReader:
     def _widen(self, at: TopicPartition) -> bool:
         """A consumer with a 5x longer fetch wait, assigned at `at`; False at the cap.
         (librdkafka fixes the wait when the client is made.)"""
-        if self.wait_ms >= MAX_WAIT_MS:
+        wider = doubled(self.wait_ms, factor=5)
+        if wider is None:
             return False
-        self.wait_ms = min(self.wait_ms * 5, MAX_WAIT_MS)
+        self.wait_ms = wider
         old, self._consumer = self._consumer, self._make()
         old.close()
         self._consumer.assign([at])

@@ -1,7 +1,7 @@
 """infra.fetchwait: when a reader counts as starved, and how far its waits widen (pure)."""
 from __future__ import annotations
 
-from infra.fetchwait import MAX_WAIT_MS, Starving, widened
+from infra.fetchwait import MAX_WAIT_MS, Starving, doubled, widened
 
 
 def test_starved_only_behind_and_standing_still_for_the_checks_asked():
@@ -38,3 +38,10 @@ def test_widening_doubles_live_up_to_catch_up_then_both_up_to_the_cap():
     assert widened(100, 100, live_now=True) == (200, 200)
     assert widened(1500, 1500, live_now=False) == (MAX_WAIT_MS, MAX_WAIT_MS)
     assert widened(MAX_WAIT_MS, MAX_WAIT_MS, live_now=False) is None
+
+
+def test_a_single_wait_doubles_or_grows_by_its_factor_up_to_the_cap():
+    assert doubled(10) == 20
+    assert doubled(10, factor=5) == 50
+    assert doubled(1_500) == MAX_WAIT_MS
+    assert doubled(MAX_WAIT_MS) is None
