@@ -33,7 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from gateway.state import Folding
 from infra.fetchwait import Starving, widened
-from infra.kafka import consumer_config
+from infra.kafka import StableEnds, consumer_config
 from infra.logs import event
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
@@ -44,9 +44,8 @@ LIVE_WAIT_MS = 5                    # fetch wait at the tail: adds up to this to
 CATCH_UP_WAIT_MS = 100              # fetch wait while reading a backlog
 LAG_RECORDS = 5000                  # behind by this many records: catch up again
 LAG_CHECK_S = 1.0
-# Checks in a row a partition behind its end must stand still to count as starved: more
-# than an engine transaction stays open in a takeover (read_committed stands still behind
-# it too, see infra.fetchwait.Starving).
+# Checks in a row a partition behind its readable end must stand still to count as
+# starved (an open transaction's records are not behind: the end is the last stable offset).
 STARVED_CHECKS = 5
 TOPICS = ("events", "depth", "tickers", "candles", "balances", "replies")
 
@@ -69,6 +68,7 @@ class Feed:
         self._pending_eof: set[tuple[str, int]] = set()
         self._assigned: dict[tuple[str, int], int] = {}      # by the last consumer switch
         self._queue: deque[list] = deque()
+        self._ends = StableEnds()        # of the current consumer
         self._scheduled = False
         full = {settings.topic(t): t for t in TOPICS}
         self._short = full
@@ -106,10 +106,13 @@ class Feed:
         self._thread.start()
 
     def _consumer(self, fetch_wait_ms: int) -> Consumer:
+        self._ends = StableEnds()
         return Consumer(consumer_config(self.settings, None, client_id=self.client_id,
                                         enable_partition_eof=True,
                                         fetch_wait_max_ms=fetch_wait_ms,
-                                        queued_min_messages=1000))
+                                        queued_min_messages=1000,
+                                        statistics_interval_ms=int(LAG_CHECK_S * 1000),
+                                        stats_cb=self._ends))
 
     def stop(self) -> None:
         self._stop.set()
@@ -199,9 +202,10 @@ class Feed:
 
     def _lags(self, consumer: Consumer, assignment: list[TopicPartition]
               ) -> tuple[list[int | None], list[int | None]]:
-        """Per partition: records between the consumer's position and the high watermark
-        its fetches reported (cached: no broker round trip; None if not known yet), and
-        the position."""
+        """Per partition: records between the consumer's position and the readable end its
+        fetches reported (the high watermark, or below an open transaction its last
+        stable offset; cached: no broker round trip; None if not known yet), and the
+        position."""
         lags: list[int | None] = []
         positions: list[int | None] = []
         for tp in self._positions(consumer, assignment):
@@ -209,7 +213,8 @@ class Feed:
             if tp.offset >= 0:
                 try:
                     _low, high = consumer.get_watermark_offsets(tp, cached=True)
-                    lag = max(0, high - tp.offset) if high >= 0 else None
+                    end = self._ends.end(tp.topic, tp.partition, high)
+                    lag = max(0, end - tp.offset) if high >= 0 else None
                 except Exception:        # no fetch answered for it yet
                     pass
             lags.append(lag)

@@ -22,9 +22,9 @@ class Starving:
     not being read, e.g. paused) and positions, in a fixed order.
 
     A read_committed reader also stands still behind an open transaction (librdkafka's
-    cached high watermark is the partition's end, not the last stable offset), so a reader
-    of transactional topics should ask for more checks than a transaction normally lasts,
-    or it widens its waits for an engine that is merely down."""
+    cached high watermark is the partition's end, not the last stable offset): measure its
+    lags to infra.kafka.StableEnds, or an engine that died inside a transaction looks like
+    a starving broker for as long as it is down."""
 
     def __init__(self, checks: int = STARVED_CHECKS, crawl: int = CRAWL) -> None:
         self.checks = checks

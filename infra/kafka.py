@@ -5,6 +5,7 @@ embedded broker and a production cluster differ only by `KEEL_KAFKA_BOOTSTRAP`.
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -14,6 +15,34 @@ from infra.settings import Settings
 # they come out as the process's JSON log lines at its level instead of raw "%3|...|FAIL|"
 # text on stderr. They are handed over when the client is polled.
 LIBRDKAFKA_LOGGER = logging.getLogger("kafka.librdkafka")
+
+
+class StableEnds:
+    """A consumer's statistics callback (`stats_cb=ends, statistics_interval_ms=...`)
+    keeping each partition's last stable offset as its fetches last reported it.
+
+    A read_committed reader cannot read past a transaction that is still open, so its end
+    is the last stable offset, not the high watermark that `get_watermark_offsets`
+    returns: behind an engine that died inside a transaction, lag against the high
+    watermark shows a reader standing still behind its end (and the starvation rule,
+    infra.fetchwait, would widen its fetch wait for good). On a partition with no open
+    transaction the two are equal."""
+
+    def __init__(self) -> None:
+        self._ends: dict[tuple[str, int], int] = {}
+
+    def __call__(self, stats: str) -> None:
+        for topic, info in json.loads(stats).get("topics", {}).items():
+            for partition, part in info.get("partitions", {}).items():
+                stable = part.get("ls_offset", -1)
+                if stable >= 0 and int(partition) >= 0:       # -1: librdkafka's unassigned
+                    self._ends[(topic, int(partition))] = stable
+
+    def end(self, topic: str, partition: int, high: int) -> int:
+        """The readable end: `high` (the cached high watermark), or the last stable offset
+        when the statistics know it and it is lower."""
+        stable = self._ends.get((topic, partition))
+        return high if stable is None else min(high, stable)
 
 
 def _base(settings: Settings, client_id: str | None) -> dict[str, Any]:
