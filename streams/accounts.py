@@ -15,8 +15,8 @@ from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
-from streams import userlog
-from streams.app import app, emit, keel_topic, queue, run_batches, table
+from streams import bulk, userlog
+from streams.app import app, keel_topic, queue, run_batches, table
 from streams.dlq import dead_letter
 from streams.keys import user_partition
 from streams.ledger import BATCH_PER_USER, Accounts, Outcome
@@ -89,33 +89,34 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
         metrics.outputs.inc(counted[1])
         counted[0] = counted[1] = 0
 
-    async def reject(message, code: int, reason: str) -> None:
-        await emit(dlq, key=message.topic.encode(),
-                   value=dead_letter(codec, message, reason, code, "accounts"))
+    def reject(message, code: int, reason: str) -> None:
+        queue(dlq, message.topic.encode(),
+              dead_letter(codec, message, reason, code, "accounts"))
         metrics.dead_letters.inc()
 
-    async def handle(event) -> None:
-        message = event.message
+    def handle(message) -> None:
+        """One record of keel.requests or keel.settlements (a Faust message or an aiokafka
+        record: topic, partition, offset, key, value)."""
         try:
             if message.topic == requests_name:
                 request = codec.decode("order_request", message.value)
                 if user_partition(request["user_id"], n) != message.partition:
                     # Its owner's state lives on another partition: applying it here
                     # would split the user's funds in two.
-                    await reject(message, ResultCode.INVALID_REQUEST,
-                                 f"user {request['user_id']} belongs to partition "
-                                 f"{user_partition(request['user_id'], n)}")
+                    reject(message, ResultCode.INVALID_REQUEST,
+                           f"user {request['user_id']} belongs to partition "
+                           f"{user_partition(request['user_id'], n)}")
                     return
                 out = accounts.handle_request(request, message.partition, message.offset)
             else:
                 out = accounts.apply_settlement(codec.decode("settlement", message.value),
                                                 message.offset)
         except CodecError as exc:
-            await reject(message, exc.code, exc.reason)
+            reject(message, exc.code, exc.reason)
             return
         if out.invalid:
             log.error("settlement set aside: %s", out.invalid)
-            await reject(message, ResultCode.INSUFFICIENT_BALANCE, out.invalid)
+            reject(message, ResultCode.INSUFFICIENT_BALANCE, out.invalid)
             return
         publish(out, message)
         counted[0] += 1
@@ -136,9 +137,19 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     # 500 orders/s POST -> fill on the WebSocket, load 0.5-2.3: pipelined e2e p50
     # 128/105/95/93 ms, p99 236/169/270/166; sequential p50 53/56/62, p99 82/119/111.
     pipelined = settings.extra.get("KEEL_ACCOUNTS_PIPELINE", "0") == "1"
+    # The agent takes its records as whole fetches (streams.bulk), not through Faust's
+    # delivery record by record, unless KEEL_ACCOUNTS_BULK=0. bench/streams.py --only
+    # accounts, alternated: see streams.bulk and FINDINGS.
+    lane = None
+    if settings.extra.get("KEEL_ACCOUNTS_BULK", "1") == "1":
+        lane = bulk.Lane(app, (requests_name, settlements_name), limit=2 * MAX_BATCH)
+
+    async def handle_event(event) -> None:
+        handle(event.message)
 
     @app.agent(source, name="accounts")
     async def gate(stream):
-        await run_batches(stream, handle, max_batch=MAX_BATCH, within=within, staged=(users,),
+        await run_batches(stream, handle if lane is not None else handle_event,
+                          max_batch=MAX_BATCH, within=within, staged=(users,),
                           after_batch=end_batch, state_first=True, pipelined=pipelined,
-                          per_key=BATCH_PER_USER, backlog=BACKLOG)
+                          per_key=BATCH_PER_USER, backlog=BACKLOG, lane=lane)

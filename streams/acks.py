@@ -38,16 +38,22 @@ def ack_batch(consumer, events) -> int:
             tp = message.tp
             if message.offset > tops.get(tp, -1):
                 tops[tp] = message.offset
-        enabled = consumer.app.topics.acks_enabled_for
-        for tp, offset in tops.items():
-            if not enabled(tp.topic):
-                continue
-            committed = consumer._committed_offset[tp]
-            if committed is None or offset >= committed:
-                index = consumer._acked_index[tp]
-                if offset not in index:
-                    index.add(offset)
-                    consumer._acked[tp].append(offset)
-        consumer._n_acked += count
-        notify(consumer._waiting_for_ack)
+        mark_acked(consumer, tops, count)
     return count
+
+
+def mark_acked(consumer, tops: dict, count: int) -> None:
+    """Note `count` records acked, the highest of each partition in `tops` ({tp: offset});
+    call under `ack_lock` (streams.bulk acks whole fetched chunks this way too)."""
+    enabled = consumer.app.topics.acks_enabled_for
+    for tp, offset in tops.items():
+        if not enabled(tp.topic):
+            continue
+        committed = consumer._committed_offset[tp]
+        if committed is None or offset >= committed:
+            index = consumer._acked_index[tp]
+            if offset not in index:
+                index.add(offset)
+                consumer._acked[tp].append(offset)
+    consumer._n_acked += count
+    notify(consumer._waiting_for_ack)

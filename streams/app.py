@@ -34,7 +34,7 @@ import faust
 from faust.streams import _current_event
 
 from infra.settings import Settings
-from streams import compat, fastpath, trace, tuning
+from streams import bulk, compat, fastpath, trace, tuning
 from streams.acks import ack_batch
 from streams.batches import take_batches
 
@@ -73,6 +73,7 @@ def configure(role: str, settings: Settings) -> faust.App:
     tuning.apply(app, settings)     # GIL switch, GC thresholds, no Faust Monitor
     compat.apply(int(settings.extra.get("KEEL_STREAMS_FETCH_WAIT_MS", "10")))
     fastpath.install()              # records reach the streams without 4 tasks each
+    bulk.install()                  # ... or an agent's Lane takes whole fetches
     conf = faust_settings(role, settings)
     Path(conf["datadir"]).mkdir(parents=True, exist_ok=True)   # Faust makes only the leaf
     app.config_from_object(conf, force=True)
@@ -248,7 +249,8 @@ async def _send_outputs(outputs: list, batch: trace.Batch) -> None:
 async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.05,
                       staged=(), after_batch=None, state_first: bool = False,
                       pipelined: bool = True, per_key: int | None = None,
-                      backlog: tuple[int, float] | None = None) -> None:
+                      backlog: tuple[int, float] | None = None,
+                      lane: bulk.Lane | None = None) -> None:
     """Feed `handle(event)` batch by batch, then write the batch's outputs and its table
     state (the `staged` tables, then `after_batch`), each waited for until durable, and
     only then ack the events and commit their offsets. A crash at any point loses nothing.
@@ -267,7 +269,9 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
     (Shutdown.batch_failed). A batch is up to `max_batch` records, closed as soon as no
     more arrive (streams.batches), at most `within` seconds after its first record (or
     `backlog`'s seconds once it holds `backlog`'s count), or when `per_key` of its
-    records share a key.
+    records share a key. With a `lane` (streams.bulk) the batches are taken from it,
+    whole fetches, instead of from `stream` record by record, and `handle` is given each
+    record (an aiokafka ConsumerRecord) instead of an event, and must not wait.
     """
     trace.install_dump(app)
     if not _exactly_once():
@@ -278,15 +282,19 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
         _librdkafka("outputs")
         if compat.changelog_sink is not None:
             _librdkafka("changelog")
-    if trace.enabled():
+    if trace.enabled() and lane is None:
         stream.add_processor(trace.stamp(stream))
     if state_first and pipelined and not _exactly_once():
         return await _pipelined(stream, handle, max_batch, within, staged, after_batch,
-                                per_key, backlog)
+                                per_key, backlog, lane)
     batch = trace.Batch()
     committing = None       # the previous batch's offset commit, when left running
-    async for events in take_batches(stream, max_batch, within, per_key=per_key,
-                                     backlog=backlog):
+    if lane is None:
+        batches = take_batches(stream, max_batch, within, per_key=per_key, backlog=backlog)
+    else:
+        batches = lane.batches(max_batch, within, per_key=per_key, backlog=backlog,
+                               stopped=lambda: stream.should_stop)
+    async for events in batches:
         shutdown.batch_started()
         try:
             committing = await _complete(events, handle, staged, after_batch, state_first,
@@ -307,6 +315,17 @@ YIELD_EVERY_S = 0.001
 async def _handle(events, handle, batch: trace.Batch) -> None:
     batch.mark("close")
     generation = app.consumer_generation_id
+    if isinstance(events, bulk.Taken):
+        await _handle_chunks(events, handle)
+    else:
+        await _handle_events(events, handle)
+    batch.mark("handle")
+    if app.consumer_generation_id != generation:
+        log.warning("batch spans a rebalance", extra={"fields": {
+            "events": len(events), "generation": [generation, app.consumer_generation_id]}})
+
+
+async def _handle_events(events, handle) -> None:
     set_event, reset_event = _current_event.set, _current_event.reset
     set_source, reset_source = compat.source_tp.set, compat.source_tp.reset
     clock = time.perf_counter
@@ -324,10 +343,34 @@ async def _handle(events, handle, batch: trace.Batch) -> None:
             # record to its last: a flush that ends meanwhile would wake its task only then
             await asyncio.sleep(0)
             due = clock() + YIELD_EVERY_S
-    batch.mark("handle")
-    if app.consumer_generation_id != generation:
-        log.warning("batch spans a rebalance", extra={"fields": {
-            "events": len(events), "generation": [generation, app.consumer_generation_id]}})
+
+
+async def _handle_chunks(taken: bulk.Taken, handle) -> None:
+    """_handle for a Lane's batch: a chunk's records share one partition, so the
+    current event (what table writes and sends read it from) is set once a chunk, and
+    `handle(record)` is a plain call (it never waits)."""
+    clock = time.perf_counter
+    due = clock() + YIELD_EVERY_S
+    for chunk in taken.chunks:
+        current = _current_event.set(weakref.ref(chunk))
+        source = compat.source_tp.set(chunk.tp)
+        try:
+            for i, record in enumerate(chunk.records, 1):
+                handle(record)
+                if not i & 63 and clock() > due:
+                    # as _handle: let a flush that ended meanwhile wake its task
+                    await asyncio.sleep(0)
+                    due = clock() + YIELD_EVERY_S
+        finally:
+            compat.source_tp.reset(source)
+            _current_event.reset(current)
+
+
+def _ack(events) -> None:
+    if isinstance(events, bulk.Taken):
+        events.ack(app.consumer)
+    else:
+        ack_batch(app.consumer, events)
 
 
 async def _write_state(staged, after_batch, batch: trace.Batch) -> None:
@@ -358,7 +401,7 @@ async def _complete(events, handle, staged, after_batch, state_first: bool,
     if state_first:
         await _send_outputs(outputs, batch)
         batch.mark("outputs")
-    ack_batch(app.consumer, events)
+    _ack(events)
     if committing is not None:
         await committing
     if _exactly_once():        # the commit ends the transaction the next batch writes in
@@ -380,7 +423,7 @@ async def _commit(events, batch: trace.Batch) -> None:
 
 
 async def _pipelined(stream, handle, max_batch, within, staged, after_batch,
-                     per_key=None, backlog=None) -> None:
+                     per_key=None, backlog=None, lane=None) -> None:
     """run_batches for a state-first agent, pipelined: while one batch makes its round
     trips to the broker (its state made durable, then its outputs sent and acknowledged,
     then its offsets committed), the next is gathered and handled, and its state is
@@ -416,8 +459,13 @@ async def _pipelined(stream, handle, max_batch, within, staged, after_batch,
         """What the next batch's state must wait for: gathering goes on meanwhile."""
         return [f for f in (durable, delivered[0]) if f is not None and not f.done()]
 
-    async for events in take_batches(stream, max_batch, within, ack=False, pending=pending,
-                                     per_key=per_key, backlog=backlog):
+    if lane is None:
+        batches = take_batches(stream, max_batch, within, ack=False, pending=pending,
+                               per_key=per_key, backlog=backlog)
+    else:
+        batches = lane.batches(max_batch, within, per_key=per_key, backlog=backlog,
+                               pending=pending, stopped=lambda: stream.should_stop)
+    async for events in batches:
         try:
             await _handle(events, handle, batch)
         except Exception:
@@ -451,7 +499,7 @@ async def _deliver(stream, events, outputs, batch: trace.Batch, durable, before,
         await _send_outputs(outputs, batch)
         batch.mark("outputs")
         delivered.set_result(None)
-        ack_batch(app.consumer, events)
+        _ack(events)
         if previous is not None:
             await previous
     except Exception:
@@ -468,7 +516,7 @@ def _failed(events) -> None:
 
 
 def _where(event) -> str:
-    message = event.message
+    message = getattr(event, "message", event)      # a Faust event, or a lane's record
     return f"{message.topic}[{message.partition}]@{message.offset}"
 
 

@@ -40,9 +40,11 @@ class Batch:
         if _path is None:
             return
         opened = self.opened
-        ins = [e.message.time_in for e in events if e.message.time_in is not None]
-        lags = [e.message.time_in - e.message.timestamp for e in events
-                if e.message.time_in is not None and e.message.timestamp]
+        # a lane's batch (streams.bulk) holds aiokafka records, which are not stamped
+        messages = [e.message for e in events if hasattr(e, "message")]
+        ins = [m.time_in for m in messages if m.time_in is not None]
+        lags = [m.time_in - m.timestamp for m in messages
+                if m.time_in is not None and m.timestamp]
         line = {"n": len(events), "open": round(opened, 4)}
         if ins:
             line["first_in"] = round(1000 * (min(ins) - opened), 2)
