@@ -26,7 +26,7 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from infra.fetchwait import Starving, doubled
-from infra.kafka import consumer_config
+from infra.kafka import StableEnds, consumer_config
 from infra.logs import event
 from infra.settings import Settings
 
@@ -45,8 +45,7 @@ _QUIET = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART,
 # 500 ms, 5k events/s reached PostgreSQL in 225 ms (p50); 53 ms at 50 ms.
 FETCH_WAIT_MS = 50
 STARVE_CHECK_S = 1.0
-# Looks in a row a partition behind its end must stand still to count as starved: more than
-# an engine transaction stays open in a takeover (read_committed stands still behind it).
+# Looks in a row a partition behind its readable end must stand still to count as starved.
 STARVED_CHECKS = 5
 
 
@@ -127,7 +126,13 @@ class Source:
         self.consumer = self._join()
 
     def _join(self) -> Consumer:
-        consumer = Consumer({**self._conf, "fetch.wait.max.ms": self.fetch_wait_ms})
+        # The starvation looks measure a read_committed reader's lag to the last stable
+        # offset: behind an open transaction (an engine stopped inside one) it is at its
+        # end, not starved.
+        self._ends = StableEnds()
+        consumer = Consumer({**self._conf, "fetch.wait.max.ms": self.fetch_wait_ms,
+                             "statistics.interval.ms": int(STARVE_CHECK_S * 1000),
+                             "stats_cb": self._ends})
         consumer.subscribe(self.topics, on_assign=self._assigned, on_revoke=self._revoked)
         return consumer
 
@@ -203,8 +208,9 @@ class Source:
 
     def looks(self) -> tuple[list[int | None], list[int | None]]:
         """Per assigned partition, in a fixed order: records between where the consumer
-        resumes and the high watermark its fetches reported (cached: no broker round
-        trip; None if unknown), and where it resumes. Before it has handed a record over
+        resumes and the readable end its fetches reported (the high watermark, or below an
+        open transaction the last stable offset; cached: no broker round trip; None if
+        unknown), and where it resumes. Before it has handed a record over
         librdkafka knows no position: it resumes where on_assign assigned it, else at the
         committed offset (one OffsetFetch per assignment, kept), or with none committed
         at the low watermark (offsets reset to the earliest): a partition starved from its
@@ -222,12 +228,13 @@ class Source:
         positions: list[int | None] = []
         for tp in self.consumer.position(assignment):
             low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            end = self._ends.end(tp.topic, tp.partition, high)
             at = tp.offset
             if at < 0:
                 at = self._resumes.get((tp.topic, tp.partition), -1)
                 at = at if at >= 0 else low
             known = at >= 0 and high >= 0
-            lags.append(max(0, high - at) if known else None)
+            lags.append(max(0, end - at) if known else None)
             positions.append(at if at >= 0 else None)
         return lags, positions
 
