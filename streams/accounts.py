@@ -99,7 +99,7 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
         record: topic, partition, offset, key, value)."""
         try:
             if message.topic == requests_name:
-                request = codec.decode("order_request", message.value)
+                request = wire.request(message.value)       # codec.decode, faster
                 if user_partition(request["user_id"], n) != message.partition:
                     # Its owner's state lives on another partition: applying it here
                     # would split the user's funds in two.

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.domain import Cancel, Place
-from schemas.codec import Codec
+from schemas.codec import Codec, CodecError
 from streams.wire import Wire
 
 LONG = st.integers(-(2**63), 2**63 - 1)
@@ -49,3 +49,54 @@ def test_reply(reply):
     "held": LONG, "version": LONG, "ts": LONG}))
 def test_balance(balance):
     assert wire.balance(balance) == codec.encode("balance", balance)
+
+
+PLACE_ORDER = st.fixed_dictionaries({
+    "pair": st.sampled_from(["BTCUSDT", "ETHUSDT", "é" * 40, "x" * 64]), "side": INT,
+    "kind": INT, "tif": INT, "price": LONG, "qty": LONG, "quote_qty": LONG, "stp": INT,
+    "client_order_id": st.none() | TEXT})
+REQUEST = st.fixed_dictionaries({
+    "request_id": TEXT, "user_id": LONG, "ts": LONG,
+    "body": st.tuples(st.just("keel.PlaceOrder"), PLACE_ORDER)})
+
+
+def test_the_request_reader_matched_the_codec_when_built():
+    assert wire.request_header is not None
+
+
+@settings(max_examples=500)
+@given(REQUEST)
+def test_a_new_order_reads_as_the_codec_reads_it(request):
+    data = codec.encode("order_request", request)
+    assert wire.request(data) == codec.decode("order_request", data) == request
+
+
+def _decoded(fn, data):
+    try:
+        return fn(data)
+    except CodecError as exc:
+        return ("error", exc.code)
+
+
+@settings(max_examples=800)
+@given(REQUEST, st.integers(0, 200), st.integers(0, 255), st.sampled_from("cut set add"))
+def test_damaged_bytes_read_as_the_codec_reads_them(request, at, byte, how):
+    """A byte changed, the record cut short or a byte more: the same record or the same
+    error."""
+    data = bytearray(codec.encode("order_request", request))
+    if how == "cut":
+        del data[at % len(data):]
+    elif how == "set":
+        data[at % len(data)] = byte
+    else:
+        data.insert(at % (len(data) + 1), byte)
+    data = bytes(data)
+    assert _decoded(wire.request, data) == _decoded(
+        lambda d: codec.decode("order_request", d), data)
+
+
+def test_other_requests_go_through_the_codec():
+    request = {"request_id": "c", "user_id": 3, "ts": 5, "body": (
+        "keel.CancelOrder", {"pair": "BTCUSDT", "order_id": 9, "client_order_id": None})}
+    data = codec.encode("order_request", request)
+    assert wire.request(data) == request
