@@ -64,23 +64,33 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     users.records = accounts.changelog_records      # a user's core and changed entries
 
     counted = [0, 0]        # inputs, outputs of the batch: counted once per batch
+    # pair -> (keel.orders key, partition); (user, asset) -> (keel.balances key, partition)
+    pair_keys = {pair: (pair.encode(), pu.partition) for pair, pu in units.pairs.items()}
+    balance_keys: dict = {}
+
+    def balance_key(uid: int, asset: str) -> tuple[bytes, int]:
+        if len(balance_keys) >= 100_000:
+            balance_keys.clear()
+        # keyed by user and asset (the topic is compacted: one row per asset survives),
+        # partitioned by user like every other per-user topic
+        found = balance_keys[uid, asset] = (f"{uid}:{asset}".encode(), user_partition(uid, n))
+        return found
 
     def publish(out: Outcome, message) -> None:
         # keel-source names the request a command came from: a copy written again after a
         # crash carries the same one, and the engine drops it (whatever its kind).
         source = [("keel-source", f"{message.partition}:{message.offset}".encode())]
         for cmd, request_id in out.commands:
-            queue(orders, cmd.pair.encode(), wire.command(cmd, request_id),
-                  units.pairs[cmd.pair].partition, source)
+            key, partition = pair_keys[cmd.pair]
+            queue(orders, key, wire.command(cmd, request_id), partition, source)
         # Replies and balances are built here from decoded records and integer arithmetic:
         # no schema check (it cost more than the encoding).
         for reply in out.replies:
             queue(replies, reply["request_id"].encode(), wire.reply(reply))
         for bal in out.balances:
-            # keyed by user and asset (the topic is compacted: one row per asset survives),
-            # partitioned by user like every other per-user topic
-            queue(balances, f'{bal["user_id"]}:{bal["asset"]}'.encode(), wire.balance(bal),
-                  user_partition(bal["user_id"], n))
+            uid, asset = bal["user_id"], bal["asset"]
+            key, partition = balance_keys.get((uid, asset)) or balance_key(uid, asset)
+            queue(balances, key, wire.balance(bal), partition)
         counted[1] += len(out.commands) + len(out.replies) + len(out.balances)
 
     async def end_batch() -> None:

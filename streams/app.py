@@ -236,12 +236,16 @@ async def _send_outputs(outputs: list, batch: trace.Batch) -> None:
         await asyncio.gather(*sent)          # raises if a send failed: nothing commits
         return
     sender = _librdkafka()
-    produce = sender.produce
+    produce, names = sender.producer.produce, _names
     for topic, key, value, partition, headers in outputs:
-        name = _names.get(topic)
+        name = names.get(topic)
         if name is None:
-            name = _names[topic] = topic.get_topic_name()
-        produce(name, key, value, partition, headers)
+            name = names[topic] = topic.get_topic_name()
+        try:        # sender.produce without its call: ~1 us a record less
+            produce(name, value, key, -1 if partition is None else partition,
+                    headers=headers)
+        except BufferError:
+            sender.produce(name, key, value, partition, headers)    # waits for room
     batch.mark("produce")
     await sender.flush()
 

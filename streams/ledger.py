@@ -33,7 +33,6 @@ emitted twice is dropped by `(pair, seq)`. A rebuilt Place carries the same orde
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
 
 from engine.domain import Amend, Cancel, CancelAll, Place, ResultCode
 from streams.holds import check_place, hold_for
@@ -50,11 +49,17 @@ BATCH_PER_USER = 2_000
 DECISIONS = 4_096
 
 TRADE, RELEASE, FEE = 0, 1, 2       # Settlement.reason
+_OK = int(ResultCode.OK)
 
 
 def _remember(recent: dict, key, value, keep: int = RECENT, touched=None,
               part: str = "") -> None:
     recent[key] = value
+    if len(recent) > keep:
+        _forget_oldest(recent, keep, touched, part)
+
+
+def _forget_oldest(recent: dict, keep: int, touched=None, part: str = "") -> None:
     while len(recent) > keep:
         old = next(iter(recent))
         del recent[old]
@@ -62,14 +67,16 @@ def _remember(recent: dict, key, value, keep: int = RECENT, touched=None,
             touched.append((part, old))
 
 
-@dataclass
 class Outcome:
     """What handling one record asks the adapter to publish."""
 
-    commands: list = field(default_factory=list)    # (engine command, request id)
-    replies: list = field(default_factory=list)     # keel.Reply records
-    balances: list = field(default_factory=list)    # keel.Balance records
-    invalid: str | None = None                      # why the record was not applied (DLQ)
+    __slots__ = ("commands", "replies", "balances", "invalid")
+
+    def __init__(self) -> None:
+        self.commands: list = []                    # (engine command, request id)
+        self.replies: list = []                     # keel.Reply records
+        self.balances: list = []                    # keel.Balance records
+        self.invalid: str | None = None             # why the record was not applied (DLQ)
 
 
 class Accounts:
@@ -80,6 +87,10 @@ class Accounts:
         self._touched: dict = {}        # key -> its entries (part, id) this batch changed
         self._floor: dict = {}          # partition -> the batch's first request offset
         self._before: dict = {}         # ... and the previous batch's
+        self._trimmed: set = set()      # keys whose old decisions this batch dropped
+        self._handlers = {f"keel.{kind}": getattr(self, f"_on_{kind}") for kind in (
+            "PlaceOrder", "CancelOrder", "CancelAllOrders", "AmendOrder", "Deposit",
+            "Withdraw", "WithdrawalResult")}
 
     def user(self, uid: int) -> dict:
         key = str(uid)
@@ -105,6 +116,7 @@ class Accounts:
         """The batch's users are written: the next batch starts its own notes."""
         self._mine.clear()
         self._touched.clear()
+        self._trimmed.clear()
         self._before, self._floor = self._floor, {}
 
     def _seen(self, u: dict, source: str, offset: int | None) -> bool:
@@ -136,7 +148,11 @@ class Accounts:
 
     def _change(self, out: Outcome, uid: int, asset: str, d_avail: int, d_held: int,
                 ts: int) -> None:
-        rows = self.user(uid)["b"]
+        self._move(out, self.user(uid)["b"], uid, asset, d_avail, d_held, ts)
+
+    def _move(self, out: Outcome, rows: dict, uid: int, asset: str, d_avail: int,
+              d_held: int, ts: int) -> None:
+        """_change on the user's balance rows `rows`."""
         avail, held, version = rows.get(asset) or (0, 0, 0)
         avail, held = avail + d_avail, held + d_held
         if avail < 0 or held < 0:
@@ -152,27 +168,41 @@ class Accounts:
         """One keel.requests record at `offset` of the user's `partition`."""
         out = Outcome()
         uid, rid, ts = request["user_id"], request["request_id"], request["ts"]
-        u = self.user(uid)
-        floor = self._floor.setdefault(partition, offset)
-        _forget_before(u["d"], self._before.get(partition, floor))
+        key = str(uid)
+        u = self._mine.get(key) or self.user(uid)
+        floor = self._floor.get(partition)
+        if floor is None:
+            floor = self._floor[partition] = offset
+        if key not in self._trimmed:
+            # once a user and batch: the floor is the same for all its requests in it
+            self._trimmed.add(key)
+            _forget_before(u["d"], self._before.get(partition, floor))
         if self._seen(u, "requests", offset):
             return self._rebuild(u, request, offset)
         kind, body = request["body"]
-        kind = kind.rsplit(".", 1)[-1]
-        if rid in u["r"]:
+        recent = u["r"]
+        if rid in recent:
             self._reply(out, request, ResultCode.DUPLICATE_REQUEST, "request already handled")
         else:
-            touched = self._touch(uid)
+            touched = self._touched[key]
             touched.append(("r", rid))
-            _remember(u["r"], rid, 1, RECENT, touched, "r")
-            handler = getattr(self, f"_on_{kind}", None)
+            recent[rid] = 1
+            if len(recent) > RECENT:
+                _forget_oldest(recent, RECENT, touched, "r")
+            handler = self._handlers.get(kind)
+            if handler is None:
+                kind = kind.rsplit(".", 1)[-1]
+                handler = getattr(self, f"_on_{kind}", None)
             if handler is None:
                 self._reply(out, request, ResultCode.INVALID_REQUEST, f"unknown request {kind}")
             else:
                 handler(out, request, body, uid, ts, (offset + 1) * ORDER_ID_STRIDE + partition)
         r = out.replies[-1]
-        _remember(u["d"], str(offset), [r["code"], r["message"], r["pair"], r["order_id"],
-                                        r["client_order_id"]], DECISIONS)
+        decisions = u["d"]
+        decisions[str(offset)] = [r["code"], r["message"], r["pair"], r["order_id"],
+                                  r["client_order_id"]]
+        if len(decisions) > DECISIONS:
+            _forget_oldest(decisions, DECISIONS)
         return out
 
     def _rebuild(self, u: dict, request: dict, offset: int) -> Outcome:
@@ -219,33 +249,43 @@ class Accounts:
 
     def _on_PlaceOrder(self, out, request, b, uid, ts, order_id) -> None:
         pair, cid = b["pair"], b.get("client_order_id")
-        reply = {"pair": pair, "client_order_id": cid}
         pu = self.units.pairs.get(pair)
         if pu is None:
-            return self._reply(out, request, ResultCode.UNKNOWN_PAIR, f"no pair {pair}", **reply)
-        code = check_place(pu, b["side"], b["kind"], b["tif"], b["price"], b["qty"],
-                           b["quote_qty"], b["stp"])
+            return self._reply(out, request, ResultCode.UNKNOWN_PAIR, f"no pair {pair}",
+                               pair=pair, client_order_id=cid)
+        side, kind, price, qty, quote_qty = b["side"], b["kind"], b["price"], b["qty"], \
+            b["quote_qty"]
+        code = check_place(pu, side, kind, b["tif"], price, qty, quote_qty, b["stp"])
         if code:
-            return self._reply(out, request, code, code.name.lower(), **reply)
-        u = self.user(uid)
+            return self._reply(out, request, code, code.name.lower(), pair=pair,
+                               client_order_id=cid)
+        key = str(uid)
+        u = self._mine.get(key) or self.user(uid)
         if cid is not None and cid in u["c"]:
             return self._reply(out, request, ResultCode.DUPLICATE_CLIENT_ORDER_ID,
-                               f"client order id {cid} already used", **reply)
-        asset, amount = hold_for(pu, b["side"], b["kind"], b["price"], b["qty"], b["quote_qty"])
-        if self.balance(uid, asset)[0] < amount:
+                               f"client order id {cid} already used", pair=pair,
+                               client_order_id=cid)
+        asset, amount = hold_for(pu, side, kind, price, qty, quote_qty)
+        rows = u["b"]
+        row = rows.get(asset)
+        if (row[0] if row else 0) < amount:
             return self._reply(out, request, ResultCode.INSUFFICIENT_BALANCE,
                                f"{asset} available is below the {amount} this order needs",
-                               **reply)
-        self._change(out, uid, asset, -amount, amount, ts)
-        u["o"][str(order_id)] = [pair, b["side"], asset, amount, cid]
-        touched = self._touch(uid)
-        touched.append(("o", str(order_id)))
+                               pair=pair, client_order_id=cid)
+        self._move(out, rows, uid, asset, -amount, amount, ts)
+        oid = str(order_id)
+        u["o"][oid] = [pair, side, asset, amount, cid]
+        touched = self._touched[key]
+        touched.append(("o", oid))
         if cid is not None:
             _remember_cid(u, cid, order_id, touched)
-        out.commands.append((Place(pair, order_id, uid, b["side"], b["kind"], b["tif"],
-                                   b["price"], b["qty"], b["quote_qty"], b["stp"], ts),
-                             request["request_id"]))
-        self._reply(out, request, ResultCode.OK, "", order_id=order_id, **reply)
+        rid = request["request_id"]
+        out.commands.append((Place(pair, order_id, uid, side, kind, b["tif"], price, qty,
+                                   quote_qty, b["stp"], ts), rid))
+        # self._reply(out, request, ResultCode.OK, "", pair, order_id, cid), written out
+        out.replies.append({"request_id": rid, "user_id": uid, "ts": ts, "code": _OK,
+                            "message": "", "pair": pair, "order_id": order_id,
+                            "client_order_id": cid})
 
     def _own_order(self, out, request, b, uid) -> tuple[int, list] | None:
         """The order a cancel/amend names, if it is the user's and still open; else reply.
