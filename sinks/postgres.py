@@ -45,7 +45,7 @@ from sinks import ledger
 from sinks.event_columns import EventColumns, decode
 from sinks.order_columns import OrderTables, fold, fresh
 from sinks.orders import ORDER_COLUMNS, TRADE_COLUMNS, UPDATE_COLUMNS
-from sinks.source import PARTITION, TOPIC, VALUE, ends_of
+from sinks.source import ends_of
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +213,11 @@ class PostgresStore:
         """Decode, fold and encode a polled batch; (batch, [(message, error)] dead,
         Source.ends() of the messages)."""
         events, settlements, balances, dead = msgs, [], [], []
-        topics = list(map(TOPIC, msgs))
-        ends = ends_of(msgs, topics, np.fromiter(map(PARTITION, msgs), np.int64, len(msgs)))
+        # List comprehensions, not map(methodcaller(...)): a methodcaller makes a bound
+        # method per message; these calls do not (~75-100 against ~200-260 ns a message
+        # each, 83k real Messages).
+        topics = [m.topic() for m in msgs]
+        ends = ends_of(msgs, topics, np.array([m.partition() for m in msgs], np.int64))
         if topics.count(self.settlements_topic) or topics.count(self.balances_topic):
             events = []
             for m, topic in zip(msgs, topics, strict=True):
@@ -224,7 +227,7 @@ class PostgresStore:
                     balances.append(m)
                 else:
                     events.append(m)
-        cols, faults = decode(list(map(VALUE, events)), self.codec)
+        cols, faults = decode([m.value() for m in events], self.codec)
         dead += [(events[i], exc) for i, exc in faults]
         records = {"settlement": [], "balance": []}
         for name, read, got in (("settlement", ledger.decode_settlement, settlements),
