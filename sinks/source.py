@@ -32,10 +32,11 @@ from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Message accessors to map over a whole batch: the loop runs in C, no Python frame a
-# record (a batch is tens of thousands of them).
-TOPIC, PARTITION, OFFSET, VALUE, _ERROR = (
-    methodcaller(n) for n in ("topic", "partition", "offset", "value", "error"))
+# Message accessors to map over a whole batch. On the hot paths a list comprehension
+# (`[m.value() for m in msgs]`) is ~3x cheaper still: a methodcaller makes a bound method
+# object per message, a comprehension's method call does not.
+TOPIC, PARTITION, OFFSET, VALUE = (
+    methodcaller(n) for n in ("topic", "partition", "offset", "value"))
 
 # Errors a consumer reports while the broker or a topic is not there yet: keep polling.
 _QUIET = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART,
@@ -167,7 +168,10 @@ class Source:
         # objects live: 20k of them set off ~30 collections otherwise.
         msgs = self._consume(wait)
         self._short = len(msgs) < self.max_records
-        if not any(map(_ERROR, msgs)):
+        # A list comprehension: map(methodcaller("error"), ...) made a bound method per
+        # message (~250 against ~75 ns a message, 83k real Messages).
+        errors = [m.error() for m in msgs]
+        if errors.count(None) == len(errors):
             return msgs
         bad = [m for m in msgs if m.error() is not None]
         for m in bad:
@@ -241,8 +245,8 @@ class Source:
     @staticmethod
     def ends(msgs: list) -> dict[tuple[str, int], int]:
         """(topic, partition) -> offset of the last of `msgs` there."""
-        return ends_of(msgs, list(map(TOPIC, msgs)),
-                       np.fromiter(map(PARTITION, msgs), np.int64, len(msgs)))
+        return ends_of(msgs, [m.topic() for m in msgs],
+                       np.array([m.partition() for m in msgs], np.int64))
 
     def hold(self, seconds: float) -> None:
         """Wait without taking new records: the group still sees us alive."""
