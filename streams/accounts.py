@@ -136,17 +136,25 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     # batches (each costs three broker round trips) against the time a request waits.
     # A batch that reaches BACKLOG[0] records is draining a backlog and may gather longer.
     within = float(settings.extra.get("KEEL_ACCOUNTS_BATCH_WAIT_MS", "50")) / 1000
-    # Batches run one after another unless KEEL_ACCOUNTS_PIPELINE=1 (streams.app._pipelined:
-    # while one batch makes its round trips the next is gathered and handled, and stays
-    # open until the previous one's state is durable). Pipelining pays under heavy load
-    # and costs on a quiet machine, where overlapped flushes take longer on tansu (outputs
-    # 25-34 ms a batch against 11-13) and CPU per order at 2,000/s is ~10-25% higher.
+    # A live stream's batches run one after another (KEEL_ACCOUNTS_PIPELINE=0: all do;
+    # =1: every batch pipelined, streams.app._pipelined: while one batch makes its round
+    # trips the next is gathered and handled, and stays open until the previous one's
+    # state is durable). Pipelining every batch pays under heavy load and costs on a
+    # quiet machine, where overlapped flushes take longer on tansu (outputs 25-34 ms a
+    # batch against 11-13) and CPU per order at 2,000/s is ~10-25% higher.
     # bench/streams.py --only latency at 2,000/s, runs alternated: load 9-12, p50
     # 89/103/102 ms pipelined against 150/170/160, p99 455/292/342 against 1299/966/769;
     # load 2-3, p50 60/186/122/70/116 against 59/84/98/156/71 (noise). bench/gateway.py,
     # 500 orders/s POST -> fill on the WebSocket, load 0.5-2.3: pipelined e2e p50
     # 128/105/95/93 ms, p99 236/169/270/166; sequential p50 53/56/62, p99 82/119/111.
-    pipelined = settings.extra.get("KEEL_ACCOUNTS_PIPELINE", "0") == "1"
+    # KEEL_ACCOUNTS_PIPELINE=backlog (the default): only a batch of BACKLOG[0] records or
+    # more (a backlog's, never one of a 2,000/s stream's ~100) has the next one taken and
+    # handled during its round trips. Traced in a drain (bench/streams.py --only
+    # accounts, 5,000-record batches, load ~2), a sequential batch's handling took
+    # 213-400 ms and its round trips ~90-130 ms more, with the worker idle meanwhile.
+    pipeline = settings.extra.get("KEEL_ACCOUNTS_PIPELINE", "backlog")
+    pipelined = pipeline in ("1", "backlog")
+    overlap_from = BACKLOG[0] if pipeline == "backlog" else 0
     # The agent takes its records as whole fetches (streams.bulk), not through Faust's
     # delivery record by record, unless KEEL_ACCOUNTS_BULK=0. bench/streams.py --only
     # accounts, alternated: see streams.bulk and FINDINGS.
@@ -162,4 +170,5 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
         await run_batches(stream, handle if lane is not None else handle_event,
                           max_batch=MAX_BATCH, within=within, staged=(users,),
                           after_batch=end_batch, state_first=True, pipelined=pipelined,
-                          per_key=BATCH_PER_USER, backlog=BACKLOG, lane=lane)
+                          per_key=BATCH_PER_USER, backlog=BACKLOG, lane=lane,
+                          overlap_from=overlap_from)

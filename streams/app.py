@@ -254,7 +254,7 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
                       staged=(), after_batch=None, state_first: bool = False,
                       pipelined: bool = True, per_key: int | None = None,
                       backlog: tuple[int, float] | None = None,
-                      lane: bulk.Lane | None = None) -> None:
+                      lane: bulk.Lane | None = None, overlap_from: int = 0) -> None:
     """Feed `handle(event)` batch by batch, then write the batch's outputs and its table
     state (the `staged` tables, then `after_batch`), each waited for until durable, and
     only then ack the events and commit their offsets. A crash at any point loses nothing.
@@ -290,7 +290,7 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
         stream.add_processor(trace.stamp(stream))
     if state_first and pipelined and not _exactly_once():
         return await _pipelined(stream, handle, max_batch, within, staged, after_batch,
-                                per_key, backlog, lane)
+                                per_key, backlog, lane, overlap_from)
     batch = trace.Batch()
     committing = None       # the previous batch's offset commit, when left running
     if lane is None:
@@ -427,7 +427,7 @@ async def _commit(events, batch: trace.Batch) -> None:
 
 
 async def _pipelined(stream, handle, max_batch, within, staged, after_batch,
-                     per_key=None, backlog=None, lane=None) -> None:
+                     per_key=None, backlog=None, lane=None, overlap_from: int = 0) -> None:
     """run_batches for a state-first agent, pipelined: while one batch makes its round
     trips to the broker (its state made durable, then its outputs sent and acknowledged,
     then its offsets committed), the next is gathered and handled, and its state is
@@ -450,6 +450,11 @@ async def _pipelined(stream, handle, max_batch, within, staged, after_batch,
     Until those two are done the batch in the making stays open (take_batches' `pending`):
     it would wait for them anyway, and a record arriving meanwhile joins it instead of
     waiting for the next write.
+
+    Only a batch of at least `overlap_from` records (a backlog's) has the next one taken
+    while its round trips run; after a smaller one (a live stream's) the next is taken
+    once its outputs are acknowledged, and closes by the idle rule, as run_batches'
+    sequential batches do.
     """
     import asyncio
 
@@ -458,9 +463,13 @@ async def _pipelined(stream, handle, max_batch, within, staged, after_batch,
     durable = None                              # the last batch's state durable
     delivered = [None, None]                    # the last two batches' outputs acknowledged
     batch = trace.Batch()
+    overlapping = overlap_from <= 0             # the next batch is taken while one is out
 
-    def pending() -> list:
-        """What the next batch's state must wait for: gathering goes on meanwhile."""
+    def pending() -> list | None:
+        """What the next batch's state must wait for: gathering goes on meanwhile (None:
+        nothing is out, a batch closes as a sequential one does)."""
+        if not overlapping:
+            return None
         return [f for f in (durable, delivered[0]) if f is not None and not f.done()]
 
     if lane is None:
@@ -488,6 +497,9 @@ async def _pipelined(stream, handle, max_batch, within, staged, after_batch,
                                               delivered[1], mine, done))
         delivered = [delivered[1], mine]
         batch = trace.Batch()
+        overlapping = len(events) >= overlap_from
+        if not overlapping:
+            await mine
 
 
 async def _deliver(stream, events, outputs, batch: trace.Batch, durable, before, delivered,

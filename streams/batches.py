@@ -45,7 +45,8 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
     the batch in the making stays open past its idle and `within` closings (up to
     `max_`), so a record arriving meanwhile still joins the next write instead of
     waiting behind it for another (streams.app._pipelined); once they are done and the
-    stream has nothing queued, it closes without waiting out `idle`: on a live stream
+    stream has nothing queued, it closes without waiting out `idle` (if `pending`
+    returns None, nothing is out: the batch closes as without it): on a live stream
     records come a few per fetch, so the idle rule held a batch open for fetch after
     fetch while the pipeline stood free. A backlog keeps the queue full, so a drain's
     batches are as large as before."""
@@ -100,10 +101,10 @@ async def take_batches(stream, max_: int, within: float, idle: float = 0.001,
             while gate is None and len(events) != count and \
                     loop.time() - first < (within if len(events) < backlog[0] else backlog[1]):
                 count = len(events)
-                if pending is not None and queued() == 0 and not pending():
+                if pending is not None and queued() == 0 and pending() == []:
                     break         # nothing more to take, and the caller can write now
                 await asyncio.sleep(idle)
-            waits = pending() if pending is not None else ()
+            waits = pending() if pending is not None else None
             if waits:
                 await asyncio.wait(waits)
             _close()

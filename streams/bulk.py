@@ -185,12 +185,13 @@ class Lane:
                 chunks.popleft()            # fetched before a rebalance: read again after
                 self.size -= len(chunk.records)
                 continue
-            cut = None
             room = max_ - batch.size
-            if len(chunk.records) >= room:
-                cut = room
-            if per_key is not None:
+            cut = room if len(chunk.records) >= room else None
+            if per_key is not None and room > 0:
                 cut = _key_cut(chunk.records, cut, per_key, keys)
+            if cut is not None and cut <= 0:
+                _wake(self._room)
+                return True                 # full already
             if cut is not None and cut < len(chunk.records):
                 chunks[0] = chunk.split(cut)
             else:
@@ -214,7 +215,8 @@ class Lane:
         after it opened (`backlog`'s seconds once it holds `backlog`'s count), or when
         `per_key` of its records share a key. `pending` (streams.app._pipelined) keeps a
         batch open until what the caller waits for is done, and closes it at once when
-        nothing is queued and nothing is pending. The caller acks each batch."""
+        nothing is queued and nothing is pending (when it returns None, the batch closes
+        as without it). The caller acks each batch."""
         loop = asyncio.get_running_loop()
         backlog = backlog or (max_, within)
         while not stopped():
@@ -223,20 +225,21 @@ class Lane:
                 continue
             batch, keys = Taken(), Counter()
             first = loop.time()
-            while not self._take(batch, max_, per_key, keys):
+            while not (capped := self._take(batch, max_, per_key, keys)):
                 limit = within if batch.size < backlog[0] else backlog[1]
                 if loop.time() - first >= limit:
                     break
-                if pending is not None and not pending():
+                if pending is not None and pending() == []:
                     break             # nothing more queued, and the caller can write now
                 seen = self.arrivals
                 await asyncio.sleep(idle)
                 if self.arrivals == seen:
                     break
-            waits = pending() if pending is not None else ()
+            waits = pending() if pending is not None else None
             if waits:
                 await asyncio.wait(waits)
-                self._take(batch, max_, per_key, keys)      # what came meanwhile
+                if not capped:
+                    self._take(batch, max_, per_key, keys)  # what came meanwhile, to a cap
             if batch.size:
                 yield batch
 
@@ -250,10 +253,13 @@ def _key_cut(records: list, cut: int | None, per_key: int, keys: Counter) -> int
         return cut
     keys.subtract(map(_key, part))
     for i, record in enumerate(part):
-        keys[record.key] += 1
-        if keys[record.key] >= per_key:
+        key = record.key
+        if keys[key] >= per_key:
+            return i                # at the cap already (a batch taking more after it)
+        keys[key] += 1
+        if keys[key] >= per_key:
             return i + 1
-    return cut                  # not reached (a key was at the cap before): unchanged
+    return cut
 
 
 def _wake(fut: asyncio.Future | None) -> None:

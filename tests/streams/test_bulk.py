@@ -117,3 +117,39 @@ def test_clearing_the_lane_drops_what_it_holds_and_frees_the_fetch_loop():
         return blocked, lane.size, len(lane.chunks)
 
     assert asyncio.run(run()) == (True, 0, 0)
+
+
+def test_a_capped_batch_takes_nothing_more_while_the_caller_waits():
+    """streams.app._pipelined: a batch that reached a cap while the previous one is out
+    stays as it was when that one is done; what came meanwhile starts the next batch."""
+    async def run(per_key) -> list:
+        app = App()
+        lane = Lane(app, ["t"])
+        lane.put(chunk([b"a"] * 6 + [b"b"] * 4))
+        out: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def pending():
+            return [out] if not out.done() else []
+
+        async def later():
+            await asyncio.sleep(0.01)
+            lane.put(chunk([b"a"] * 3, 0, 10))
+            await asyncio.sleep(0.01)
+            out.set_result(None)
+
+        task = asyncio.ensure_future(later())
+        batches = []
+        async for batch in lane.batches(max_=8, within=10.0, per_key=per_key, pending=pending):
+            assert all(c.records for c in batch.chunks)          # no empty chunk
+            batches.append([(r.key, r.offset) for r in batch])
+            if sum(map(len, batches)) == 13:
+                break
+        await task
+        return batches
+
+    by_size = asyncio.run(run(None))
+    assert [len(b) for b in by_size] == [8, 5]
+    by_key = asyncio.run(run(4))
+    assert by_key[0] == [(b"a", i) for i in range(4)]
+    assert max(sum(1 for k, _ in b if k == b"a") for b in by_key) <= 4
+    assert sorted(o for b in by_key for _, o in b) == list(range(13))
