@@ -64,11 +64,14 @@ class _Replay:
 
 @dataclass
 class RawDepth:
-    """A partition's depth records of one batch, all read by depth_columns: bodies for
-    ClickHouse, heads for the replay marks and day cuts."""
+    """Depth records of one batch, all read by depth_columns, as polled (each partition's
+    in offset order): bodies for ClickHouse, heads for the replay marks and day cuts.
+    One chunk holds a whole batch (every partition) when the walk vouched for all of it,
+    else one partition's."""
     values: list
     offsets: np.ndarray
     heads: depth_columns.DepthHeads
+    partitions: np.ndarray | None = None     # per record; None: all of the item's partition
 
 
 class ClickHouseStore:
@@ -142,7 +145,8 @@ class ClickHouseStore:
     def prepare(self, codec):
         """A messages -> (items, [(message, CodecError)]) function for SinkLoop, run where
         the batch is polled. Items are (kind, partition, offset, value): 0 an engine
-        event, 1 a decoded depth update, 3 a RawDepth of a whole partition's depth."""
+        event, 1 a decoded depth update, 3 a RawDepth (a whole partition's depth, or
+        the whole batch's)."""
         events, depth = self.events_topic, self.depth_topic
         self._codec = codec
         header = current_header() if self.raw_depth else None
@@ -177,11 +181,17 @@ class ClickHouseStore:
 
     def _prepare_depth(self, msgs: list, partition: np.ndarray, offset: np.ndarray,
                        values: list, header: bytes | None, items: list, dead: list) -> None:
-        """Items of a batch's depth records: a RawDepth per partition when the walk
-        vouches for all of that partition's records (read in one go for the batch), else
-        the partition's records decoded one by one."""
+        """Items of a batch's depth records: one RawDepth of them all when the walk
+        vouches for every record (read in one go for the batch), else a RawDepth per
+        partition whose records it all vouches for and the others' records decoded one by
+        one."""
         n = len(msgs)
         heads = depth_columns.read(values, header) if header is not None else None
+        if heads is not None and len(heads) == n:
+            # As polled: each partition's records in offset order, partitions in runs.
+            items.append((3, int(partition[0]), int(offset[0]),
+                          RawDepth(values, offset, heads, partition)))
+            return
         if heads is not None:
             read = np.zeros(n, bool)
             read[heads.index] = True
@@ -191,7 +201,8 @@ class ClickHouseStore:
             mine = values if single else [values[i] for i in rows.tolist()]
             if heads is not None and read[rows].all():
                 chunk = RawDepth(mine, offset[rows],
-                                 heads.take(np.searchsorted(heads.index, rows)))
+                                 heads.take(np.searchsorted(heads.index, rows)),
+                                 np.full(len(rows), p, np.int64))
                 items.append((3, p, int(offset[rows[0]]), chunk))
                 continue
             # Any record the walk does not vouch for sends its partition's whole batch
@@ -224,7 +235,7 @@ class ClickHouseStore:
         out = Written()
         trades: dict[int, list] = {}
         depth: dict[int, list] = {}
-        raw: list[tuple[int, RawDepth, np.ndarray]] = []
+        raw: list[tuple[RawDepth, np.ndarray]] = []
         replay = self._replay
         for kind, p, offset, value in items:
             if kind == 0:
@@ -233,7 +244,9 @@ class ClickHouseStore:
                 if replay and p in replay and offset >= replay[p].last:
                     replay[p].complete = True
             elif kind == 3:
-                raw.append((p, value, self._fresh(value, out)))
+                if value.partitions is None:
+                    value.partitions = np.full(len(value.offsets), p, np.int64)
+                raw.append((value, self._fresh(value, out)))
             else:
                 self._depth(p, offset, value, depth, out)
         with self.lock:
@@ -276,6 +289,11 @@ class ClickHouseStore:
             rows = np.flatnonzero(heads.pair == code)
             if not rows.size:
                 continue
+            part = chunk.partitions[rows]
+            if (part != part[0]).any():
+                # A pair on several partitions: partition after partition, in the order
+                # they first come (each in offset order), as when a chunk was a partition.
+                rows = rows[np.argsort(_first_come(part)[part], kind="stable")]
             last, snapshot = self._depth_marks.get(pair, (0, 0))
             stored = min(last * 2 + snapshot, np.iinfo(np.int64).max)
             mine = mark[rows]
@@ -292,18 +310,29 @@ class ClickHouseStore:
             out.max_ts = max(out.max_ts, int(heads.ts[index].max()))
         return index
 
-    def _insert_raw(self, block: list[tuple[int, RawDepth, np.ndarray]]) -> None:
-        """One insert of (partition, chunk, indices of the chunk) parts, all of one day."""
-        offsets, partitions, ranges, heads = [], [], [], []
-        for p, chunk, index in block:
-            offsets.append(chunk.offsets[index])
-            partitions.append(np.full(len(index), p, np.int64))
-            heads.append(chunk.heads.take(index))
-            ranges.append(f"{p}:{chunk.offsets[index[0]]}:{chunk.offsets[index[-1]]}")
-        offsets, partitions = np.concatenate(offsets), np.concatenate(partitions)
+    def _insert_raw(self, block: list[tuple[RawDepth, np.ndarray]]) -> None:
+        """One insert of (chunk, indices of the chunk) parts, all of one day."""
+        offsets = [chunk.offsets[index] for chunk, index in block]
+        partitions = [chunk.partitions[index] for chunk, index in block]
+        heads = depth_columns.concat([chunk.heads.take(index) for chunk, index in block])
+        offsets = offsets[0] if len(block) == 1 else np.concatenate(offsets)
+        partitions = partitions[0] if len(block) == 1 else np.concatenate(partitions)
+        # The table's order is (pair, ts, last_update_id): rows of a pair come in offset
+        # order, so pairs in name order give ClickHouse a block it need not sort (an
+        # unsorted 50k-row block cost it ~0.3 us a row more).
+        sorted_ = heads, partitions, offsets
+        rank = np.argsort(np.argsort(heads.pairs)).astype(np.int16)[heads.pair] \
+            if len(heads.pairs) > 1 else None
+        if rank is not None and (rank[1:] < rank[:-1]).any():
+            order = np.argsort(rank, kind="stable")
+            sorted_ = heads.take(order), partitions[order], offsets[order]
+        # The token: each partition's first and last offset in the block.
+        ranges = []
+        for p in np.unique(partitions).tolist():
+            mine = offsets[partitions == p]
+            ranges.append(f"{p}:{mine.min()}:{mine.max()}")
         try:
-            insert_file(self.client, depth_native.block(depth_columns.concat(heads),
-                                                        partitions, offsets),
+            insert_file(self.client, depth_native.block(*sorted_),
                         "depth:" + ",".join(ranges))
         except self.transient:
             raise
@@ -314,7 +343,7 @@ class ClickHouseStore:
             # down this slow path.
             event(log, "depth block unreadable by ClickHouse, decoding in Python",
                   logging.WARNING, error=str(exc)[:300])
-            values = [chunk.values[i] for _, chunk, index in block for i in index.tolist()]
+            values = [chunk.values[i] for chunk, index in block for i in index.tolist()]
             rows: dict[int, list] = {}
             for offset, p, value in zip(offsets.tolist(), partitions.tolist(), values,
                                         strict=True):
@@ -403,24 +432,40 @@ def _blocks(rows: list, ts_index: int, span_ms: int) -> list[list]:
     return blocks
 
 
-def _raw_blocks(raw: list[tuple[int, RawDepth, np.ndarray]]) -> list[list]:
-    """Insert blocks of the raw depth path: [(partition, chunk, indices)] each, all rows of
-    a block in one day (one table partition, so one part: all or nothing).
+def _raw_blocks(raw: list[tuple[RawDepth, np.ndarray]]) -> list[list]:
+    """Insert blocks of the raw depth path: [(chunk, indices)] each, all rows of a block
+    in one day (one table partition, so one part: all or nothing).
 
     Inserts cost chDB a lot per insert (a 5k-row insert ~5 us a row, 50k ~2.5), so when
-    every partition's kept records fall on one day, as nearly always, the whole batch is
-    one block. Otherwise each partition is cut into its runs of one day, in offset
-    order, one block each (resuming trusts max(_offset) per partition, so a partition's
-    blocks go in in order)."""
-    raw = [(p, chunk, keep) for p, chunk, keep in raw if keep.size]
-    days = [chunk.heads.ts[keep] // DAY_MS for _, chunk, keep in raw]
+    every kept record falls on one day, as nearly always, the whole batch is one block.
+    Otherwise each partition is cut into its runs of one day, in offset order, one block
+    each (resuming trusts max(_offset) per partition, so a partition's blocks go in in
+    order)."""
+    raw = [(chunk, keep) for chunk, keep in raw if keep.size]
+    days = [chunk.heads.ts[keep] // DAY_MS for chunk, keep in raw]
     if len({int(d[0]) for d in days}) == 1 and all((d == d[0]).all() for d in days):
         return [raw] if raw else []
     blocks = []
-    for (p, chunk, keep), day in zip(raw, days, strict=True):
-        for run in np.split(keep, np.flatnonzero(day[1:] != day[:-1]) + 1):
-            blocks.append([(p, chunk, run)])
+    for (chunk, keep), day in zip(raw, days, strict=True):
+        part = chunk.partitions[keep]
+        for p in _first_come(part, order=True):
+            mine = part == p
+            rows, day_ = keep[mine], day[mine]
+            for run in np.split(rows, np.flatnonzero(day_[1:] != day_[:-1]) + 1):
+                blocks.append([(chunk, run)])
     return blocks
+
+
+def _first_come(partitions: np.ndarray, order: bool = False):
+    """The partitions of `partitions` in the order they first come (order=True), or a
+    rank by that order indexed by partition number."""
+    runs = partitions[np.flatnonzero(partitions[1:] != partitions[:-1]) + 1].tolist()
+    first = list(dict.fromkeys([int(partitions[0]), *runs]))
+    if order:
+        return first
+    rank = np.zeros(max(first) + 1, np.int64)
+    rank[first] = np.arange(len(first))
+    return rank
 
 
 def _partition_key(ts_ms: int, span_ms: int) -> int:

@@ -205,3 +205,33 @@ def test_a_block_clickhouse_refuses_goes_through_the_codec(clickhouse_client,
     assert [(t, p, o, v) for t, p, o, v, _ in letters] == [("depth", 0, 123, broken[123])]
     got = clickhouse_client.query("SELECT _offset FROM depth ORDER BY _offset").result_rows
     assert [o for (o,) in got] == [i for i in range(len(values)) if i != 123]
+
+
+def test_a_pair_on_two_partitions_loads_as_decoded_records(clickhouse_client, two_databases):
+    """A batch is one chunk on the fast path (partitions interleaved as polled); a pair
+    whose records sit on two partitions is still marked partition after partition in
+    the order they first come, as the decoded path does, and the block goes in in pair
+    order whichever partition came first."""
+    codec = Codec()
+    depth = depth_updates(3000)
+    # Records of both pairs on both partitions, in runs of 100, partition 1 first.
+    msgs = [Message("depth", 1 - (i // 100) % 2, i, codec.encode("depth_update", d))
+            for i, d in enumerate(depth)]
+    batches = [msgs[:1700], msgs[900:]]           # the second replays part of the first
+    tables = []
+    for raw, name in zip((False, True), two_databases, strict=True):
+        clickhouse_client.command(f"CREATE DATABASE {name}")
+        clickhouse_client.command(f"USE {name}")
+        store = ClickHouseStore(clickhouse_client, "events", "depth", raw_depth=raw)
+        store.ensure_schema()
+        prepare = store.prepare(codec)
+        for batch in batches:
+            items, dead, _ = prepare(batch)
+            assert not dead
+            if raw:
+                assert len(items) == 1 and items[0][0] == 3
+            store.write(items)
+        tables.append(clickhouse_client.query(
+            "SELECT * FROM depth ORDER BY _partition, _offset").result_rows)
+    assert tables[1] == tables[0]
+    assert {(row[0], row[9]) for row in tables[1]} == {(p, q) for p in PAIRS for q in (0, 1)}
