@@ -8,5 +8,8 @@
 #
 # chDB pays ~20 ms of CPU per insert whatever its size, and small parts cost merges after:
 # depth blocks of 20k rows cost it 1.3-1.5 us a row (+0.4 in merges in the next second),
-# 50k rows 0.7-0.8 (+0.03) (200k rows, Native inserts alone, /tmp probe, load 4-5).
-BATCH = {"postgres": 50_000, "clickhouse": 50_000}
+# 50k rows 0.7-0.8 (+0.03) (200k rows, Native inserts alone, /tmp probe, load 4-5). Over a
+# 1M-row backlog, 50k-row blocks still cost chDB 1.5-1.7 us a row while loading (their
+# parts merged meanwhile: 0.7-0.9 of it), 200k-row blocks 0.8 (five parts, no merge); the
+# whole sink 5.5-6.2 -> 4.5-5.1 us a row (bench/sinks.py's load, load 8-12).
+BATCH = {"postgres": 50_000, "clickhouse": 200_000}
