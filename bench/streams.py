@@ -132,7 +132,7 @@ def cpu_seconds(pid: int) -> float:
 # How long a drain's reader waits per poll. consume(n, timeout) returns only when it has n
 # records or the timeout has passed, so the time a record is seen is late by up to this:
 # at 0.2 s (before 2026-11-23) the first and last replies of a ~1.6 s drain each carried
-# up to 0.2 s, and rates came in steps of ~10% (FINDINGS 21:15 item 4).
+# up to 0.2 s, and rates came in steps of ~10%.
 POLL_S = 0.005
 
 
@@ -162,7 +162,7 @@ def drain(consumer: Consumer, count: int, deadline_s: float,
 # The steady-state drain rate leaves out the first quarter of the replies: whatever the
 # worker did before its first reply (buffering, or with KEEL_ACCOUNTS_PIPELINE=1 handling
 # the next batch while the first one's round trips ran) counts in the main figure's
-# requests but not its time (FINDINGS 00:50 Nov 23, item 5).
+# requests but not its time.
 STEADY_FROM = 0.25
 
 

@@ -284,7 +284,7 @@ async def run_batches(stream, handle, max_batch: int = 2000, within: float = 0.0
     if not _exactly_once():
         # Made now, not at the first batch: an idempotent producer sends nothing until
         # the broker has given it a producer id, 0.5-1.0 s after it is made on tansu
-        # (FINDINGS 14:57); that wait fell on the first batch after every (re)start. By
+        # (measured 2026-11-22); that wait fell on the first batch after every (re)start. By
         # the time the group is joined and the tables recovered, both have their ids.
         _librdkafka("outputs")
         if compat.changelog_sink is not None:

@@ -3,7 +3,8 @@
 Faust's fetch loop turns every fetched record into a Message and an Event and passes it
 through an async generator, a lock, the flow-control and producer checks, a channel
 queue and the stream's iterator before the agent sees it. py-spy put that at ~30% of
-the accounts worker's CPU (bench/streams.py --only accounts, FINDINGS "accounts 03:20").
+the accounts worker's CPU (py-spy --gil on `bench/streams.py --only accounts`,
+2026-11-23).
 A `Lane` takes the records of its topics as the consumer thread fetched them: per
 partition one `Chunk` (the aiokafka records, untouched), queued for the agent, which
 takes them in batches (`Lane.batches`, take_batches' closing rules).
