@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from decimal import Decimal
@@ -101,6 +102,33 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
             proc.kill()
             return proc.wait()
     return proc.returncode
+
+
+@contextmanager
+def postgres_sink(settings, dsn: str, codec, source, name: str):
+    """The PostgreSQL sink's loop on a thread of its own, reading `source` as `keel sink
+    postgres` runs it; on exit it is stopped and joined, `source` and the store closed.
+    Yields the thread (alive afterwards only if it did not stop)."""
+    from sinks.dlq import DeadLetters
+    from sinks.loop import SinkLoop
+    from sinks.metrics import SinkMetrics
+    from sinks.postgres import TRANSIENT, PostgresStore
+
+    store = PostgresStore(dsn, writers=2, batches=2, codec=codec)
+    store.open()
+    stop = threading.Event()
+    loop = SinkLoop("postgres", source, None, store.write, TRANSIENT,
+                    DeadLetters(settings, codec, "postgres-sink"), SinkMetrics("postgres"),
+                    stop, prepare=store.prepare, pipeline=True, depth=2)
+    runner = threading.Thread(target=loop.run, name=name)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        stop.set()
+        runner.join(60)
+        source.close()
+        store.close()
 
 
 def wait_for(predicate, timeout: float = 120.0, every: float = 0.5, what: str = "condition"):

@@ -147,6 +147,27 @@ def two_databases(clickhouse_client):
         clickhouse_client.command(f"DROP DATABASE IF EXISTS {name} SYNC")
 
 
+def _both_paths(clickhouse_client, two_databases, codec, batches, check) -> list:
+    """`batches` prepared and written by the decoded path, then by the fast path, each
+    into a database of its own (`check(raw, batch, items, ends)` on every prepared batch);
+    the two depth tables' rows."""
+    tables = []
+    for raw, name in zip((False, True), two_databases, strict=True):
+        clickhouse_client.command(f"CREATE DATABASE {name}")
+        clickhouse_client.command(f"USE {name}")
+        store = ClickHouseStore(clickhouse_client, "events", "depth", raw_depth=raw)
+        store.ensure_schema()
+        prepare = store.prepare(codec)
+        for batch in batches:
+            items, dead, ends = prepare(batch)
+            assert not dead
+            check(raw, batch, items, ends)
+            store.write(items)
+        tables.append(clickhouse_client.query(
+            "SELECT * FROM depth ORDER BY _partition, _offset").result_rows)
+    return tables
+
+
 def test_the_fast_path_loads_the_same_table_as_decoded_records(clickhouse_client,
                                                                two_databases):
     codec = Codec()
@@ -158,21 +179,12 @@ def test_the_fast_path_loads_the_same_table_as_decoded_records(clickhouse_client
     msgs = [Message("depth", PAIRS.index(d["pair"]), i, codec.encode("depth_update", d))
             for i, d in enumerate(depth)]
     batches = [msgs[:2500], msgs[2500:4000], msgs[1000:3000] + msgs[4000:]]
-    tables = []
-    for raw, name in zip((False, True), two_databases, strict=True):
-        clickhouse_client.command(f"CREATE DATABASE {name}")
-        clickhouse_client.command(f"USE {name}")
-        store = ClickHouseStore(clickhouse_client, "events", "depth", raw_depth=raw)
-        store.ensure_schema()
-        prepare = store.prepare(codec)
-        for batch in batches:
-            items, dead, ends = prepare(batch)
-            assert not dead
-            assert ends == {("depth", m.partition()): m.offset() for m in batch}  # the last
-            assert {kind for kind, *_ in items} == ({3} if raw else {1})
-            store.write(items)
-        tables.append(clickhouse_client.query(
-            "SELECT * FROM depth ORDER BY _partition, _offset").result_rows)
+
+    def check(raw: bool, batch: list, items: list, ends: dict) -> None:
+        assert ends == {("depth", m.partition()): m.offset() for m in batch}  # the last
+        assert {kind for kind, *_ in items} == ({3} if raw else {1})
+
+    tables = _both_paths(clickhouse_client, two_databases, codec, batches, check)
     assert len(tables[0]) == len(depth)
     assert tables[1] == tables[0]
     days = {row[1].date() for row in tables[1]}
@@ -218,20 +230,11 @@ def test_a_pair_on_two_partitions_loads_as_decoded_records(clickhouse_client, tw
     msgs = [Message("depth", 1 - (i // 100) % 2, i, codec.encode("depth_update", d))
             for i, d in enumerate(depth)]
     batches = [msgs[:1700], msgs[900:]]           # the second replays part of the first
-    tables = []
-    for raw, name in zip((False, True), two_databases, strict=True):
-        clickhouse_client.command(f"CREATE DATABASE {name}")
-        clickhouse_client.command(f"USE {name}")
-        store = ClickHouseStore(clickhouse_client, "events", "depth", raw_depth=raw)
-        store.ensure_schema()
-        prepare = store.prepare(codec)
-        for batch in batches:
-            items, dead, _ = prepare(batch)
-            assert not dead
-            if raw:
-                assert len(items) == 1 and items[0][0] == 3
-            store.write(items)
-        tables.append(clickhouse_client.query(
-            "SELECT * FROM depth ORDER BY _partition, _offset").result_rows)
+
+    def check(raw: bool, batch: list, items: list, ends: dict) -> None:
+        if raw:
+            assert len(items) == 1 and items[0][0] == 3
+
+    tables = _both_paths(clickhouse_client, two_databases, codec, batches, check)
     assert tables[1] == tables[0]
     assert {(row[0], row[9]) for row in tables[1]} == {(p, q) for p in PAIRS for q in (0, 1)}

@@ -13,20 +13,14 @@ on ~200k batches. Without the widening it loaded nothing in the whole timeout.
 """
 from __future__ import annotations
 
-import threading
-
 import psycopg
 
 from engine.domain import Trade
 from infra.settings import Settings
 from schemas.codec import Codec
-from sinks.dlq import DeadLetters
-from sinks.loop import SinkLoop
-from sinks.metrics import SinkMetrics
-from sinks.postgres import TRANSIENT, PostgresStore
 from sinks.source import Source
 from tests.long_partition import produce_one_per_batch
-from tests.sinks.feed import engine_events, wait_for
+from tests.sinks.feed import engine_events, postgres_sink, wait_for
 
 OPS = 28_000            # ~40k events of one pair: one single-record batch each
 FIRST_WAIT_MS = 10
@@ -48,25 +42,12 @@ def test_the_postgres_sink_loads_a_partition_too_long_for_its_wait(
     produce_one_per_batch(kafka_bootstrap, settings.topic("events"),
                           [codec.encode_event(e) for e in events], key=b"BTCUSDT")
 
-    store = PostgresStore(sink_db, writers=2, batches=2, codec=codec)
-    store.open()
     source = Source(settings, prefix.rstrip(".") + "-sink-postgres",
                     [settings.topic("events")], client_id="t-sink-long", eager=True,
                     fetch_wait_ms=FIRST_WAIT_MS)
-    stop = threading.Event()
-    loop = SinkLoop("postgres", source, None, store.write, TRANSIENT,
-                    DeadLetters(settings, codec, "postgres-sink"), SinkMetrics("postgres"),
-                    stop, prepare=store.prepare, pipeline=True, depth=2)
-    runner = threading.Thread(target=loop.run, name="t-sink-long")
-    runner.start()
-    try:
+    with postgres_sink(settings, sink_db, codec, source, "t-sink-long") as runner:
         wait_for(lambda: _trades(sink_db) >= trades, timeout=90, every=0.5,
                  what="every trade of the long partition")
-    finally:
-        stop.set()
-        runner.join(60)
-        source.close()
-        store.close()
     assert not runner.is_alive()
     assert _trades(sink_db) == trades
     assert source.fetch_wait_ms > FIRST_WAIT_MS

@@ -11,7 +11,6 @@ narrowed. Measured against the last stable offset the sink is at the end.
 """
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
@@ -21,12 +20,8 @@ from confluent_kafka import Producer
 from engine.domain import Trade
 from infra.settings import Settings
 from schemas.codec import Codec
-from sinks.dlq import DeadLetters
-from sinks.loop import SinkLoop
-from sinks.metrics import SinkMetrics
-from sinks.postgres import TRANSIENT, PostgresStore
 from sinks.source import FETCH_WAIT_MS, STARVE_CHECK_S, STARVED_CHECKS, Source
-from tests.sinks.feed import engine_events, wait_for
+from tests.sinks.feed import engine_events, postgres_sink, wait_for
 
 
 def _trades(dsn: str) -> int:
@@ -52,17 +47,9 @@ def test_an_open_transaction_does_not_widen_the_sinks_wait(kafka_bootstrap, pref
         engine.produce(topic, codec.encode_event(e), b"BTCUSDT", partition=0)
     engine.commit_transaction(10)
 
-    store = PostgresStore(sink_db, writers=2, batches=2, codec=codec)
-    store.open()
     source = Source(settings, prefix.rstrip(".") + "-sink-postgres", [topic],
                     client_id="t-sink-open-txn", eager=True)
-    stop = threading.Event()
-    loop = SinkLoop("postgres", source, None, store.write, TRANSIENT,
-                    DeadLetters(settings, codec, "postgres-sink"), SinkMetrics("postgres"),
-                    stop, prepare=store.prepare, pipeline=True, depth=2)
-    runner = threading.Thread(target=loop.run, name="t-sink-open-txn")
-    runner.start()
-    try:
+    with postgres_sink(settings, sink_db, codec, source, "t-sink-open-txn") as runner:
         wait_for(lambda: _trades(sink_db) == first, timeout=60, every=0.2,
                  what="the committed half")
         generation = source.generation
@@ -77,10 +64,5 @@ def test_an_open_transaction_does_not_widen_the_sinks_wait(kafka_bootstrap, pref
         engine.commit_transaction(10)
         wait_for(lambda: _trades(sink_db) == trades, timeout=60, every=0.2,
                  what="the transaction's trades once committed")
-    finally:
-        stop.set()
-        runner.join(60)
-        source.close()
-        store.close()
     assert not runner.is_alive()
     assert source.fetch_wait_ms == FETCH_WAIT_MS
