@@ -68,7 +68,6 @@ class Feed:
         self._pending_eof: set[tuple[str, int]] = set()
         self._assigned: dict[tuple[str, int], int] = {}      # by the last consumer switch
         self._queue: deque[list] = deque()
-        self._ends = StableEnds()        # of the current consumer
         self._scheduled = False
         full = {settings.topic(t): t for t in TOPICS}
         self._short = full
@@ -106,13 +105,12 @@ class Feed:
         self._thread.start()
 
     def _consumer(self, fetch_wait_ms: int) -> Consumer:
-        self._ends = StableEnds()
+        self._ends = StableEnds()        # the new consumer's: lags are measured with it
         return Consumer(consumer_config(self.settings, None, client_id=self.client_id,
                                         enable_partition_eof=True,
                                         fetch_wait_max_ms=fetch_wait_ms,
                                         queued_min_messages=1000,
-                                        statistics_interval_ms=int(LAG_CHECK_S * 1000),
-                                        stats_cb=self._ends))
+                                        **self._ends.options(LAG_CHECK_S)))
 
     def stop(self) -> None:
         self._stop.set()

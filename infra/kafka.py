@@ -31,6 +31,10 @@ class StableEnds:
     def __init__(self) -> None:
         self._ends: dict[tuple[str, int], int] = {}
 
+    def options(self, every_s: float) -> dict[str, Any]:
+        """The consumer settings that feed it statistics every `every_s` seconds."""
+        return {"statistics.interval.ms": int(every_s * 1000), "stats_cb": self}
+
     def __call__(self, stats: str) -> None:
         for topic, info in json.loads(stats).get("topics", {}).items():
             for partition, part in info.get("partitions", {}).items():

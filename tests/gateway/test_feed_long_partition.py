@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from contextlib import asynccontextmanager
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -50,6 +51,21 @@ async def _until(predicate, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+@asynccontextmanager
+async def live_feed(settings: Settings, codec: Codec, replies: Replies, client_id: str,
+                    ready_s: float):
+    """A started Feed once it has read every partition to its end and gone live;
+    stopped on exit."""
+    feed = Feed(settings, codec, replies, client_id=client_id)
+    feed.start()
+    try:
+        await asyncio.wait_for(feed.ready.wait(), ready_s)
+        await _until(lambda: feed.live, 30, "the live fetch wait")
+        yield feed
+    finally:
+        feed.stop()
+
+
 def test_a_live_feed_keeps_reading_a_long_partition(kafka_bootstrap):
     settings = Settings.from_env({"KEEL_KAFKA_BOOTSTRAP": kafka_bootstrap,
                                   "KEEL_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:8]}."})
@@ -61,16 +77,10 @@ def test_a_live_feed_keeps_reading_a_long_partition(kafka_bootstrap):
     replies = Replies()
 
     async def scenario() -> Feed:
-        feed = Feed(settings, codec, replies, client_id="t-feed-long")
-        feed.start()
-        try:
-            await asyncio.wait_for(feed.ready.wait(), 120)
-            await _until(lambda: feed.live, 30, "the live fetch wait")
+        async with live_feed(settings, codec, replies, "t-feed-long", 120) as feed:
             assert len(replies.seen) == BATCHES
             _produce_one_per_batch(settings, [_reply(codec, "late")])
             await _until(lambda: "late" in replies.seen, 40, "the reply sent after going live")
-        finally:
-            feed.stop()
         return feed
 
     feed = asyncio.run(scenario())

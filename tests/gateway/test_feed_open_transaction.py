@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from gateway.feed import CATCH_UP_WAIT_MS, LAG_CHECK_S, LIVE_WAIT_MS, STARVED_CHECKS, Feed
 from infra.settings import Settings
 from schemas.codec import Codec
-from tests.gateway.test_feed_long_partition import Replies, _reply, _until
+from tests.gateway.test_feed_long_partition import Replies, _reply, _until, live_feed
 
 
 def test_an_open_transaction_does_not_widen_the_live_feed(kafka_bootstrap):
@@ -39,11 +39,8 @@ def test_an_open_transaction_does_not_widen_the_live_feed(kafka_bootstrap):
     replies = Replies()
 
     async def scenario() -> Feed:
-        feed = Feed(settings, codec, replies, client_id="t-feed-open-txn")
-        feed.start()
-        try:
-            await asyncio.wait_for(feed.ready.wait(), 60)
-            await _until(lambda: feed.live and "before" in replies.seen, 30, "the live feed")
+        async with live_feed(settings, codec, replies, "t-feed-open-txn", 60) as feed:
+            await _until(lambda: "before" in replies.seen, 30, "the committed reply")
             # The engine dies here: its transaction stays open, its records in the log.
             producer.begin_transaction()
             for i in range(3):
@@ -57,8 +54,6 @@ def test_an_open_transaction_does_not_widen_the_live_feed(kafka_bootstrap):
             producer.produce(topic, _reply(codec, "after"), partition=0)
             producer.commit_transaction(10)
             await _until(lambda: "after" in replies.seen, 30, "the reply after the abort")
-        finally:
-            feed.stop()
         return feed
 
     feed = asyncio.run(scenario())
