@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/streams.py [--json] [--bootstrap HOST:PORT]
                                       [--requests 20000] [--rate 2000] [--seconds 10]
-                                      [--only accounts|latency|marketdata]
+                                      [--only accounts|latency|bare|marketdata]
 
 Starts its own in-memory tansu broker unless --bootstrap is given; each phase uses fresh
 topics (its own KEEL_TOPIC_PREFIX) and real `keel streams ROLE` worker processes.
@@ -22,6 +22,16 @@ topics (its own KEEL_TOPIC_PREFIX) and real `keel streams ROLE` worker processes
                          from its CreateTime to the bench producer's acknowledgement (seen
                          when the bench next polls). Before then the worker cannot see it;
                          on a loaded broker this term is large and is not the worker's.
+  bare_latency_p50_ms/_p99_ms  (--only bare, or --bare) the latency phase with no accounts
+                         worker: the same feeder, rate and reader; in the worker's place a
+                         relay process makes the gate's least broker work per fetch, in its
+                         crash-safe order (one state record acknowledged, then each request's
+                         bytes copied to keel.orders and acknowledged, then the offsets
+                         committed), no decoding and no rules. Time from producing a request
+                         to reading its copy. Its p50 is the floor under added_latency_p50_ms
+                         on this broker and machine. Its p99 is not a floor: the relay does
+                         not widen its fetch wait when tansu starves it (infra.fetchwait),
+                         as the worker does, so it also carries those stalls.
   marketdata_msgs_per_s  engine events (accepts and trades on 3 pairs) preloaded on
                          keel.events, one marketdata worker drains them: events / time
                          from its first to its last committed ticker.
@@ -207,9 +217,64 @@ def bench_accounts(bootstrap: str, data: Path, n: int,
             steady_rate(seen_at, len(reqs)))
 
 
-def bench_latency(bootstrap: str, data: Path, rate: int, seconds: float) -> dict:
+def relay(settings: Settings, log: Path) -> subprocess.Popen:
+    """The bare relay (`bare_latency_*`): this file run with --relay, in its own process
+    as a worker is."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, __file__, "--relay", settings.bootstrap,
+                                 settings.topic_prefix, str(settings.user_partitions)],
+                                stdout=out, stderr=subprocess.STDOUT, process_group=0)
+
+
+def run_relay(bootstrap: str, prefix: str, user_partitions: int) -> None:
+    """The gate's broker work with nothing else: per fetch of keel.requests, one state
+    record (acknowledged before any output, as the accounts changelog is), then every
+    request's bytes to keel.orders (acknowledged), then the offsets committed. Read as
+    the worker reads (read_uncommitted, Faust's default fetch wait in Keel: 10 ms);
+    written as it writes (idempotent, acks=all, no Nagle)."""
+    settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix,
+                        user_partitions=user_partitions)
+    consumer = Consumer(consumer_config(settings, f"bench-relay-{uuid.uuid4().hex[:6]}",
+                                        isolation_level="read_uncommitted",
+                                        fetch_wait_max_ms=10))
+    consumer.subscribe([settings.topic("requests")])
+    state = Producer(producer_config(settings, "bench-relay-state", linger_ms=0,
+                                     socket_nagle_disable=True))
+    outputs = Producer(producer_config(settings, "bench-relay", linger_ms=0,
+                                       socket_nagle_disable=True))
+    orders, balances = settings.topic("orders"), settings.topic("balances")
+    spread = MARKETS.partitions
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        first = consumer.poll(0.1)
+        if first is None:
+            continue
+        msgs = [m for m in [first] + consumer.consume(MAX_RELAY_BATCH, 0) if m.error() is None]
+        if not msgs:
+            continue
+        state.produce(balances, b"s" * 64, b"relay", 0)
+        state.flush()
+        for i, m in enumerate(msgs):
+            outputs.produce(orders, m.value(), m.key(), i % spread)
+        outputs.flush()
+        consumer.commit(asynchronous=True)
+
+
+MAX_RELAY_BATCH = 5_000      # the accounts worker's MAX_BATCH
+
+
+def bench_latency(bootstrap: str, data: Path, rate: int, seconds: float,
+                  bare: bool = False) -> dict:
+    """Offer `rate` orders/s to an accounts worker (or with `bare` the relay) for
+    `seconds`; per order, time from producing its request to reading its command."""
     settings = fresh(bootstrap, data)
     codec = Codec()
+    if bare:        # the relay copies the request itself
+        def request_id(value: bytes) -> str:
+            return codec.decode("order_request", value)["request_id"]
+    else:
+        def request_id(value: bytes) -> str:
+            return codec.decode_command(value)[1]
     acked: list[float] = []      # request CreateTime -> acknowledged by the broker (s)
 
     def delivered(err, msg) -> None:
@@ -221,14 +286,18 @@ def bench_latency(bootstrap: str, data: Path, rate: int, seconds: float) -> dict
     # tansu holds a fetch for its whole max wait (librdkafka's default 500 ms) when the
     # partition has nothing new: the reader must not add its own wait to the figure.
     orders = reader(settings, "orders", fetch_wait_max_ms=1)
-    proc = worker(settings, "accounts", data / "accounts-latency.log")
+    proc = relay(settings, data / "relay.log") if bare else \
+        worker(settings, "accounts", data / "accounts-latency.log")
     try:
         ts = int(time.time() * 1000)
         produce_requests(producer, settings, codec, deposits(ts))
         producer.flush(30)
-        replies = reader(settings, "replies")
-        drain(replies, USERS * 4, 300)            # the worker is up and funded
-        replies.close()
+        if bare:
+            drain(orders, USERS * 4, 300)         # the relay is up (deposits copied)
+        else:
+            replies = reader(settings, "replies")
+            drain(replies, USERS * 4, 300)        # the worker is up and funded
+            replies.close()
         sent_at: dict[str, float] = {}
         latencies: list[float] = []
         total = int(rate * seconds)
@@ -245,8 +314,7 @@ def bench_latency(bootstrap: str, data: Path, rate: int, seconds: float) -> dict
                 i += 1
             for m in orders.consume(10_000, 0.001):
                 if m.error() is None:
-                    _, rid = codec.decode_command(m.value())
-                    latencies.append(time.monotonic() - sent_at[rid])
+                    latencies.append(time.monotonic() - sent_at[request_id(m.value())])
             if now - start > seconds + 120:
                 break
         cpu_us = 1e6 * (cpu_seconds(proc.pid) - cpu_before) / max(len(latencies), 1)
@@ -255,6 +323,11 @@ def bench_latency(bootstrap: str, data: Path, rate: int, seconds: float) -> dict
 
         def pct(values, p):
             return round(1000 * values[min(len(values) - 1, int(p * len(values)))], 2)
+        if bare:
+            return {"bare_latency_p50_ms": pct(latencies, 0.50),
+                    "bare_latency_p99_ms": pct(latencies, 0.99),
+                    "bare_request_ack_p50_ms": pct(trip, 0.50),
+                    "bare_request_ack_p99_ms": pct(trip, 0.99)}
         return {"added_latency_p50_ms": pct(latencies, 0.50),
                 "added_latency_p99_ms": pct(latencies, 0.99),
                 "latency_orders": len(latencies), "offered_orders_per_s": rate,
@@ -309,10 +382,19 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=40_000)
     ap.add_argument("--rate", type=int, default=2_000)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--only", choices=("accounts", "latency", "marketdata"),
+    ap.add_argument("--only", choices=("accounts", "latency", "bare", "marketdata"),
                     help="run one phase (the others are left out of the JSON)")
+    ap.add_argument("--bare", action="store_true",
+                    help="also run the bare relay's latency phase (bare_latency_*)")
+    ap.add_argument("--relay", nargs=3, metavar=("BOOTSTRAP", "PREFIX", "PARTITIONS"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.relay:
+        run_relay(args.relay[0], args.relay[1], int(args.relay[2]))
+        return 0
     wanted = {args.only} if args.only else {"accounts", "latency", "marketdata"}
+    if args.bare:
+        wanted.add("bare")
     broker = None
     with tempfile.TemporaryDirectory(prefix="keel-bench-streams-") as tmp:
         data = Path(tmp)
@@ -343,6 +425,10 @@ def main() -> int:
                 result |= bench_latency(bootstrap, data, args.rate, args.seconds)
                 print(f"latency at {args.rate}/s: p50 {result['added_latency_p50_ms']} ms, "
                       f"p99 {result['added_latency_p99_ms']} ms", flush=True)
+            if "bare" in wanted:
+                result |= bench_latency(bootstrap, data, args.rate, args.seconds, bare=True)
+                print(f"bare relay at {args.rate}/s: p50 {result['bare_latency_p50_ms']} ms, "
+                      f"p99 {result['bare_latency_p99_ms']} ms", flush=True)
             if "marketdata" in wanted:
                 result["marketdata_msgs_per_s"] = round(bench_marketdata(bootstrap, data,
                                                                          args.events))
