@@ -23,6 +23,9 @@ Figures (the last line is JSON with --json):
                   settlement are paused meanwhile: those trades are not theirs)
   instant_order_rps  with --instant-accounts: ACK orders per second when accounts is
                   replaced by a replier answering at once (the gateway's own capacity)
+  floor_public_rps, floor_public_gw_us  (--floor: only this, no stack) the public phase
+                  against a bare aiohttp app answering the same paths with fixed bodies
+                  (gateway_load.py serve): what aiohttp itself allows on this machine
   *_gw_us         gateway CPU microseconds per public request / order / WS message
   cpu_s           CPU seconds per process and phase (gateway, client, accounts...), and
                   the gateway's per thread (python: the loop and the feed; rdk:*: librdkafka)
@@ -426,6 +429,36 @@ async def ws_fanout(base, settings, args) -> dict:
             "ws_client_cpu_s": got["cpu_s"]}
 
 
+def floor(args) -> dict:
+    """The public phase against gateway_load.py's bare aiohttp app instead of the gateway:
+    the same client, connections and seconds."""
+    import socket
+
+    base = f"http://127.0.0.1:{free_port()}"
+    server = load_client(base, "serve")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), 1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the bare aiohttp app did not start") from None
+                time.sleep(0.1)
+        before = proc_cpu(server.pid)
+        client = load_client(base, "public", "--seconds", str(args.seconds), "--conns", "32")
+        got = json.loads(client.communicate()[0].splitlines()[-1])
+        spent = proc_cpu(server.pid) - before
+    finally:
+        server.terminate()
+        server.wait(10)
+    return {"floor_public_rps": round(got["ok"] / got["elapsed"]),
+            "floor_public_errors": got["bad"],
+            "floor_public_gw_us": round(spent / max(1, got["ok"]) * 1e6, 1),
+            "floor_client_cpu_s": got["cpu_s"], "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -439,9 +472,15 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--instant-accounts", action="store_true",
                         help="also measure orders with accounts replaced by an instant replier")
+    parser.add_argument("--floor", action="store_true",
+                        help="only the public phase against a bare aiohttp app (floor_*)")
     parser.add_argument("--py-spy", help="py-spy binary: profile the gateway per phase")
     parser.add_argument("--profile-out", default="/tmp/gateway_profile")
     args = parser.parse_args()
+    if args.floor:
+        result = floor(args)
+        print(json.dumps(result) if args.json else result)
+        return 0
     with tempfile.TemporaryDirectory(prefix="keel-bench-gw-") as tmp:
         stack = Stack(Path(tmp))
         try:

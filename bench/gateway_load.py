@@ -21,6 +21,10 @@ so the figures are the gateway's.
         --listen-key the user's stream is read too and each order (newClientOrderId
         {cid}) is timed to its first TRADE executionReport. Prints {"ok", "bad",
         "elapsed", "ack_ms", "e2e_ms", "late", "cpu_s"}
+    gateway_load.py serve --url http://127.0.0.1:PORT
+        not a client: a bare aiohttp app (uvloop, no access log, as the gateway runs) that
+        answers PUBLIC_PATHS with fixed bodies of the gateway's shape, until SIGTERM: the
+        framework's own cost under the public phase (bench/gateway.py --floor)
     gateway_load.py replier --url BOOTSTRAP --topic-prefix P
         stands in for accounts, answering every keel.requests record at once with an OK
         reply (no funds, no engine): what is left of an order's cost is the gateway's.
@@ -432,11 +436,36 @@ def _replier(bootstrap: str, prefix: str) -> dict:
     return {"replied": replied}
 
 
+def _serve(host: str, port: int) -> None:
+    """The `serve` kind (module docstring)."""
+    import signal
+
+    from aiohttp import web
+
+    levels = ",".join(f'["6500{i}.00","0.{i + 1}0000000"]' for i in range(5))
+    bodies = {
+        "/api/v3/depth": f'{{"lastUpdateId":123456,"bids":[{levels}],"asks":[{levels}]}}',
+        "/api/v3/ticker/price": '{"symbol":"BTCUSDT","price":"65000.00"}',
+    }
+
+    def answer(body: str):
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(text=body, content_type="application/json")
+        return handler
+
+    app = web.Application()
+    for path, body in bodies.items():
+        app.router.add_get(path, answer(body))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    web.run_app(app, host=host, port=port, print=None, access_log=None,
+                handle_signals=False, loop=__import__("uvloop").new_event_loop())
+
+
 def main() -> int:
     import uvloop
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("public", "ws", "orders", "replier"))
+    parser.add_argument("kind", choices=("public", "ws", "orders", "replier", "serve"))
     parser.add_argument("--topic-prefix", default="keel.")
     parser.add_argument("--url", required=True)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -460,6 +489,9 @@ def main() -> int:
         print(json.dumps(out), flush=True)
         return 0
     host, port = args.url.split("//")[1].split(":")
+    if args.kind == "serve":
+        _serve(host, int(port))
+        return 0
     if args.kind == "public":
         out = uvloop.run(_client_public(host, int(port), args.seconds, args.conns))
     elif args.kind == "orders":
