@@ -177,8 +177,10 @@ class Accounts:
             # once a user and batch: the floor is the same for all its requests in it
             self._trimmed.add(key)
             _forget_before(u["d"], self._before.get(partition, floor))
-        if self._seen(u, "requests", offset):
+        last = u["n"]          # self._seen(u, "requests", offset), written out
+        if offset <= last.get("requests", -1):
             return self._rebuild(u, request, offset)
+        last["requests"] = offset
         kind, body = request["body"]
         recent = u["r"]
         if rid in recent:

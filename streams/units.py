@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 
 from engine.markets import Market, MarketsConfig
 
@@ -33,7 +34,7 @@ class PairUnits:
         """Notional units (tick x lot) -> quote smallest units."""
         return units * self.quote_per_unit
 
-    @property
+    @cached_property        # read for every buy order's hold (streams.holds)
     def max_fee_ppm(self) -> int:
         # A resting buy pays the maker rate, a crossing one the taker rate: hold the larger.
         return max(self.maker_fee_ppm, self.taker_fee_ppm)

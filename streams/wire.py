@@ -40,18 +40,33 @@ _MORE = [bytes((n & 0x7F | 0x80, n >> 7 | 0x80)) for n in range(1 << 14)]
 
 def _zz(n: int) -> bytes:
     """schemas.varint.zigzag(n), by table lookups instead of a loop a byte: ~3x faster
-    for the 4- to 8-byte values (prices, order ids, timestamps, balances)."""
+    for the 4- to 8-byte values (prices, order ids, timestamps, balances). The result is
+    also kept in _ZZ, which the writers below read first."""
     z = (n << 1) ^ (n >> 63)
     if z < 0x4000:
-        return _END[z]
-    if z < 0x10000000:
-        return _MORE[z & 0x3FFF] + _END[z >> 14]
-    if z < 0x40000000000:
-        return _MORE[z & 0x3FFF] + _MORE[z >> 14 & 0x3FFF] + _END[z >> 28]
-    if z < 0x100000000000000:
-        return b"".join((_MORE[z & 0x3FFF], _MORE[z >> 14 & 0x3FFF], _MORE[z >> 28 & 0x3FFF],
-                         _END[z >> 42]))
-    return varint(z)
+        out = _END[z]
+    elif z < 0x10000000:
+        out = _MORE[z & 0x3FFF] + _END[z >> 14]
+    elif z < 0x40000000000:
+        out = _MORE[z & 0x3FFF] + _MORE[z >> 14 & 0x3FFF] + _END[z >> 28]
+    elif z < 0x100000000000000:
+        out = b"".join((_MORE[z & 0x3FFF], _MORE[z >> 14 & 0x3FFF], _MORE[z >> 28 & 0x3FFF],
+                        _END[z >> 42]))
+    else:
+        out = varint(z)
+    if len(_ZZ) >= _ZZ_SIZE:
+        _ZZ.clear()
+    _ZZ[n] = out
+    return out
+
+
+# Values already written, and their bytes: most fields of accounts' outputs repeat (user
+# ids, timestamps, prices, quantities, sides, versions, and each order id in both its
+# Place and its Reply), and a dict lookup costs a fraction of _zz's call (in-process, the
+# 11 fields of a Place: ~375 ns a field by _zz, ~75 by `_ZZ.get(n) or _zz(n)`). Only ints
+# reach these writers (decoded records and the ledger's integer arithmetic).
+_ZZ: dict[int, bytes] = {}
+_ZZ_SIZE = 1 << 16
 
 
 def _interned(text: str) -> bytes:
@@ -67,30 +82,38 @@ def _opt_string(text: str | None) -> bytes:
 
 
 def _opt_long(n: int | None) -> bytes:
-    return _NULL if n is None else _SOME + _zz(n)
+    return _NULL if n is None else _SOME + (_ZZ.get(n) or _zz(n))
 
 
 def place_body(cmd: Place, request_id: str | None) -> bytes:
+    pair, order_id, user_id, side, kind, tif, price, qty, quote_qty, stp, ts = cmd
+    z = _ZZ.get
     return b"".join((
         _NULL if request_id is None else _SOME + string(request_id), _PLACE,
-        _interned(cmd.pair), _zz(cmd.order_id), _zz(cmd.user_id), _zz(cmd.side),
-        _zz(cmd.kind), _zz(cmd.tif), _zz(cmd.price), _zz(cmd.qty),
-        _zz(cmd.quote_qty), _zz(cmd.stp), _zz(cmd.ts)))
+        _STRINGS.get(pair) or _interned(pair), z(order_id) or _zz(order_id),
+        z(user_id) or _zz(user_id), z(side) or _zz(side), z(kind) or _zz(kind),
+        z(tif) or _zz(tif), z(price) or _zz(price), z(qty) or _zz(qty),
+        z(quote_qty) or _zz(quote_qty), z(stp) or _zz(stp), z(ts) or _zz(ts)))
 
 
 def reply_body(r: dict) -> bytes:
-    pair = r["pair"]
+    pair, message, user_id, ts, code = r["pair"], r["message"], r["user_id"], r["ts"], r["code"]
+    z = _ZZ.get
     return b"".join((
-        string(r["request_id"]), _zz(r["user_id"]), _zz(r["ts"]), _zz(r["code"]),
-        string(r["message"]) if r["message"] else _EMPTY,
-        _NULL if pair is None else _SOME + _interned(pair),
+        string(r["request_id"]), z(user_id) or _zz(user_id), z(ts) or _zz(ts),
+        z(code) or _zz(code), string(message) if message else _EMPTY,
+        _NULL if pair is None else _SOME + (_STRINGS.get(pair) or _interned(pair)),
         _opt_long(r["order_id"]), _opt_string(r["client_order_id"])))
 
 
 def balance_body(b: dict) -> bytes:
+    user_id, asset, available, held, version, ts = (
+        b["user_id"], b["asset"], b["available"], b["held"], b["version"], b["ts"])
+    z = _ZZ.get
     return b"".join((
-        _zz(b["user_id"]), _interned(b["asset"]), _zz(b["available"]),
-        _zz(b["held"]), _zz(b["version"]), _zz(b["ts"])))
+        z(user_id) or _zz(user_id), _STRINGS.get(asset) or _interned(asset),
+        z(available) or _zz(available), z(held) or _zz(held), z(version) or _zz(version),
+        z(ts) or _zz(ts)))
 
 
 # ---- reading keel.requests: an OrderRequest whose body is a PlaceOrder ----
