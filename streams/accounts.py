@@ -16,7 +16,7 @@ from engine.markets import MarketsConfig
 from infra.settings import Settings
 from schemas.codec import Codec, CodecError
 from streams import bulk, userlog
-from streams.app import app, keel_topic, queue, run_batches, table
+from streams.app import app, keel_topic, queue, queued, run_batches, table
 from streams.dlq import dead_letter
 from streams.keys import user_partition
 from streams.ledger import BATCH_PER_USER, Accounts, Outcome
@@ -76,22 +76,28 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
         found = balance_keys[uid, asset] = (f"{uid}:{asset}".encode(), user_partition(uid, n))
         return found
 
+    emit = queued().append      # queue(topic, key, value, partition, headers), inlined
+    command, reply_value, balance_value = wire.command, wire.reply, wire.balance
+
     def publish(out: Outcome, message) -> None:
-        # keel-source names the request a command came from: a copy written again after a
-        # crash carries the same one, and the engine drops it (whatever its kind).
-        source = [("keel-source", f"{message.partition}:{message.offset}".encode())]
-        for cmd, request_id in out.commands:
-            key, partition = pair_keys[cmd.pair]
-            queue(orders, key, wire.command(cmd, request_id), partition, source)
+        commands, answers, changes = out.commands, out.replies, out.balances
+        if commands:
+            # keel-source names the request a command came from: a copy written again
+            # after a crash carries the same one, and the engine drops it (whatever its
+            # kind).
+            source = [("keel-source", f"{message.partition}:{message.offset}".encode())]
+            for cmd, request_id in commands:
+                key, partition = pair_keys[cmd.pair]
+                emit((orders, key, command(cmd, request_id), partition, source))
         # Replies and balances are built here from decoded records and integer arithmetic:
         # no schema check (it cost more than the encoding).
-        for reply in out.replies:
-            queue(replies, reply["request_id"].encode(), wire.reply(reply))
-        for bal in out.balances:
+        for reply in answers:
+            emit((replies, reply["request_id"].encode(), reply_value(reply), None, None))
+        for bal in changes:
             uid, asset = bal["user_id"], bal["asset"]
             key, partition = balance_keys.get((uid, asset)) or balance_key(uid, asset)
-            queue(balances, key, wire.balance(bal), partition)
-        counted[1] += len(out.commands) + len(out.replies) + len(out.balances)
+            emit((balances, key, balance_value(bal), partition, None))
+        counted[1] += len(commands) + len(answers) + len(changes)
 
     async def end_batch() -> None:
         accounts.end_batch()

@@ -186,10 +186,17 @@ def queue(topic, key=None, value=None, partition=None, headers=None) -> None:
     _outputs.append((topic, key, value, partition, headers))
 
 
+def queued() -> list:
+    """The list `queue` appends to (the same list for the life of the process): an agent
+    that emits several records per input appends its (topic, key, value, partition,
+    headers) tuples itself, without a call per record (accounts)."""
+    return _outputs
+
+
 def _take_outputs() -> list:
-    """The outputs emitted so far, handed to their batch; later emits start a new list."""
-    global _outputs
-    outputs, _outputs = _outputs, []
+    """The outputs emitted so far, handed to their batch; later emits start anew."""
+    outputs = _outputs.copy()
+    _outputs.clear()
     return outputs
 
 

@@ -50,6 +50,7 @@ DECISIONS = 4_096
 
 TRADE, RELEASE, FEE = 0, 1, 2       # Settlement.reason
 _OK = int(ResultCode.OK)
+_new_tuple = tuple.__new__
 
 
 def _remember(recent: dict, key, value, keep: int = RECENT, touched=None,
@@ -82,6 +83,7 @@ class Outcome:
 class Accounts:
     def __init__(self, units: Units, users: MutableMapping | None = None) -> None:
         self.units = units
+        self._pairs = units.pairs
         self.users = {} if users is None else users
         self._mine: dict = {}           # key -> the user, as this batch changes it
         self._touched: dict = {}        # key -> its entries (part, id) this batch changed
@@ -251,13 +253,13 @@ class Accounts:
 
     def _on_PlaceOrder(self, out, request, b, uid, ts, order_id) -> None:
         pair, cid = b["pair"], b.get("client_order_id")
-        pu = self.units.pairs.get(pair)
+        pu = self._pairs.get(pair)
         if pu is None:
             return self._reply(out, request, ResultCode.UNKNOWN_PAIR, f"no pair {pair}",
                                pair=pair, client_order_id=cid)
-        side, kind, price, qty, quote_qty = b["side"], b["kind"], b["price"], b["qty"], \
-            b["quote_qty"]
-        code = check_place(pu, side, kind, b["tif"], price, qty, quote_qty, b["stp"])
+        side, kind, tif, price, qty, quote_qty, stp = b["side"], b["kind"], b["tif"], \
+            b["price"], b["qty"], b["quote_qty"], b["stp"]
+        code = check_place(pu, side, kind, tif, price, qty, quote_qty, stp)
         if code:
             return self._reply(out, request, code, code.name.lower(), pair=pair,
                                client_order_id=cid)
@@ -274,7 +276,14 @@ class Accounts:
             return self._reply(out, request, ResultCode.INSUFFICIENT_BALANCE,
                                f"{asset} available is below the {amount} this order needs",
                                pair=pair, client_order_id=cid)
-        self._move(out, rows, uid, asset, -amount, amount, ts)
+        # self._move(out, rows, uid, asset, -amount, amount, ts), written out
+        avail, held, version = row or (0, 0, 0)
+        avail, held, version = avail - amount, held + amount, version + 1
+        if avail < 0 or held < 0:
+            raise AssertionError(f"balance of {uid}:{asset} would be {avail}/{held}")
+        rows[asset] = [avail, held, version]
+        out.balances.append({"user_id": uid, "asset": asset, "available": avail,
+                             "held": held, "version": version, "ts": ts})
         oid = str(order_id)
         u["o"][oid] = [pair, side, asset, amount, cid]
         touched = self._touched[key]
@@ -282,8 +291,9 @@ class Accounts:
         if cid is not None:
             _remember_cid(u, cid, order_id, touched)
         rid = request["request_id"]
-        out.commands.append((Place(pair, order_id, uid, side, kind, b["tif"], price, qty,
-                                   quote_qty, b["stp"], ts), rid))
+        # Place(...) without the namedtuple's own __new__ (a Python frame per order)
+        out.commands.append((_new_tuple(Place, (pair, order_id, uid, side, kind, tif, price,
+                                                qty, quote_qty, stp, ts)), rid))
         # self._reply(out, request, ResultCode.OK, "", pair, order_id, cid), written out
         out.replies.append({"request_id": rid, "user_id": uid, "ts": ts, "code": _OK,
                             "message": "", "pair": pair, "order_id": order_id,
