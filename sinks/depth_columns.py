@@ -21,13 +21,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.catalog import default_catalog
-from sinks.event_columns import _pair_names, _varints, _zigzag, padded, varint_values
+from sinks.event_columns import _pair_names, _varints, _words_at, _zigzag, varint_values
 
 HEADER_LEN = 10
 # Records read at once: past this the arrays outgrow the caches and every record costs
-# more (1.0 us at 10-20k, 1.5 at 50k, 1.6-2.9 at 100k, measured).
-CHUNK = 16_384
+# more (1.0 us at 10-20k, 1.5 at 50k, 1.6-2.9 at 100k, measured; since the levels are
+# read in 32 bits, 8k: 1.44 us against 1.58 at 16k and 1.59 at 4k, 200k bench records,
+# medians of 11 alternated runs, load 3-4).
+CHUNK = 8_192
 _MAX_ID = 1 << 62                    # (last_update_id, is_snapshot) packs into one int64
+
+
+class _Words(dict):
+    """header -> its first 8 bytes and its last 2 as little-endian words."""
+
+    def __missing__(self, header: bytes) -> tuple[np.uint64, np.uint64]:
+        assert len(header) == HEADER_LEN
+        got = self[header] = (np.uint64(int.from_bytes(header[:8], "little")),
+                              np.uint64(int.from_bytes(header[8:], "little")))
+        return got
+
+
+_HEAD = _Words()
 
 
 def _fast_layout() -> bool:
@@ -54,12 +69,21 @@ class Levels:
     price: np.ndarray          # int64, count.sum() of them
     qty: np.ndarray
 
-    def take(self, rows: np.ndarray) -> Levels:
-        """The levels of the records `rows` (ascending or not), in that order."""
+    def take(self, rows: np.ndarray, runs: np.ndarray | None = None) -> Levels:
+        """The levels of the records `rows` (ascending or not), in that order; `runs`:
+        where rows holds runs of consecutive records (see _runs), if few."""
         if len(rows) == len(self.count) and (rows == np.arange(len(rows))).all():
             return self
         count = self.count[rows]
         first = np.cumsum(self.count) - self.count
+        if runs is not None:
+            # A slice a run: copies, no index a level.
+            cut = np.split(rows, runs)
+            start, end = first[[c[0] for c in cut]], first[[c[-1] for c in cut]]
+            end += self.count[[c[-1] for c in cut]]
+            spans = [slice(s, e) for s, e in zip(start.tolist(), end.tolist(), strict=True)]
+            return Levels(count, np.concatenate([self.price[s] for s in spans]),
+                          np.concatenate([self.qty[s] for s in spans]))
         flat = _ranges(first[rows], count)
         return Levels(count, self.price[flat], self.qty[flat])
 
@@ -89,13 +113,24 @@ class DepthHeads:
         """The records `rows` (positions in these heads), in that order."""
         if len(rows) == len(self) and (rows == np.arange(len(rows))).all():
             return self
+        runs = _runs(rows)
         return DepthHeads(self.index[rows], self.pairs, self.pair[rows], self.first[rows],
                           self.last[rows], self.ts[rows], self.snapshot[rows],
-                          self.bids.take(rows), self.asks.take(rows))
+                          self.bids.take(rows, runs), self.asks.take(rows, runs))
 
     def mark(self) -> np.ndarray:
         """(last_update_id, is_snapshot) as one int64 that orders the same way."""
         return self.last * 2 + self.snapshot
+
+
+def _runs(rows: np.ndarray) -> np.ndarray | None:
+    """Where `rows` breaks into runs of consecutive numbers (np.split points), when its
+    runs are long (a batch reordered by pair: partitions come in long runs as polled),
+    else None."""
+    if len(rows) < 64:
+        return None
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return breaks if len(breaks) * 64 < len(rows) else None
 
 
 def concat(parts: list[DepthHeads]) -> DepthHeads:
@@ -133,14 +168,21 @@ def read(values: list, header: bytes) -> DepthHeads:
             parts.append(part)
         return concat(parts)
     lens = np.fromiter(map(len, values), np.int64, count=k)
-    buf, words = padded(b"".join(values))
-    if not len(buf):
-        return _empty()
     ends = np.cumsum(lens)
+    size = int(ends[-1])
+    if not size:
+        return _empty()
+    # As event_columns.padded, but the padding joined with the values: one copy.
+    full = np.frombuffer(b"".join([*values, bytes(16 - size % 8)]), np.uint8)
+    buf, words = full[:size], full.view("<u8")
     starts = ends - lens
     ok = lens >= HEADER_LEN + 7      # header, pair length, 3 longs, flag, two array ends
-    head = np.minimum(starts[:, None] + np.arange(HEADER_LEN), len(buf) - 1)
-    ok &= (buf[head] == np.frombuffer(header, np.uint8)).all(axis=1)
+    # The header by words (its 8 bytes, then its last 2 masked): no byte matrix.
+    last_at = len(buf) - 1
+    ok &= _words_at(words, np.minimum(starts, last_at)) == _HEAD[header][0]
+    word = _words_at(words, np.minimum(starts + 8, last_at))
+    word &= np.uint64(0xFFFF)
+    ok &= word == _HEAD[header][1]
     at = starts + HEADER_LEN
     first_byte = buf[np.minimum(at, len(buf) - 1)].astype(np.int64)
     ok &= (first_byte < 0x80) & (first_byte & 1 == 0)      # a length under 64
@@ -159,22 +201,22 @@ def read(values: list, header: bytes) -> DepthHeads:
     ok &= at <= ends
     last_byte = buf < 0x80
     stops = np.flatnonzero(last_byte)
-    # stops_before[p]: how many varints end before byte p (a searchsorted of p in stops,
-    # by one pass over the bytes instead of a binary search a block: 7.7% of the sink's
-    # polling thread went to that search).
-    # int32 (a chunk is far below 2 GB): half the memory traffic of this pass.
-    stops_before = np.zeros(len(buf) + 1, np.int32)
-    np.cumsum(last_byte, out=stops_before[1:])
     arrays_at = at
+    # The number of the varint at `at` (how many end before it): one binary search a
+    # record here; the walk then counts on from it (a cumsum over every byte cost more).
+    tok = np.searchsorted(stops, at)
     blocks = []
     for _ in range(2):                                     # bids, then asks
-        at, found = _skip_array(buf, at, ends, ok, stops, stops_before)
+        at, tok, found = _skip_array(buf, at, tok, ends, ok, stops)
         blocks.append(found)
     ok &= at == ends
-    _long_varints(stops, ends, arrays_at, ok)
+    gaps = _gaps(stops)
+    _long_varints(stops, gaps, ends, arrays_at, ok)
     names, pair = _pairs(buf, words, pair_at, length, ok)
     rows = np.flatnonzero(ok)
-    bids, asks = (_levels(buf, words, stops, found, ok, rows) for found in blocks)
+    quads = _quads(words)
+    bids, asks = (_levels(buf, words, quads, stops, gaps, found, ok, rows)
+                  for found in blocks)
     return DepthHeads(rows, names, pair[rows], first[rows], last[rows], ts[rows],
                       flag[rows] == 1, bids, asks)
 
@@ -214,7 +256,7 @@ def _pairs(buf, words, start, length, ok) -> tuple[list[str], np.ndarray]:
     return names, index
 
 
-def _levels(buf, words, stops, found, ok, rows) -> Levels:
+def _levels(buf, words, quads, stops, gaps, found, ok, rows) -> Levels:
     """Read the (price, qty) items of the array blocks `found` (per round of the walk:
     records, first item's varint number, item count) of the records `rows`, which all
     passed the walk: every varint among them ends at a stop and is under 10 bytes."""
@@ -235,20 +277,67 @@ def _levels(buf, words, stops, found, ok, rows) -> Levels:
         order = np.argsort(rec, kind="stable")   # record order; a record's blocks in turn
         rec, tok, n = rec[order], tok[order], n[order]
         np.add.at(count, rec, n)
-    value = _zigzag(_read_varints(buf, words, stops, tok, 2 * n))   # price, qty, price, ...
-    return Levels(count[rows], value[0::2], value[1::2])
+    value = _read_varints(buf, words, quads, stops, gaps, tok, 2 * n)  # price, qty, ...
+    return Levels(count[rows], value[0::2].astype(np.int64), value[1::2].astype(np.int64))
 
 
-def _read_varints(buf, words, stops, first, count) -> np.ndarray:
-    """Raw values of `count` varints from the varint numbered `first`, block after block
-    (varint i ends at stops[i]), each of at most 9 bytes."""
-    end = stops[_ranges(first, count)]
-    # A varint starts right after the one before it; only each block's first needs the
-    # end of a varint outside the block.
-    start = np.empty_like(end)
-    start[1:] = end[:-1] + 1
-    start[np.cumsum(count) - count] = np.where(first > 0, stops[np.maximum(first - 1, 0)] + 1, 0)
-    return varint_values(buf, words, start, end - start + 1)
+def _read_varints(buf, words, quads, stops, gaps, first, count) -> np.ndarray:
+    """Values (zigzag decoded) of `count` varints from the varint numbered `first`, block
+    after block (varint i ends at stops[i], gaps[i] bytes after the one before it ends),
+    each of at most 9 bytes: int32 when all are under 5 bytes, else int64."""
+    token = _ranges(first, count)
+    end = np.take(stops, token)
+    less = np.take(gaps, token)          # bytes of each varint before its last
+    start = end - less
+    if less.size and int(less.max()) <= 3:
+        return _short_values(quads, start, less)
+    return _zigzag(varint_values(buf, words, start, less + 1))
+
+
+_MASK4 = np.array([0x7F, 0x7F7F, 0x7F7F7F, 0x7F7F7F7F], np.uint32)
+
+
+def _short_values(quads, start, less) -> np.ndarray:
+    """Zigzag-decoded int32 values of varints of 1 to 4 bytes (`less` + 1) at `start`:
+    one gather of the word holding them (quads: a word at every 4th byte), the 7-bit
+    groups packed in 32 bits by two subtractions (no masks and ors), against two
+    gathers and three rounds of masks and shifts in 64 bits for any varint."""
+    x = np.take(quads, start >> 2)
+    x >>= ((start & 3) << 3).view(np.uint64)
+    v = x.astype(np.uint32)
+    v &= np.take(_MASK4, less)
+    # b0 + b1 2^8 + b2 2^16 + b3 2^24 -> g0 + g1 2^16 (g0 = b0 + b1 2^7, g1 likewise)
+    t = v & 0x7F007F00
+    t >>= 1
+    v -= t
+    # -> g0 + g1 2^14
+    np.right_shift(v, 16, out=t)
+    t *= 0xC000
+    v -= t
+    np.bitwise_and(v, 1, out=t)
+    np.negative(t, out=t)
+    v >>= 1
+    v ^= t
+    return v.view(np.int32)
+
+
+def _quads(words: np.ndarray) -> np.ndarray:
+    """The padded blob (see padded) as little-endian words starting at every 4th byte:
+    any 5 bytes from a position p lie in word p >> 2."""
+    out = np.empty(2 * len(words) - 1, np.uint64)
+    out[0::2] = words
+    out[1::2] = words.view(np.uint8)[4:8 * len(words) - 4].view("<u8")
+    return out
+
+
+def _gaps(stops: np.ndarray) -> np.ndarray:
+    """Per varint (numbered by its end in stops), how many bytes come before its last:
+    its length - 1 (the first varint starts at byte 0)."""
+    out = np.empty_like(stops)
+    out[:1] = stops[:1]
+    np.subtract(stops[1:], stops[:-1], out=out[1:])
+    out[1:] -= 1
+    return out
 
 
 def _ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -260,48 +349,67 @@ def _ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.arange(total) + np.repeat(first - starts, count)
 
 
-def _skip_array(buf, at, ends, ok, stops, stops_before) -> tuple[np.ndarray, list]:
-    """Walk one Avro array of (long, long) items in every record still ok; returns the
-    positions after it and its blocks (per round: records, number of the first item's
-    varint, item count). The items are not read here: a block of n items is 2n
-    varints, so it ends right after the 2n-th byte under 0x80 (`stops`) from its start.
-    A count that cannot fit the bytes left fails the record (and bounds the walk)."""
+def _skip_array(buf, at, tok, ends, ok, stops) -> tuple[np.ndarray, np.ndarray, list]:
+    """Walk one Avro array of (long, long) items in every record still ok, from `at`,
+    the varint numbered `tok` (varint i ends at stops[i]); returns the positions after
+    it and the numbers of the varints there (both only for the records still ok), and
+    its blocks (per round: records, number of the first item's varint, item count).
+    The items are not read here: a block of n items is 2n varints, so it ends right
+    after the 2n-th byte under 0x80 (`stops`) from its start. A count that cannot fit
+    the bytes left fails the record (and bounds the walk): a count that fits was read
+    whole, so it was one varint. The records still walking are kept as dense arrays
+    (`a`, `t`, `e` of `rows`), not picked out of whole ones every step."""
     at = at.copy()
+    tok = tok.copy()
     found = []
     rows = np.flatnonzero(ok)
+    a, t, e = at[rows], tok[rows], ends[rows]
     while rows.size:                                # one array block per round
-        raw, after, _ = _varints(buf, at[rows], ok, rows)
+        raw, a, _ = _varints(buf, a, ok, rows)
         count = _zigzag(raw)
-        at[rows] = after
+        t += 1
         negative = count < 0
         if negative.any():                          # a block that gives its byte size
-            neg = rows[negative]
-            _, after, _ = _varints(buf, at[neg], ok, neg)
-            at[neg] = after
+            neg = np.flatnonzero(negative)
+            _, after, _ = _varints(buf, a[neg], ok, rows[neg])
+            a[neg] = after
+            t[neg] += 1
             count = np.abs(count)
         # At least two bytes an item; abs(INT64_MIN) stays negative.
-        ok[rows[(count < 0) | (count > (ends[rows] - at[rows]) // 2)]] = False
-        going = (count > 0) & ok[rows]              # a count of 0 ends the array
-        rows, count = rows[going], count[going]
+        ok[rows[(count < 0) | (count > (e - a) >> 1)]] = False
+        live = ok[rows]
+        end = count == 0                            # a count of 0 ends the array
+        if end.any():
+            done = np.flatnonzero(end & live)
+            at[rows[done]] = a[done]
+            tok[rows[done]] = t[done]
+        going = np.flatnonzero(live & ~end)
+        if going.size < rows.size:
+            rows, count, a, t, e = rows[going], count[going], a[going], t[going], e[going]
         if not rows.size:
             break
-        tok = stops_before[at[rows]].astype(np.int64)
-        found.append((rows, tok, count))
-        last = tok + 2 * count - 1
+        found.append((rows, t, count))
+        last = t + 2 * count - 1
         inside = last < len(stops)
-        ok[rows[~inside]] = False
-        rows, last = rows[inside], last[inside]
-        at[rows] = stops[last] + 1
-        ok[rows[at[rows] > ends[rows]]] = False
-        rows = rows[ok[rows]]
-    return at, found
+        if not inside.all():
+            ok[rows[~inside]] = False
+            rows, count, t, e, last = rows[inside], count[inside], t[inside], e[inside], \
+                last[inside]
+        a = stops[last] + 1
+        t = last + 1
+        over = a > e
+        if over.any():
+            ok[rows[over]] = False
+            keep = ~over
+            rows, a, t, e = rows[keep], a[keep], t[keep], e[keep]
+    return at, tok, found
 
 
-def _long_varints(stops, ends, arrays_at, ok) -> None:
+def _long_varints(stops, gaps, ends, arrays_at, ok) -> None:
     """Fail records with a varint of 10 bytes or more among their levels: the walk above
     counts varints without reading them, and only a value of 2^62 or more needs that
     many bytes (the codec then decides, and says why if it is an overlong varint)."""
-    gaps = np.flatnonzero(np.diff(stops) >= 10)
+    gaps = np.flatnonzero(gaps[1:] >= 9)
     if not gaps.size:
         return
     first = stops[gaps] + 1                          # where each such varint starts

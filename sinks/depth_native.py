@@ -41,8 +41,16 @@ def _column(name: str, type_: str) -> bytes:
 
 
 def _strings(names: list[str], codes: np.ndarray) -> bytes:
-    """A String column of names[code] per row, built from one template per name."""
+    """A String column of names[code] per row, built from one template per name: a
+    repeat of it per run of one name (a block in pair order is a run a pair), else a
+    row-by-row gather of the templates."""
     encoded = [_text(n) for n in names]
+    runs = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+    if len(runs) * 64 < len(codes):
+        starts = [0, *runs.tolist()]
+        lengths = np.diff([*starts, len(codes)]).tolist()
+        return b"".join(encoded[c] * n for c, n in
+                        zip(codes[starts].tolist(), lengths, strict=True))
     width = max(len(e) for e in encoded)
     table = np.zeros((len(encoded), width), np.uint8)
     for i, e in enumerate(encoded):
@@ -53,7 +61,8 @@ def _strings(names: list[str], codes: np.ndarray) -> bytes:
 
 
 def _array(levels: Levels, values: np.ndarray) -> list[bytes]:
-    return [np.cumsum(levels.count, dtype="<u8").tobytes(), values.astype("<i8").tobytes()]
+    return [np.cumsum(levels.count, dtype="<u8").tobytes(),
+            np.asarray(values, "<i8").tobytes()]           # no copy before the bytes
 
 
 def block(heads: DepthHeads, partitions: np.ndarray, offsets: np.ndarray) -> list[bytes]:
