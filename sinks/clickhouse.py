@@ -77,10 +77,13 @@ class RawDepth:
 class ClickHouseStore:
     def __init__(self, client, events_topic: str, depth_topic: str,
                  lock: threading.Lock | None = None, depth_ttl_days: int = 30,
-                 raw_depth: bool = False, dead_letter=None) -> None:
+                 raw_depth: bool = False, dead_letter=None,
+                 blocks_dir: str | None = None) -> None:
         self.client = client
-        # Embedded chDB only: depth goes in as Native blocks (sinks/depth_native.py).
+        # Embedded chDB only: depth goes in as Native blocks (sinks/depth_native.py),
+        # through files in blocks_dir (the system's temp dir if None).
         self.raw_depth = raw_depth
+        self.blocks_dir = blocks_dir
         self.dead_letter = dead_letter           # (topic, partition, offset, value, CodecError)
         self._codec = None
         self.lock = lock or threading.Lock()           # the client: one thread at a time
@@ -333,7 +336,7 @@ class ClickHouseStore:
             ranges.append(f"{p}:{mine.min()}:{mine.max()}")
         try:
             insert_file(self.client, depth_native.block(*sorted_),
-                        "depth:" + ",".join(ranges))
+                        "depth:" + ",".join(ranges), self.blocks_dir)
         except self.transient:
             raise
         except _database_error() as exc:

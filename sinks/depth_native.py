@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -93,9 +94,14 @@ INSERT = ("INSERT INTO depth SELECT * FROM file('{path}', 'Native') "
           "SETTINGS insert_deduplication_token = '{token}', max_threads = 1")
 
 
+BLOCK_FILES = "depth-*.native"
+
+
 def insert_file(client, parts: Sequence[bytes], token: str, directory: str | None = None
                 ) -> None:
-    """Insert one Native block through a temp file that chDB reads itself."""
+    """Insert one Native block through a temp file that chDB reads itself (in `directory`,
+    the system's temp dir if None). A process killed meanwhile leaves the file behind:
+    see clear_blocks."""
     fd, path = tempfile.mkstemp(prefix="depth-", suffix=".native", dir=directory)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -105,3 +111,15 @@ def insert_file(client, parts: Sequence[bytes], token: str, directory: str | Non
                                      token=token.replace("'", "")))
     finally:
         os.unlink(path)
+
+
+def clear_blocks(directory: Path) -> int:
+    """Remove the block files left in `directory` by a sink killed mid-insert (each is as
+    large as a batch's depth: ~1.5 MB in the tests' SIGKILL runs, which left them in /tmp
+    before). Only for a directory of the process that owns chDB: no other writes there.
+    Returns how many were removed."""
+    removed = 0
+    for path in directory.glob(BLOCK_FILES):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed

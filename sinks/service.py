@@ -109,6 +109,7 @@ def clickhouse_loop(settings: Settings, client, lock, stop: threading.Event,
                     metrics: SinkMetrics, max_records: int = BATCH["clickhouse"]):
     """(loop, store): keel.events + keel.depth -> ClickHouse through `client`."""
     from sinks.clickhouse import ClickHouseStore, log_positions
+    from sinks.depth_native import clear_blocks
 
     codec = Codec.from_settings(settings)
     if settings.embedded_clickhouse:
@@ -120,10 +121,20 @@ def clickhouse_loop(settings: Settings, client, lock, stop: threading.Event,
     keep_freed_memory()
     ttl = int(settings.extra.get("KEEL_CLICKHOUSE_DEPTH_TTL_DAYS", "30"))
     dlq = DeadLetters(settings, codec, "clickhouse-sink")
+    blocks = None
+    if settings.embedded_clickhouse:
+        # This process owns chDB (the client is open): the depth block files under the
+        # data dir are its own, and any there now are a killed predecessor's.
+        blocks = settings.data_dir / "clickhouse-blocks"
+        blocks.mkdir(parents=True, exist_ok=True)
+        if removed := clear_blocks(blocks):
+            event(log, "removed depth block files a killed sink left", logging.INFO,
+                  files=removed)
     store = ClickHouseStore(client, settings.topic("events"), settings.topic("depth"),
                             lock=lock, depth_ttl_days=ttl,
                             raw_depth=settings.embedded_clickhouse,
-                            dead_letter=lambda t, p, o, v, e: dlq.send_raw(t, p, o, None, v, e))
+                            dead_letter=lambda t, p, o, v, e: dlq.send_raw(t, p, o, None, v, e),
+                            blocks_dir=None if blocks is None else str(blocks))
     store.ensure_schema()
 
     def assigned(consumer, partitions):
