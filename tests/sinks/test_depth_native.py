@@ -60,20 +60,30 @@ def test_heads_agree_with_the_codec(chunk):
     assert _heads(part) == [_head(depth[i]) for i in [*rows, *rows[::-1]]]
 
 
-def test_levels_of_every_varint_width_agree_with_the_codec(chunk):
-    """Prices and quantities from 0 to 2^61 (zigzag varints of 1 to 9 bytes), either sign."""
+def levels(depth: list[dict]):
+    """Every price level of `depth`, bids and asks."""
+    return (lv for d in depth for side in ("bids", "asks") for lv in d[side])
+
+
+def reads_as_the_codec(depth: list[dict]) -> depth_columns.DepthHeads:
+    """`depth` encoded by the codec and read back by the fast path, checked to be the
+    codec's records one by one; the heads read, for further checks."""
     codec = Codec()
-    rng = random.Random(12)
-    depth = depth_updates(1500, seed=13)
-    for d in depth:
-        for side in ("bids", "asks"):
-            for lv in d[side]:
-                lv["price"] = rng.choice((1, -1)) * rng.getrandbits(rng.randint(0, 61))
-                lv["qty"] = rng.getrandbits(rng.randint(0, 61))
     values = [codec.encode("depth_update", d) for d in depth]
     heads = depth_columns.read(values, current_header())
     assert heads.index.tolist() == list(range(len(values)))
     assert _heads(heads) == [_head(d) for d in depth]
+    return heads
+
+
+def test_levels_of_every_varint_width_agree_with_the_codec(chunk):
+    """Prices and quantities from 0 to 2^61 (zigzag varints of 1 to 9 bytes), either sign."""
+    rng = random.Random(12)
+    depth = depth_updates(1500, seed=13)
+    for lv in levels(depth):
+        lv["price"] = rng.choice((1, -1)) * rng.getrandbits(rng.randint(0, 61))
+        lv["qty"] = rng.getrandbits(rng.randint(0, 61))
+    reads_as_the_codec(depth)
 
 
 def test_damaged_records_are_refused_or_read_as_the_codec_reads_them(chunk):
@@ -136,6 +146,14 @@ def test_native_block_round_trip(clickhouse_client, tmp_path):
                                                     strict=True))
     assert [(r[0], r[2], r[3], r[1], r[4], list(r[5]), list(r[6])) for r in got] == \
         [_head(d) for d in depth]
+
+
+def test_clear_blocks_removes_only_block_files(tmp_path):
+    for name in ("depth-a1.native", "depth-b2.native", "notes.txt", "depth.csv"):
+        (tmp_path / name).write_bytes(b"x")
+    assert depth_native.clear_blocks(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["depth.csv", "notes.txt"]
+    assert depth_native.clear_blocks(tmp_path) == 0
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from schemas.varint import zigzag
 from sinks import depth_columns
 from sinks.depth_native import current_header
 from tests.sinks.feed import depth_updates
-from tests.sinks.test_depth_native import _head, _heads
+from tests.sinks.test_depth_native import _head, _heads, levels, reads_as_the_codec
 
 
 def _array(levels: list[dict], rng: random.Random) -> bytes:
@@ -59,19 +59,13 @@ EDGES = [0, 1, -1, 63, -64, 64, -65, 8191, -8192, 8192, -8193, (1 << 20) - 1, -(
 def test_level_values_at_the_edges_of_their_widths(widest):
     """Zigzag varints of 1 to 4 bytes on their own (read in 32 bits), and with one wider
     value among them (the whole batch read in 64 bits)."""
-    codec = Codec()
     rng = random.Random(3)
     depth = depth_updates(600, seed=5)
-    for d in depth:
-        for side in ("bids", "asks"):
-            for lv in d[side]:
-                lv["price"], lv["qty"] = rng.choice(EDGES), rng.choice(EDGES)
+    for lv in levels(depth):
+        lv["price"], lv["qty"] = rng.choice(EDGES), rng.choice(EDGES)
     if widest is not None:
         depth[rng.randrange(len(depth))]["asks"].append({"price": widest, "qty": 1})
-    values = [codec.encode("depth_update", d) for d in depth]
-    heads = depth_columns.read(values, current_header())
-    assert heads.index.tolist() == list(range(len(values)))
-    assert _heads(heads) == [_head(d) for d in depth]
+    heads = reads_as_the_codec(depth)
     for side in (heads.bids, heads.asks):
         assert side.price.dtype == side.qty.dtype == side.count.dtype == np.int64
 
