@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
+import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from engine.markets import load_markets, parse_markets
@@ -74,6 +76,42 @@ def test_a_partition_count_mismatch_is_reported(keel_settings):
     assert bad.status == "mismatch" and not bad.ok
     assert "has 1 partitions but the config wants 3" in bad.detail
     assert all(o.ok for name, o in outcomes.items() if name != orders)
+
+
+def test_the_embedded_broker_gets_back_a_topic_a_client_made_first(kafka_bootstrap, tmp_path):
+    """A running client names keel.events before provisioning (a killed embedded broker
+    restarted empty): tansu makes it with 4 partitions; provisioning remakes it as planned.
+    Against a broker given by URL the same mismatch is refused (no topic is deleted)."""
+    from confluent_kafka import Producer
+
+    from infra.provision import ProvisionError, create_topics
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+    def made_by_a_client(settings: Settings) -> str:
+        events = settings.topic("events")
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        producer.produce(events, b"x")
+        assert producer.flush(10) == 0
+        assert partitions(events) == 4
+        return events
+
+    def partitions(topic: str) -> int:
+        return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+
+    embedded = Settings(data_dir=tmp_path / "keel", topic_prefix=f"e{uuid.uuid4().hex[:8]}.",
+                        embedded_kafka_port=int(kafka_bootstrap.rsplit(":", 1)[1]))
+    assert embedded.embedded_kafka and embedded.bootstrap == kafka_bootstrap
+    events = made_by_a_client(embedded)
+    assert all(o.ok for o in create_topics(embedded))
+    assert partitions(events) == 3
+
+    by_url = embedded.with_(kafka_bootstrap=kafka_bootstrap,
+                            topic_prefix=f"u{uuid.uuid4().hex[:8]}.")
+    events = made_by_a_client(by_url)
+    with pytest.raises(ProvisionError, match="mismatch"):
+        create_topics(by_url)
+    assert partitions(events) == 4
 
 
 def test_keel_topics_command(keel_settings):
