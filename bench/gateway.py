@@ -478,9 +478,7 @@ def main() -> int:
     parser.add_argument("--profile-out", default="/tmp/gateway_profile")
     args = parser.parse_args()
     if args.floor:
-        result = floor(args)
-        print(json.dumps(result) if args.json else result)
-        return 0
+        return report(floor(args), args.json)
     with tempfile.TemporaryDirectory(prefix="keel-bench-gw-") as tmp:
         stack = Stack(Path(tmp))
         try:
@@ -496,9 +494,13 @@ def main() -> int:
             result["cpu_s"]["total"] = stack.cpu_seconds()
         finally:
             stack.stop()
+    return report(result, args.json)
+
+
+def report(result: dict, as_json: bool) -> int:
     for k, v in result.items():
         print(f"{k:>16}: {v}")
-    if args.json:
+    if as_json:
         print(json.dumps(result))
     return 0
 
