@@ -432,20 +432,16 @@ async def ws_fanout(base, settings, args) -> dict:
 def floor(args) -> dict:
     """The public phase against gateway_load.py's bare aiohttp app instead of the gateway:
     the same client, connections and seconds."""
-    import socket
+    from infra.loadgen.runner import gateway_answers
 
     base = f"http://127.0.0.1:{free_port()}"
     server = load_client(base, "serve")
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), 1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the bare aiohttp app did not start") from None
-                time.sleep(0.1)
+        while not gateway_answers(base, 1.0):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the bare aiohttp app did not start")
+            time.sleep(0.1)
         before = proc_cpu(server.pid)
         client = load_client(base, "public", "--seconds", str(args.seconds), "--conns", "32")
         got = json.loads(client.communicate()[0].splitlines()[-1])

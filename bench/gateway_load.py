@@ -440,6 +440,7 @@ def _serve(host: str, port: int) -> None:
     """The `serve` kind (module docstring)."""
     import signal
 
+    import uvloop
     from aiohttp import web
 
     levels = ",".join(f'["6500{i}.00","0.{i + 1}0000000"]' for i in range(5))
@@ -458,7 +459,7 @@ def _serve(host: str, port: int) -> None:
         app.router.add_get(path, answer(body))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     web.run_app(app, host=host, port=port, print=None, access_log=None,
-                handle_signals=False, loop=__import__("uvloop").new_event_loop())
+                handle_signals=False, loop=uvloop.new_event_loop())
 
 
 def main() -> int:
