@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard engine/*.c)
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard engine/*.c engine/service/*.c sinks/*.c)
 	$(BIN)/python -m pip install --quiet -e '.[test,loadgen]'
 	touch $(STAMP)
 

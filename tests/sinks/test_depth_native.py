@@ -39,11 +39,51 @@ def _heads(h: depth_columns.DepthHeads) -> list[tuple]:
         h.snapshot.tolist(), _side(h.bids), _side(h.asks), strict=True)]
 
 
-@pytest.fixture(params=[depth_columns.CHUNK, 333])
+@pytest.fixture(params=[depth_columns.CHUNK, 333, "compiled"])
 def chunk(request, monkeypatch):
-    """Read in one go, and in pieces of 333 records (joined after)."""
+    """The array reader in one go and in pieces of 333 records (joined after), and the
+    compiled reader (sinks/_depth.c, built by `make`: missing is a failure here)."""
+    if request.param == "compiled":
+        assert depth_columns._compiled is not None, "sinks._depth was not built"
+        return request.param
+    monkeypatch.setattr(depth_columns, "_compiled", None)
     monkeypatch.setattr(depth_columns, "CHUNK", request.param)
     return request.param
+
+
+@pytest.fixture(params=["arrays", "compiled"])
+def reader(request, monkeypatch):
+    """Each reader in turn (the array one in its default pieces)."""
+    if request.param == "compiled":
+        assert depth_columns._compiled is not None, "sinks._depth was not built"
+    else:
+        monkeypatch.setattr(depth_columns, "_compiled", None)
+    return request.param
+
+
+def test_both_readers_take_and_read_the_same_records():
+    """Damaged, cut and odd-framed records: the compiled reader vouches for exactly the
+    records the array reader does, and reads them the same."""
+    codec = Codec()
+    rng = random.Random(21)
+    values = []
+    for v in (codec.encode("depth_update", d) for d in depth_updates(6000, seed=22)):
+        b = bytearray(v)
+        roll = rng.random()
+        if roll < 0.3:
+            b = b[:rng.randrange(len(b))]
+        elif roll < 0.7:
+            for _ in range(rng.randint(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        elif roll < 0.8:
+            b = bytearray(_with_sized_block(bytes(b)))
+        values.append(bytes(b))
+    values += [b"", bytes(40), None]                 # empty, zeros, a tombstone
+    compiled = depth_columns._read_compiled(values, current_header())
+    arrays = depth_columns.read_arrays(values[:-1], current_header())
+    assert compiled.index.tolist() == arrays.index.tolist()
+    assert 1000 < len(compiled) < len(values)
+    assert _heads(compiled) == _heads(arrays)
 
 
 def test_heads_agree_with_the_codec(chunk):

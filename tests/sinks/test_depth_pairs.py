@@ -9,10 +9,12 @@ from schemas.codec import Codec
 from sinks import depth_columns
 from sinks.depth_native import current_header
 from tests.sinks.feed import depth_updates
+from tests.sinks.test_depth_native import reader  # noqa: F401 - a fixture
 
 NAMES = ["", "A", "A\0", "BTCUSDT", "ETHUSDT", "XUSDT", "DOGEUSDT", "ABCDEFGHIJKLM"]
 
 
+@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize("names", [NAMES[3:4], NAMES[:6], NAMES, ["BTCUSDT", "ÉTHUSDT"],
                                    ["ÉTH", "BTCUSDT", "DOGEUSDT"]],
                          ids=["one", "short", "mixed", "non-ascii", "non-ascii-long"])

@@ -13,7 +13,13 @@ from schemas.varint import zigzag
 from sinks import depth_columns
 from sinks.depth_native import current_header
 from tests.sinks.feed import depth_updates
-from tests.sinks.test_depth_native import _head, _heads, levels, reads_as_the_codec
+from tests.sinks.test_depth_native import (  # noqa: F401 - reader is a fixture
+    _head,
+    _heads,
+    levels,
+    reader,
+    reads_as_the_codec,
+)
 
 
 def _array(levels: list[dict], rng: random.Random) -> bytes:
@@ -33,9 +39,13 @@ def _blocked(codec: Codec, d: dict, rng: random.Random) -> bytes:
     return head + _array(d["bids"], rng) + _array(d["asks"], rng)
 
 
-@pytest.mark.parametrize("chunk", [depth_columns.CHUNK, 97])
+@pytest.mark.parametrize("chunk", [depth_columns.CHUNK, 97, "compiled"])
 def test_arrays_in_blocks_read_as_the_codec_reads_them(chunk, monkeypatch):
-    monkeypatch.setattr(depth_columns, "CHUNK", chunk)
+    if chunk == "compiled":
+        assert depth_columns._compiled is not None, "sinks._depth was not built"
+    else:
+        monkeypatch.setattr(depth_columns, "_compiled", None)
+        monkeypatch.setattr(depth_columns, "CHUNK", chunk)
     codec = Codec()
     rng = random.Random(31)
     depth = depth_updates(1200, seed=17)
@@ -55,6 +65,7 @@ EDGES = [0, 1, -1, 63, -64, 64, -65, 8191, -8192, 8192, -8193, (1 << 20) - 1, -(
          1 << 20, -(1 << 20) - 1, (1 << 27) - 1, -(1 << 27)]
 
 
+@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize("widest", [None, 1 << 27, -(1 << 27) - 1, (1 << 62) - 1, -(1 << 62)])
 def test_level_values_at_the_edges_of_their_widths(widest):
     """Zigzag varints of 1 to 4 bytes on their own (read in 32 bits), and with one wider
