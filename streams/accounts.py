@@ -9,23 +9,17 @@ balance change to keel.balances, undecodable records to keel.dlq.
 """
 from __future__ import annotations
 
-import logging
-
-from engine.domain import ResultCode
 from engine.markets import MarketsConfig
 from infra.settings import Settings
-from schemas.codec import Codec, CodecError
+from schemas.codec import Codec
 from streams import bulk, userlog
-from streams.app import app, keel_topic, queue, queued, run_batches, table
-from streams.dlq import dead_letter
-from streams.keys import user_partition
-from streams.ledger import BATCH_PER_USER, Accounts, Outcome
+from streams.app import app, keel_topic, queued, run_batches, table
+from streams.gate import Gate
+from streams.ledger import BATCH_PER_USER, Accounts
 from streams.metrics import StreamMetrics
 from streams.staged import Staged
 from streams.units import Units
 from streams.wire import Wire
-
-log = logging.getLogger(__name__)
 
 # Records a batch takes at most. Each batch pays fixed costs: three broker round trips, a
 # changelog record per user it touched, Faust's fetches and commit. bench/streams.py
@@ -63,79 +57,16 @@ def register(settings: Settings, markets: MarketsConfig, metrics: StreamMetrics)
     accounts = Accounts(units, users)
     users.records = accounts.changelog_records      # a user's core and changed entries
 
-    counted = [0, 0]        # inputs, outputs of the batch: counted once per batch
-    # pair -> (keel.orders key, partition); (user, asset) -> (keel.balances key, partition)
-    pair_keys = {pair: (pair.encode(), pu.partition) for pair, pu in units.pairs.items()}
-    balance_keys: dict = {}
-
-    def balance_key(uid: int, asset: str) -> tuple[bytes, int]:
-        if len(balance_keys) >= 100_000:
-            balance_keys.clear()
-        # keyed by user and asset (the topic is compacted: one row per asset survives),
-        # partitioned by user like every other per-user topic
-        found = balance_keys[uid, asset] = (f"{uid}:{asset}".encode(), user_partition(uid, n))
-        return found
-
-    emit = queued().append      # queue(topic, key, value, partition, headers), inlined
-    command, reply_value, balance_value = wire.command, wire.reply, wire.balance
-
-    def publish(out: Outcome, message) -> None:
-        commands, answers, changes = out.commands, out.replies, out.balances
-        if commands:
-            # keel-source names the request a command came from: a copy written again
-            # after a crash carries the same one, and the engine drops it (whatever its
-            # kind).
-            source = [("keel-source", f"{message.partition}:{message.offset}".encode())]
-            for cmd, request_id in commands:
-                key, partition = pair_keys[cmd.pair]
-                emit((orders, key, command(cmd, request_id), partition, source))
-        # Replies and balances are built here from decoded records and integer arithmetic:
-        # no schema check (it cost more than the encoding).
-        for reply in answers:
-            emit((replies, reply["request_id"].encode(), reply_value(reply), None, None))
-        for bal in changes:
-            uid, asset = bal["user_id"], bal["asset"]
-            key, partition = balance_keys.get((uid, asset)) or balance_key(uid, asset)
-            emit((balances, key, balance_value(bal), partition, None))
-        counted[1] += len(commands) + len(answers) + len(changes)
+    checks = Gate(codec, wire, units, accounts, n, requests_name,
+                (orders, replies, balances, dlq), queued().append,
+                on_dead_letter=metrics.dead_letters.inc)
+    handle = checks.handle
 
     async def end_batch() -> None:
         accounts.end_batch()
-        metrics.inputs.inc(counted[0])
-        metrics.outputs.inc(counted[1])
-        counted[0] = counted[1] = 0
-
-    def reject(message, code: int, reason: str) -> None:
-        queue(dlq, message.topic.encode(),
-              dead_letter(codec, message, reason, code, "accounts"))
-        metrics.dead_letters.inc()
-
-    def handle(message) -> None:
-        """One record of keel.requests or keel.settlements (a Faust message or an aiokafka
-        record: topic, partition, offset, key, value)."""
-        try:
-            if message.topic == requests_name:
-                request = wire.request(message.value)       # codec.decode, faster
-                if user_partition(request["user_id"], n) != message.partition:
-                    # Its owner's state lives on another partition: applying it here
-                    # would split the user's funds in two.
-                    reject(message, ResultCode.INVALID_REQUEST,
-                           f"user {request['user_id']} belongs to partition "
-                           f"{user_partition(request['user_id'], n)}")
-                    return
-                out = accounts.handle_request(request, message.partition, message.offset)
-            else:
-                out = accounts.apply_settlement(codec.decode("settlement", message.value),
-                                                message.offset)
-        except CodecError as exc:
-            reject(message, exc.code, exc.reason)
-            return
-        if out.invalid:
-            log.error("settlement set aside: %s", out.invalid)
-            reject(message, ResultCode.INSUFFICIENT_BALANCE, out.invalid)
-            return
-        publish(out, message)
-        counted[0] += 1
+        metrics.inputs.inc(checks.inputs)
+        metrics.outputs.inc(checks.outputs)
+        checks.inputs = checks.outputs = 0
 
     # A batch closes as soon as no more records are queued (streams.batches); this caps
     # how long after its first record it may keep taking a steady stream of them: larger

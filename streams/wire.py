@@ -30,6 +30,7 @@ _NULL = b"\x00"                     # a ["null", X] union's first branch
 _SOME = b"\x02"                     # ... and its second, X
 _PLACE = b"\x00"                    # Place, the command union's first branch
 _EMPTY = b"\x00"                    # "" (length 0): an accepted request's message
+_OK_EMPTY = b"\x00\x00"             # a Reply's code 0 (OK) and its empty message
 
 
 # Base-128 varints by 14-bit groups: _END[n] is the varint of n < 2**14, _MORE[n] the
@@ -125,21 +126,29 @@ _NAMES: dict[bytes, str] = {}           # pair names, by their UTF-8 bytes
 def _long(data: bytes, pos: int, bound: int = _INT64) -> tuple[int, int]:
     """The Avro long (or int, `bound` 2**31) at `pos`, and the position after it. Up to
     four bytes (below 2**28: within either bound) are read without the loop: prices,
-    quantities and user ids take one to four, a timestamp's loop three turns, not six."""
+    quantities and user ids take one to four, a timestamp's loop three turns, not six.
+    A varint longer than it needs to be (a last byte of 0) is a ValueError: the codec
+    reads it, and `Wire.new_order` may copy only bytes the codec would write."""
     b = data[pos]
     if b < 0x80:
         return (b >> 1) ^ -(b & 1), pos + 1
     c = data[pos + 1]
     if c < 0x80:
+        if not c:
+            raise ValueError("overlong varint")
         n = b & 0x7F | c << 7
         return (n >> 1) ^ -(n & 1), pos + 2
     d = data[pos + 2]
     if d < 0x80:
+        if not d:
+            raise ValueError("overlong varint")
         n = b & 0x7F | (c & 0x7F) << 7 | d << 14
         return (n >> 1) ^ -(n & 1), pos + 3
     e = data[pos + 3]
     n = b & 0x7F | (c & 0x7F) << 7 | (d & 0x7F) << 14 | (e & 0x7F) << 21
     if e < 0x80:
+        if not e:
+            raise ValueError("overlong varint")
         return (n >> 1) ^ -(n & 1), pos + 4
     pos, shift = pos + 3, 28
     while True:
@@ -147,6 +156,8 @@ def _long(data: bytes, pos: int, bound: int = _INT64) -> tuple[int, int]:
         b = data[pos]
         n |= (b & 0x7F) << shift
         if b < 0x80:
+            if not b:
+                raise ValueError("overlong varint")
             n = (n >> 1) ^ -(n & 1)
             if not -bound <= n < bound:
                 raise ValueError("out of range")
@@ -175,10 +186,15 @@ def _short_string(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos + 1:end], end
 
 
-def place_request(data: bytes, pos: int) -> dict | None:
-    """The OrderRequest body at `pos` as codec.decode gives it, if it is a PlaceOrder
-    that ends exactly at the end of `data`; None if another request; ValueError,
-    IndexError or UnicodeDecodeError if it does not read (the codec then says why).
+def order_fields(data: bytes, pos: int) -> tuple | None:
+    """The OrderRequest at `pos`, if it is a PlaceOrder that ends exactly at the end of
+    `data`, as one flat tuple: (request_id, user_id, ts, pair, side, kind, tif, price,
+    qty, quote_qty, stp, client_order_id) and then where its parts end in `data`
+    (request id, user id, ts, pair; the pair starts one byte after ts ends; stp, after
+    which the client order id's union runs to the end). None if another request;
+    ValueError, IndexError or UnicodeDecodeError if it does not read (the codec then
+    says why). Every part it reads is written as the codec writes it (no overlong
+    varint; UTF-8 that decodes), so its bytes may be copied into outputs as they are.
     Written for speed: request ids of one length byte, and side, kind and tif (and a
     limit order's qty, quote_qty and stp) of one byte each, are read without a call."""
     size = data[pos]
@@ -189,11 +205,15 @@ def place_request(data: bytes, pos: int) -> dict | None:
         request_id, pos = data[pos + 1:end].decode(), end
     else:
         request_id, pos = _string(data, pos)
+    rid_end = pos
     user_id, pos = _long(data, pos)
+    uid_end = pos
     ts, pos = _long(data, pos)
+    ts_end = pos
     if data[pos] != 0:
         return None                             # not a PlaceOrder: the codec reads it
     raw, pos = _short_string(data, pos + 1)
+    pair_end = pos
     pair = _NAMES.get(raw)
     if pair is None:
         pair = raw.decode()
@@ -216,6 +236,7 @@ def place_request(data: bytes, pos: int) -> dict | None:
         qty, pos = _long(data, pos)
         quote_qty, pos = _long(data, pos)
         stp, pos = _long(data, pos, _INT32)
+    stp_end = pos
     branch = data[pos]
     if branch == 0:
         cid, pos = None, pos + 1
@@ -225,6 +246,17 @@ def place_request(data: bytes, pos: int) -> dict | None:
         raise ValueError("bad union branch")
     if pos != len(data):
         raise ValueError("bytes left after the record")
+    return (request_id, user_id, ts, pair, side, kind, tif, price, qty, quote_qty, stp, cid,
+            rid_end, uid_end, ts_end, pair_end, stp_end)
+
+
+def place_request(data: bytes, pos: int) -> dict | None:
+    """order_fields as codec.decode gives the record: a dict, or None, or the errors."""
+    fields = order_fields(data, pos)
+    if fields is None:
+        return None
+    request_id, user_id, ts, pair, side, kind, tif, price, qty, quote_qty, stp, cid = \
+        fields[:12]
     return {"request_id": request_id, "user_id": user_id, "ts": ts,
             "body": ("keel.PlaceOrder", {
                 "pair": pair, "side": side, "kind": kind, "tif": tif, "price": price,
@@ -285,6 +317,11 @@ class Wire:
         self.balance_header = _header(codec.encode("balance", _BALANCE_SAMPLE),
                                       balance_body(_BALANCE_SAMPLE))
         self.request_header = _request_header(codec)
+        # new_order/accepted: only when every record involved is written as the codec does
+        self.copies = None not in (self.place, self.reply_header, self.balance_header,
+                                   self.request_header)
+        self._place_some = (self.place or b"") + _SOME      # ... its request id is set
+        self._reply_head = self.reply_header or b""
 
     def request(self, data: bytes) -> dict:
         """codec.decode("order_request", data): a PlaceOrder in the codec's current schema
@@ -299,6 +336,40 @@ class Wire:
             if request is not None:
                 return request
         return self.codec.decode("order_request", data)
+
+    def new_order(self, data: bytes) -> tuple | None:
+        """order_fields of a PlaceOrder in the codec's current schema whose outputs
+        `accepted` can write (every writer matched the codec); None for anything else,
+        which `request` reads."""
+        header = self.request_header
+        if not self.copies or data[:len(header)] != header:
+            return None
+        try:
+            return order_fields(data, len(header))
+        except (ValueError, IndexError, UnicodeDecodeError):
+            return None
+
+    def accepted(self, data: bytes, fields: tuple, order_id: int, asset: str,
+                 available: int, held: int, version: int) -> tuple[bytes, bytes, bytes]:
+        """The Place, Reply and Balance of the new order `data` (read by `new_order` into
+        `fields`) that accounts accepted as `order_id`, holding `asset` to `available` /
+        `held` / `version`: the bytes `command`, `reply` and `balance` write for them, most
+        copied from the request's own (request id, user id, ts, pair, the order's terms,
+        client order id: each written the same way in all four records)."""
+        start = len(self.request_header)
+        rid_end, uid_end, ts_end, pair_end, stp_end = fields[12:]
+        oid = _ZZ.get(order_id) or _zz(order_id)
+        rid, uid, ts = data[start:rid_end], data[rid_end:uid_end], data[uid_end:ts_end]
+        pair = data[ts_end + 1:pair_end]
+        z = _ZZ.get
+        return (
+            b"".join((self._place_some, rid, _PLACE, pair, oid, uid, data[pair_end:stp_end],
+                      ts)),
+            b"".join((self._reply_head, rid, uid, ts, _OK_EMPTY, _SOME, pair, _SOME, oid,
+                      data[stp_end:])),
+            b"".join((self.balance_header, uid, _STRINGS.get(asset) or _interned(asset),
+                      z(available) or _zz(available), z(held) or _zz(held),
+                      z(version) or _zz(version), ts)))
 
     def command(self, cmd, request_id: str | None) -> bytes:
         if self.place is not None and type(cmd) is Place:
