@@ -77,9 +77,7 @@ class Gate:
                     uid, pair = fields[1], fields[3]
                     key, to = self.pair_keys[pair]
                     emit = self.emit
-                    # see publish for the keel-source header
-                    emit((self.orders, key, place, to,
-                          [("keel-source", b"%d:%d" % (partition, offset))]))
+                    emit((self.orders, key, place, to, _source(partition, offset)))
                     emit((self.replies, fields[0].encode(), reply, None, None))
                     key, to = self.balance_keys.get((uid, asset)) or \
                         self.balance_key(uid, asset)
@@ -120,10 +118,7 @@ class Gate:
         commands, answers, changes = out.commands, out.replies, out.balances
         emit, wire = self.emit, self.wire
         if commands:
-            # keel-source names the request a command came from: a copy written again
-            # after a crash carries the same one, and the engine drops it (whatever its
-            # kind).
-            source = [("keel-source", b"%d:%d" % (message.partition, message.offset))]
+            source = _source(message.partition, message.offset)
             for cmd, request_id in commands:
                 key, partition = self.pair_keys[cmd.pair]
                 emit((self.orders, key, wire.command(cmd, request_id), partition, source))
@@ -142,3 +137,10 @@ class Gate:
         self.emit((self.dlq, message.topic.encode(),
                    dead_letter(self.codec, message, reason, code, "accounts"), None, None))
         self.on_dead_letter()
+
+
+def _source(partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """The headers of a command: keel-source names the request it came from, so a copy
+    written again after a crash carries the same one and the engine drops it (whatever
+    its kind)."""
+    return [("keel-source", b"%d:%d" % (partition, offset))]

@@ -189,15 +189,10 @@ class Accounts:
             return self._rebuild(u, request, offset)
         last["requests"] = offset
         kind, body = request["body"]
-        recent = u["r"]
-        if rid in recent:
+        if rid in u["r"]:
             self._reply(out, request, ResultCode.DUPLICATE_REQUEST, "request already handled")
         else:
-            touched = self._touched[key]
-            touched.append(("r", rid))
-            recent[rid] = 1
-            if len(recent) > RECENT:
-                _forget_oldest(recent, RECENT, touched, "r")
+            self._note_request(u, key, rid)
             handler = self._handlers.get(kind)
             if handler is None:
                 kind = kind.rsplit(".", 1)[-1]
@@ -207,12 +202,34 @@ class Accounts:
             else:
                 handler(out, request, body, uid, ts, (offset + 1) * ORDER_ID_STRIDE + partition)
         r = out.replies[-1]
-        decisions = u["d"]
-        decisions[str(offset)] = [r["code"], r["message"], r["pair"], r["order_id"],
-                                  r["client_order_id"]]
-        if len(decisions) > DECISIONS:
-            _forget_oldest(decisions, DECISIONS)
+        _remember(u["d"], str(offset), [r["code"], r["message"], r["pair"], r["order_id"],
+                                        r["client_order_id"]], DECISIONS)
         return out
+
+    def _note_request(self, u: dict, key: str, rid: str) -> None:
+        """The request id `rid` is the user's now: a repeat of it is a duplicate."""
+        touched = self._touched[key]
+        touched.append(("r", rid))
+        _remember(u["r"], rid, 1, RECENT, touched, "r")
+
+    def _hold(self, u: dict, key: str, uid: int, pair: str, side: int, asset: str,
+              amount: int, order_id: int, cid: str | None) -> list:
+        """Hold `amount` of `asset` for the new order `order_id` and note it open (and its
+        client id taken); the user's balance row of `asset` after."""
+        # self._move(out, rows, uid, asset, -amount, amount, ts), written out
+        rows = u["b"]
+        avail, held, version = rows.get(asset) or (0, 0, 0)
+        avail, held, version = avail - amount, held + amount, version + 1
+        if avail < 0 or held < 0:
+            raise AssertionError(f"balance of {uid}:{asset} would be {avail}/{held}")
+        row = rows[asset] = [avail, held, version]
+        oid = str(order_id)
+        u["o"][oid] = [pair, side, asset, amount, cid]
+        touched = self._touched[key]
+        touched.append(("o", oid))
+        if cid is not None:
+            _remember_cid(u, cid, order_id, touched)
+        return row
 
     def place_new(self, partition: int, offset: int, rid: str, uid: int, ts: int,
                   pair: str, side: int, kind: int, tif: int, price: int, qty: int,
@@ -232,8 +249,7 @@ class Accounts:
         last = u["n"]
         if offset <= last.get("requests", -1):
             return None                         # a replay: its decision is rebuilt
-        recent = u["r"]
-        if rid in recent:
+        if rid in u["r"]:
             return None                         # DUPLICATE_REQUEST
         pu = self._pairs.get(pair)
         if pu is None or check_place(pu, side, kind, tif, price, qty, quote_qty, stp):
@@ -241,32 +257,16 @@ class Accounts:
         if cid is not None and cid in u["c"]:
             return None
         asset, amount = hold_for(pu, side, kind, price, qty, quote_qty)
-        rows = u["b"]
-        row = rows.get(asset)
+        row = u["b"].get(asset)
         if row is None or row[0] < amount:
             return None
         # accepted: handle_request's and _on_PlaceOrder's changes, in their order
         last["requests"] = offset
-        touched = self._touched[key]
-        touched.append(("r", rid))
-        recent[rid] = 1
-        if len(recent) > RECENT:
-            _forget_oldest(recent, RECENT, touched, "r")
-        avail, held, version = row
-        avail, held, version = avail - amount, held + amount, version + 1
-        if held < 0:
-            raise AssertionError(f"balance of {uid}:{asset} would be {avail}/{held}")
-        rows[asset] = [avail, held, version]
+        self._note_request(u, key, rid)
         order_id = (offset + 1) * ORDER_ID_STRIDE + partition
-        oid = str(order_id)
-        u["o"][oid] = [pair, side, asset, amount, cid]
-        touched.append(("o", oid))
-        if cid is not None:
-            _remember_cid(u, cid, order_id, touched)
-        decisions = u["d"]
-        decisions[str(offset)] = [_OK, "", pair, order_id, cid]
-        if len(decisions) > DECISIONS:
-            _forget_oldest(decisions, DECISIONS)
+        avail, held, version = self._hold(u, key, uid, pair, side, asset, amount, order_id,
+                                          cid)
+        _remember(u["d"], str(offset), [_OK, "", pair, order_id, cid], DECISIONS)
         return order_id, asset, avail, held, version
 
     def _rebuild(self, u: dict, request: dict, offset: int) -> Outcome:
@@ -330,26 +330,14 @@ class Accounts:
                                f"client order id {cid} already used", pair=pair,
                                client_order_id=cid)
         asset, amount = hold_for(pu, side, kind, price, qty, quote_qty)
-        rows = u["b"]
-        row = rows.get(asset)
+        row = u["b"].get(asset)
         if (row[0] if row else 0) < amount:
             return self._reply(out, request, ResultCode.INSUFFICIENT_BALANCE,
                                f"{asset} available is below the {amount} this order needs",
                                pair=pair, client_order_id=cid)
-        # self._move(out, rows, uid, asset, -amount, amount, ts), written out
-        avail, held, version = row or (0, 0, 0)
-        avail, held, version = avail - amount, held + amount, version + 1
-        if avail < 0 or held < 0:
-            raise AssertionError(f"balance of {uid}:{asset} would be {avail}/{held}")
-        rows[asset] = [avail, held, version]
+        avail, held, version = self._hold(u, key, uid, pair, side, asset, amount, order_id, cid)
         out.balances.append({"user_id": uid, "asset": asset, "available": avail,
                              "held": held, "version": version, "ts": ts})
-        oid = str(order_id)
-        u["o"][oid] = [pair, side, asset, amount, cid]
-        touched = self._touched[key]
-        touched.append(("o", oid))
-        if cid is not None:
-            _remember_cid(u, cid, order_id, touched)
         rid = request["request_id"]
         # Place(...) without the namedtuple's own __new__ (a Python frame per order)
         out.commands.append((_new_tuple(Place, (pair, order_id, uid, side, kind, tif, price,
