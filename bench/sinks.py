@@ -13,7 +13,10 @@ its own, then measures, with the real sink code (SinkLoop + stores) in this proc
 plus the sink process's CPU per record (postgres_sink_cpu_us_per_event,
 clickhouse_cpu_us_per_row: steadier than rates on a shared machine; chDB runs in the
 process) and the PostgreSQL server's, all its backends (postgres_server_cpu_us_per_event). `--only postgres` (repeatable) runs a part
-alone. Both sinks write batches on worker threads (sinks/loop.py), so the timing ends
+alone. `--only postgres-floor` (never run by default) measures the PostgreSQL store with
+no Kafka and no decoding: the same workload's batches prepared before the clock, then
+only PostgresStore.write, two batches of different pairs in flight
+(postgres_floor_trades_per_s, its server CPU and WAL per event). Both sinks write batches on worker threads (sinks/loop.py), so the timing ends
 with loop.finish(): the last batch is committed, not just polled.
 """
 from __future__ import annotations
@@ -150,6 +153,64 @@ def bench_postgres(settings: Settings, ops: int, server_pid: int | None = None,
             "postgres_seconds": round(seconds, 2)}
 
 
+def bench_postgres_floor(settings: Settings, ops: int, server_pid: int | None = None,
+                         batch: int | None = None) -> dict:
+    """The store alone: the same workload's batches decoded, folded and encoded before the
+    clock starts, then only PostgresStore.write (the sink's transactions, on its
+    connections), two batches of different pairs in flight as in the sink's pipeline:
+    what PostgreSQL takes with no Kafka and no decoding in the way."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import zip_longest
+
+    import psycopg
+
+    from sinks.event_columns import decode
+    from sinks.postgres import PostgresStore
+
+    events = engine_events(ops, seed=21)
+    trades = sum(1 for e in events if type(e) is Trade)
+    codec = Codec()
+    size = batch or BATCH["postgres"]
+    by_pair: dict[str, list[bytes]] = {}
+    for e in events:
+        by_pair.setdefault(e.pair, []).append(codec.encode_event(e))
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE trades, orders, sink_progress")  # empty, as the sink found them
+    store = PostgresStore(settings.postgres_dsn, codec=codec)
+    store.open()
+    try:
+        # What the sink polls: a batch holds one partition's run (see sinks/postgres.py).
+        runs = [[store.batch(decode(values[i:i + size], codec)[0])
+                 for i in range(0, len(values), size)] for values in by_pair.values()]
+        rounds = [[b for b in r if b is not None] for r in zip_longest(*runs)]
+        store.watermarks()                               # a connection made, not timed
+        wal = _wal_lsn(settings.postgres_dsn)
+        server = _server_cpu(server_pid)
+        cpu, started = time.process_time(), time.monotonic()
+        with ThreadPoolExecutor(len(runs)) as pool:
+            for r in rounds:                             # one batch of each pair at a time
+                list(pool.map(store.write, r))
+        seconds = time.monotonic() - started
+        cpu, server = time.process_time() - cpu, _server_cpu(server_pid) - server
+        wal = _wal_lsn(settings.postgres_dsn) - wal
+    finally:
+        store.close()
+    return {"postgres_floor_trades_per_s": round(trades / seconds),
+            "postgres_floor_events_per_s": round(len(events) / seconds),
+            "postgres_floor_client_cpu_us_per_event": round(cpu / len(events) * 1e6, 2),
+            "postgres_floor_server_cpu_us_per_event": round(server / len(events) * 1e6, 2),
+            "postgres_floor_wal_bytes_per_event": round(wal / len(events)),
+            "postgres_floor_wal_mb_per_s": round(wal / seconds / 1e6, 1)}
+
+
+def _wal_lsn(dsn: str) -> int:
+    """Bytes of WAL written so far by the server."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+
+
 def bench_clickhouse(settings: Settings, n: int, batch: int | None = None) -> dict:
     import clickhouse_connect
 
@@ -234,8 +295,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the lag run")
     parser.add_argument("--batch", type=int, default=None,
                         help="records per store transaction (default: keel sink's)")
-    parser.add_argument("--only", choices=("postgres", "clickhouse", "lag"), action="append",
-                        help="run only these parts (repeatable; default: all)")
+    parser.add_argument("--only", action="append",
+                        choices=("postgres", "clickhouse", "lag", "postgres-floor"),
+                        help="run only these parts (repeatable; default: all but "
+                             "postgres-floor)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="keel-bench-sinks-") as tmp:
         tmp = Path(tmp)
@@ -255,8 +318,10 @@ def main() -> int:
             for i, (name, run) in enumerate((
                     ("postgres", lambda s: bench_postgres(s, args.ops, pg.pid, args.batch)),
                     ("clickhouse", lambda s: bench_clickhouse(s, args.depth, args.batch)),
-                    ("lag", lambda s: bench_lag(s, args.rate, args.seconds)))):
-                if args.only and name not in args.only:
+                    ("lag", lambda s: bench_lag(s, args.rate, args.seconds)),
+                    ("postgres-floor",
+                     lambda s: bench_postgres_floor(s, args.ops, pg.pid, args.batch)))):
+                if (name not in args.only) if args.only else name == "postgres-floor":
                     continue
                 prefix = f"b{i}."
                 create_topics(settings.bootstrap, prefix)
