@@ -169,6 +169,7 @@ class ResultCode(IntEnum):
     DUPLICATE_REQUEST = -2021
     NOT_ORDER_OWNER = -2022
     UNKNOWN_ASSET = -2023
+    TOO_MANY_OPEN_ORDERS = -2024        # the account has max_open_orders open already
     # -30xx: engine filters
     TICK_VIOLATION = -3001
     LOT_VIOLATION = -3002

@@ -12,6 +12,15 @@ from pathlib import Path
 
 from engine.domain import PPM, ResultCode
 
+# The most orders one account may have open. The accounts worker keeps a user's state as
+# one changelog record (streams.userlog), which must fit librdkafka's 1,000,000-byte
+# message.max.bytes: a bench user with ~17,000 resting orders made a larger one, and the
+# worker could not write its state and stopped, for every user of its partition. At 1,000
+# open orders with 36-character ids and every remembered window full of the longest
+# decisions the record measured 873 KB (tests/streams/test_open_order_cap.py), ~240 KB
+# with short decisions.
+MAX_OPEN_ORDERS = 1_000
+
 
 class MarketsConfigError(ValueError):
     """The markets file is invalid; the message names the pair and the field."""
@@ -93,6 +102,8 @@ class MarketsConfig:
     markets: dict[str, Market]          # by pair
     fee_account: int
     allow_shared_partitions: bool
+    # Orders one account may have open across all pairs (Binance's EXCHANGE_MAX_NUM_ORDERS).
+    max_open_orders: int = 1_000
 
     @property
     def partitions(self) -> int:
@@ -148,6 +159,12 @@ def parse_markets(data: dict) -> MarketsConfig:
     fee_account = data.get("fee_account", 0)
     if not isinstance(fee_account, int) or fee_account < 0:
         raise MarketsConfigError("fee_account must be a non-negative integer user id")
+    max_open = data.get("max_open_orders", MAX_OPEN_ORDERS)
+    if type(max_open) is not int or not 1 <= max_open <= MAX_OPEN_ORDERS:
+        raise MarketsConfigError(
+            f"max_open_orders must be an integer 1..{MAX_OPEN_ORDERS} (an account's state, "
+            "open orders included, is one changelog record, which must stay under Kafka's "
+            "1 MB message limit)")
 
     markets: dict[str, Market] = {}
     by_partition: dict[int, str] = {}
@@ -201,7 +218,7 @@ def parse_markets(data: dict) -> MarketsConfig:
     if used != list(range(len(used))):
         gaps = sorted(set(range(used[-1] + 1)) - set(used))
         raise MarketsConfigError(f"partitions must be contiguous from 0; missing {gaps}")
-    return MarketsConfig(assets, markets, fee_account, allow_shared)
+    return MarketsConfig(assets, markets, fee_account, allow_shared, max_open)
 
 
 def load_markets(path: str | Path) -> MarketsConfig:

@@ -146,6 +146,7 @@ _MESSAGES = {
     ResultCode.DUPLICATE_CLIENT_ORDER_ID: (-2010, "Duplicate order sent."),
     ResultCode.DUPLICATE_REQUEST: (-2010, "Duplicate order sent."),
     ResultCode.UNKNOWN_ASSET: (-1100, "Unknown asset."),
+    ResultCode.TOO_MANY_OPEN_ORDERS: (-2010, "Filter failure: EXCHANGE_MAX_NUM_ORDERS"),
     ResultCode.INVALID_PRICE: (-1013, "Invalid price."),
     ResultCode.INVALID_QUANTITY: (-1013, "Invalid quantity."),
     ResultCode.MARKET_CLOSED: (-2010, "Market is closed."),

@@ -179,4 +179,6 @@ def exchange_info(markets: MarketsConfig, units: dict[str, Units], now_ms: int,
     return {"timezone": "UTC", "serverTime": now_ms,
             "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE",
                             "intervalNum": 1, "limit": ip_limit}],
-            "exchangeFilters": [], "symbols": symbols}
+            "exchangeFilters": [{"filterType": "EXCHANGE_MAX_NUM_ORDERS",
+                                 "maxNumOrders": markets.max_open_orders}],
+            "symbols": symbols}

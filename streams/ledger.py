@@ -84,6 +84,7 @@ class Accounts:
     def __init__(self, units: Units, users: MutableMapping | None = None) -> None:
         self.units = units
         self._pairs = units.pairs
+        self._max_open = units.max_open_orders
         self.users = {} if users is None else users
         self._mine: dict = {}           # key -> the user, as this batch changes it
         self._touched: dict = {}        # key -> its entries (part, id) this batch changed
@@ -256,6 +257,8 @@ class Accounts:
             return None                         # a rejection, with its reason
         if cid is not None and cid in u["c"]:
             return None
+        if len(u["o"]) >= self._max_open:
+            return None                         # TOO_MANY_OPEN_ORDERS
         asset, amount = hold_for(pu, side, kind, price, qty, quote_qty)
         row = u["b"].get(asset)
         if row is None or row[0] < amount:
@@ -329,6 +332,10 @@ class Accounts:
             return self._reply(out, request, ResultCode.DUPLICATE_CLIENT_ORDER_ID,
                                f"client order id {cid} already used", pair=pair,
                                client_order_id=cid)
+        if len(u["o"]) >= self._max_open:
+            return self._reply(out, request, ResultCode.TOO_MANY_OPEN_ORDERS,
+                               f"the account has {len(u['o'])} open orders, the most allowed",
+                               pair=pair, client_order_id=cid)
         asset, amount = hold_for(pu, side, kind, price, qty, quote_qty)
         row = u["b"].get(asset)
         if (row[0] if row else 0) < amount:

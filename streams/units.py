@@ -64,9 +64,10 @@ class Units:
     pairs: dict[str, PairUnits]
     assets: frozenset[str]
     fee_account: int
+    max_open_orders: int = 1_000        # per account, all pairs (markets.max_open_orders)
 
     @classmethod
     def from_markets(cls, markets: MarketsConfig) -> Units:
         decimals = {name: a.decimals for name, a in markets.assets.items()}
         return cls({p: pair_units(m, decimals) for p, m in markets.markets.items()},
-                   frozenset(markets.assets), markets.fee_account)
+                   frozenset(markets.assets), markets.fee_account, markets.max_open_orders)

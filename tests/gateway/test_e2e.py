@@ -365,3 +365,55 @@ def test_two_gateway_instances_share_orders_and_listen_keys(stack):
                         statuses.append(msg["X"])
                 assert statuses[0] == "NEW"
     run(main())
+
+
+def test_an_account_at_the_open_order_cap_gets_the_binance_filter_failure(stack):
+    from tests.gateway.conftest import make_users
+
+    cap = stack.markets.max_open_orders
+    new = make_users(stack.settings, {f"capped-{uuid.uuid4().hex[:6]}": {"tier": "vip"}})
+    [(name, user)] = new.items()
+    stack.users.update(new)
+
+    async def main():
+        async with serve_gateway(stack.settings, stack.markets) as (app, base), \
+                aiohttp.ClientSession() as http:
+            t = await _traders(http, base, stack)
+            info = await t[name].public("/api/v3/exchangeInfo")
+            assert info.body["exchangeFilters"] == [
+                {"filterType": "EXCHANGE_MAX_NUM_ORDERS", "maxNumOrders": cap}]
+            await fund(stack, t, name, "USDT", "1000000")
+            order = {"symbol": "SOLUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                     "price": "1.00", "quantity": "10", "newOrderRespType": "ACK"}
+
+            async def place(n: int):
+                return await t[name].signed("POST", "/api/v3/order", **order,
+                                            newClientOrderId=f"cap-{n}")
+
+            placed = []
+            for start in range(0, cap, 50):
+                placed += await asyncio.gather(*(place(n)
+                                                 for n in range(start, min(cap, start + 50))))
+            assert [r.status for r in placed] == [200] * cap, \
+                [r.body for r in placed if r.status != 200][:3]
+            over = await place(cap)
+            assert (over.status, over.code) == (400, -2010), over.body
+            assert over.body["msg"] == "Filter failure: EXCHANGE_MAX_NUM_ORDERS"
+            # nothing was held for it, and it never reached the book
+            gone = await t[name].signed("GET", "/api/v3/order", symbol="SOLUSDT",
+                                        origClientOrderId=f"cap-{cap}")
+            assert gone.code == -2013, gone.body
+            # a cancelled order frees its slot once settlement has released it
+            first = placed[0].body["orderId"]
+            kill = await t[name].signed("DELETE", "/api/v3/order", symbol="SOLUSDT",
+                                        orderId=first)
+            assert kill.status == 200, kill.body
+
+            async def again():
+                r = await t[name].signed("POST", "/api/v3/order", **order)
+                assert r.status == 200 or r.code == -2010, r.body
+                return r.status == 200
+            await eventually(stack, again, "a slot freed by the cancel")
+            done = await t[name].signed("DELETE", "/api/v3/openOrders", symbol="SOLUSDT")
+            assert done.status == 200 and len(done.body) == cap, len(done.body)
+    run(main())
