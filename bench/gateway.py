@@ -13,7 +13,9 @@ client spent.
 Figures (the last line is JSON with --json):
   public_rps      cached public GETs (/depth, /ticker/price) answered per second
   order_rps       signed POST /api/v3/order (LIMIT, ACK) answered per second through
-                  accounts, --order-conns (256) connections, each with one order in flight
+                  accounts, --order-conns (256) connections, each with one order in flight,
+                  signed as --order-users (32) makers in turn: the orders rest, and one
+                  account may hold at most max_open_orders (1,000) open
   e2e_p50_ms/p99  POST due -> the fill's executionReport received on the user's
                   WebSocket, for IOC takers crossing resting makers paced at e2e_rate /s:
                   --e2e-rate (500) if the stack keeps up with it (e2e_rate_held), else the
@@ -251,6 +253,10 @@ async def bench(stack: Stack, settings: Settings, users: dict, args) -> dict:
                 await until_ok(lambda n=name, a=asset, x=amount: t["ops"].call(
                     "POST", "/api/v3/admin/deposit", userId=users[n][2], asset=a, amount=x),
                     "deposit")
+        makers = [users[n] for n in users if n.startswith("maker")]
+        await asyncio.gather(*(until_ok(lambda m=m: t["ops"].call(
+            "POST", "/api/v3/admin/deposit", userId=m[2], asset="USDT", amount="100000000"),
+            "deposit") for m in makers))
         out: dict = {"cpu_s": {}}
         # What the processes burn with no traffic (fetch loops, timers): the per-request
         # figures below include it, so it is measured on its own first.
@@ -267,7 +273,7 @@ async def bench(stack: Stack, settings: Settings, users: dict, args) -> dict:
         out["public_gw_us"] = round(spent["gateway"] / max(1, got["ok"]) * 1e6, 1)
 
         phase = Phase(stack, "orders", args)
-        got = await run_orders(base, users["mm"], MAKER_ORDER, "--conns", str(args.order_conns),
+        got = await run_orders(base, makers, MAKER_ORDER, "--conns", str(args.order_conns),
                                "--seconds", str(args.seconds))
         spent = out["cpu_s"]["orders"] = phase.spent() | {"client": got["cpu_s"]}
         out["order_rps"] = round(got["ok"] / got["elapsed"])
@@ -275,7 +281,8 @@ async def bench(stack: Stack, settings: Settings, users: dict, args) -> dict:
         out["order_conns"] = args.order_conns
         out["order_ack_ms"] = got["ack_ms"]
         out["order_gw_us"] = round(spent["gateway"] / max(1, got["ok"]) * 1e6, 1)
-        await t["mm"].call("DELETE", "/api/v3/openOrders", symbol="ETHUSDT")
+        await asyncio.gather(*(Trader(http, base, k, s).call(
+            "DELETE", "/api/v3/openOrders", symbol="ETHUSDT") for k, s, _ in makers))
         out["settle_s"] = {"orders": await settle(stack)}
 
         phase = Phase(stack, "e2e", args)
@@ -289,7 +296,7 @@ async def bench(stack: Stack, settings: Settings, users: dict, args) -> dict:
             proc.send_signal(signal.SIGSTOP)
         try:
             if args.instant_accounts:          # first: the fan-out phase leaves a backlog
-                out.update(await instant_orders(stack, settings, args, base, users))
+                out.update(await instant_orders(stack, settings, args, base, makers))
             phase = Phase(stack, "ws", args)
             out.update(await ws_fanout(base, settings, args))
             spent = out["cpu_s"]["ws"] = phase.spent() | {"client": out.pop("ws_client_cpu_s")}
@@ -306,16 +313,19 @@ TAKER_ORDER = ("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=IOC&price=30000.0
                "&quantity=0.001&newClientOrderId={cid}&newOrderRespType=ACK")
 
 
-async def run_orders(base: str, user: tuple, params: str, *args: str) -> dict:
-    """Signed orders from the raw load client (bench/gateway_load.py orders)."""
-    key, secret, _ = user
-    client = load_client(base, "orders", "--key", key, "--secret", secret, "--params", params,
+async def run_orders(base: str, user: tuple | list, params: str, *args: str) -> dict:
+    """Signed orders from the raw load client (bench/gateway_load.py orders), as one user
+    (key, secret, id) or a list of them taken in turn by the connections."""
+    signers = user if isinstance(user, list) else [user]
+    client = load_client(base, "orders", "--key", ",".join(k for k, _, _ in signers),
+                         "--secret", ",".join(s for _, s, _ in signers), "--params", params,
                          *args)
     stdout, _ = await asyncio.to_thread(client.communicate)
     return json.loads(stdout.splitlines()[-1])
 
 
-async def instant_orders(stack: Stack, settings: Settings, args, base: str, users) -> dict:
+async def instant_orders(stack: Stack, settings: Settings, args, base: str,
+                         makers: list) -> dict:
     """The gateway's own order capacity: accounts (paused) is stood in for by a replier
     that answers every request at once, so only the gateway's side of an ACK order is
     left — HTTP, auth, form, produce, reply wait. Not the exchange's order rate."""
@@ -326,7 +336,7 @@ async def instant_orders(stack: Stack, settings: Settings, args, base: str, user
     line = await asyncio.to_thread(replier.stdout.readline)
     assert line.strip() == "ready", line
     phase = Phase(stack, "orders_instant", args)
-    got = await run_orders(base, users["mm"], MAKER_ORDER, "--conns", str(args.order_conns),
+    got = await run_orders(base, makers, MAKER_ORDER, "--conns", str(args.order_conns),
                            "--seconds", str(args.seconds))
     spent = phase.spent() | {"client": got["cpu_s"]}
     stdout, _ = await asyncio.to_thread(replier.communicate, "")
@@ -353,11 +363,14 @@ async def e2e(stack: Stack, base: str, t: dict, users: dict, args) -> dict:
     rate = args.e2e_rate
     while True:
         n = int(rate * args.seconds)
+        refused = []                        # maker orders not placed: fills missing for them
         for i in range(0, n, 50):           # resting liquidity the taker will lift
-            await t["mm"].call("POST", "/api/v3/order", symbol="BTCUSDT", side="SELL",
-                               type="LIMIT", timeInForce="GTC", price="30000.00",
-                               quantity=f"{min(50, n - i) * 0.001:.3f}",
-                               newOrderRespType="ACK")
+            status, body = await t["mm"].call(
+                "POST", "/api/v3/order", symbol="BTCUSDT", side="SELL", type="LIMIT",
+                timeInForce="GTC", price="30000.00", quantity=f"{min(50, n - i) * 0.001:.3f}",
+                newOrderRespType="ACK")
+            if status != 200:
+                refused.append(body)
         await asyncio.sleep(0.5)
         await settle(stack)
         got = await run_orders(base, users["taker"], TAKER_ORDER, "--rate", str(rate),
@@ -377,7 +390,8 @@ async def e2e(stack: Stack, base: str, t: dict, users: dict, args) -> dict:
         attempts.append({"rate": rate, "sent": got["sent"], "late": got["late"],
                          "send_lag_ms": got["send_lag_ms"], "stream": got["stream"],
                          "errors": got["bad"], "fills": fills["n"], "e2e_ms": fills,
-                         "ack_ms": got["ack_ms"], "held": held, "unfilled": unfilled})
+                         "ack_ms": got["ack_ms"], "held": held, "unfilled": unfilled,
+                         "maker_refused": refused[:3]})
         if held or rate / 2 < 50:
             break
         rate /= 2
@@ -465,6 +479,9 @@ def main() -> int:
     parser.add_argument("--order-conns", type=int, default=256,
                         help="connections of the order phases, each with one order in "
                         "flight (enough that the round trip does not bound the rate)")
+    parser.add_argument("--order-users", type=int, default=32,
+                        help="makers the order phases sign as, in turn (each may hold at "
+                        "most max_open_orders open; 32 x 1,000 covers ~10 s at 3,000/s)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--instant-accounts", action="store_true",
                         help="also measure orders with accounts replaced by an instant replier")
@@ -482,8 +499,9 @@ def main() -> int:
             vault = Vault.from_settings(settings)
             with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
                 users = {}
+                makers = [(f"maker{i}", "vip", False) for i in range(args.order_users)]
                 for name, tier, admin in (("ops", "standard", True), ("mm", "vip", False),
-                                          ("taker", "vip", False)):
+                                          ("taker", "vip", False), *makers):
                     u = create_user(conn, vault, name, tier, admin)
                     users[name] = (u.api_key, u.secret.reveal(), u.user_id)
             result = asyncio.run(bench(stack, settings, users, args))

@@ -11,7 +11,8 @@ so the figures are the gateway's.
         connects every client, prints "ready", reads "go" then the number of messages
         published on stdin, counts text frames until all arrived (or 10 s); prints
         {"received", "expected", "elapsed", "checked", "cpu_s"}
-    gateway_load.py orders --url ... --key K --secret S --params 'symbol=..&price={m}.00'
+    gateway_load.py orders --url ... --key K[,K2..] --secret S[,S2..]
+        --params 'symbol=..&price={m}.00'
         [--conns 64] [--seconds 3] [--rate R] [--listen-key L]
         signed POST /api/v3/order on keep-alive connections ({n}: the order's number,
         {m}: 1000 + n % 50, {cid}: --cid-prefix and n). Without --rate each connection sends back to back (capacity);
@@ -211,6 +212,7 @@ class _OrderConn(asyncio.Protocol):
         self.on_answer = on_answer
         self.buf = b""
         self.due = 0.0
+        self.user = 0                   # which of --key/--secret it signs as
         self.opened: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport) -> None:
@@ -295,14 +297,18 @@ async def _client_orders(host: str, port: int, args) -> dict:
     import hmac
 
     loop = asyncio.get_running_loop()
-    secret = args.secret.encode()
-    head = f" HTTP/1.1\r\nHost: {host}\r\nX-MBX-APIKEY: {args.key}\r\nContent-Length: 0\r\n\r\n"
+    # --key/--secret may name several users (comma-separated): connection i signs as user
+    # i % their number, so no one account holds more than its share of resting orders.
+    secrets = [x.encode() for x in args.secret.split(",")]
+    heads = [f" HTTP/1.1\r\nHost: {host}\r\nX-MBX-APIKEY: {key}\r\n"
+             "Content-Length: 0\r\n\r\n" for key in args.key.split(",")]
+    assert len(heads) == len(secrets), "as many --secret as --key"
 
-    def request(n: int) -> bytes:
+    def request(n: int, conn: _OrderConn) -> bytes:
         text = (args.params.format(n=n, m=1000 + n % 50, cid=f"{args.cid_prefix}{n}")
                 + f"&timestamp={time.time_ns() // 1_000_000}")
-        sig = hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
-        return f"POST /api/v3/order?{text}&signature={sig}{head}".encode()
+        sig = hmac.new(secrets[conn.user], text.encode(), hashlib.sha256).hexdigest()
+        return f"POST /api/v3/order?{text}&signature={sig}{heads[conn.user]}".encode()
 
     sent: dict[str, float] = {}         # client order id -> when it was due
     fills: list[float] = []
@@ -328,7 +334,7 @@ async def _client_orders(host: str, port: int, args) -> dict:
             bad.append(body)
         if closed_loop:
             if now < stop_at:
-                conn.send(request(next(counter)), now)
+                conn.send(request(next(counter), conn), now)
             else:
                 free.append(conn)
             return
@@ -337,9 +343,10 @@ async def _client_orders(host: str, port: int, args) -> dict:
             waiting.set_result(None)
 
     conns = []
-    for _ in range(args.conns):
+    for i in range(args.conns):
         _, conn = await loop.create_connection(lambda: _OrderConn(on_answer), host, port)
         await conn.opened
+        conn.user = i % len(heads)
         conns.append(conn)
     started = time.perf_counter()
     stop_at = started + args.seconds
@@ -347,7 +354,7 @@ async def _client_orders(host: str, port: int, args) -> dict:
     lags: list[float] = []              # how late each paced order went out (this client)
     if closed_loop:
         for conn in conns:
-            conn.send(request(next(counter)), time.perf_counter())
+            conn.send(request(next(counter), conn), time.perf_counter())
     else:
         free.extend(conns)
         total = int(args.rate * args.seconds)
@@ -365,7 +372,8 @@ async def _client_orders(host: str, port: int, args) -> dict:
             n = next(counter)
             if stream is not None:
                 sent[f"{args.cid_prefix}{n}"] = due
-            free.pop().send(request(n), due)
+            conn = free.pop()
+            conn.send(request(n, conn), due)
     deadline = time.perf_counter() + args.seconds + 10
     while len(free) < len(conns) and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
