@@ -34,7 +34,7 @@ import faust
 from faust.streams import _current_event
 
 from infra.settings import Settings
-from streams import bulk, compat, fastpath, trace, tuning
+from streams import bulk, compat, fastpath, lifecycle, trace, tuning
 from streams.acks import ack_batch
 from streams.batches import take_batches
 
@@ -78,6 +78,7 @@ def configure(role: str, settings: Settings) -> faust.App:
     Path(conf["datadir"]).mkdir(parents=True, exist_ok=True)   # Faust makes only the leaf
     app.config_from_object(conf, force=True)
     app.conf.id = f"{settings.topic_prefix}streams-{role}"
+    lifecycle.install(app, role)    # INFO: assignments, recovery done
     # table changelogs through librdkafka (compat item 10), not inside exactly_once's
     # transactions
     compat.changelog_sink = None if conf["processing_guarantee"] == "exactly_once" \

@@ -162,3 +162,12 @@ def test_a_worker_carries_on_from_users_written_in_the_old_format(workers, clien
                                            for b in got))
     last = max((b for b in balances if b["user_id"] == uid), key=lambda b: b["version"])
     assert (last["available"], last["held"]) == (0, held + avail + 7)
+    # at INFO each worker told where it stood: the second one recovered both users, the
+    # old-format one included, before it processed anything
+    told = [orjson.loads(line) for line in
+            (workers.log_dir / "accounts-1.log").read_text(errors="replace").splitlines()
+            if line.startswith("{")]
+    said = [t["msg"] for t in told if t.get("logger") == "streams.lifecycle"]
+    assert "partitions assigned" in said, said
+    recovered = [t["keys"] for t in told if t["msg"] == "tables recovered, processing"]
+    assert recovered and recovered[0] == {"users": 2}, recovered
