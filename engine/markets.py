@@ -103,7 +103,7 @@ class MarketsConfig:
     fee_account: int
     allow_shared_partitions: bool
     # Orders one account may have open across all pairs (Binance's EXCHANGE_MAX_NUM_ORDERS).
-    max_open_orders: int = 1_000
+    max_open_orders: int = MAX_OPEN_ORDERS
 
     @property
     def partitions(self) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
 
-from engine.markets import Market, MarketsConfig
+from engine.markets import MAX_OPEN_ORDERS, Market, MarketsConfig
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Units:
     pairs: dict[str, PairUnits]
     assets: frozenset[str]
     fee_account: int
-    max_open_orders: int = 1_000        # per account, all pairs (markets.max_open_orders)
+    max_open_orders: int = MAX_OPEN_ORDERS      # per account, all pairs (markets)
 
     @classmethod
     def from_markets(cls, markets: MarketsConfig) -> Units:
