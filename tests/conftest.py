@@ -1,10 +1,10 @@
 """Session fixtures: the real embedded services, started only for tests that ask.
 
 Each fixture starts its service lazily on a free port in a temp dir the first time a test
-requests it, and stops it at the end of the session; tests that request none of them
-(engine, schemas) start nothing.
+requests it, and stops it at the end of the session (the broker: of its module); tests
+that request none of them (engine, schemas) start nothing.
 
-    kafka_bootstrap    "127.0.0.1:PORT" of a tansu broker (in memory)
+    kafka_bootstrap    "127.0.0.1:PORT" of a tansu broker (in memory), one per module
     postgres_dsn       DSN of database `keel` on a PostgreSQL 18 server
     clickhouse_client  a clickhouse-connect client on a chDB dir owned by this process
                        (chDB allows one dir per process: share this one, do not open another)
@@ -35,8 +35,13 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker per test module, not per session: tansu slows as it ages. Every
+    idempotent or transactional producer adds to the producer-id record it rewrites on
+    each such produce, and a fetch lists all of a partition's batches. In ci43 the
+    streams conservation test took 634 s at the end of the suite against 91 s in a
+    shorter run, and the long-partition broker test 177 s against 34 s."""
     from infra.embedded import free_port
     from infra.embedded.kafka import spawn
     from infra.health import HealthCheck
