@@ -253,7 +253,8 @@ async def bench(stack: Stack, settings: Settings, users: dict, args) -> dict:
                 await until_ok(lambda n=name, a=asset, x=amount: t["ops"].call(
                     "POST", "/api/v3/admin/deposit", userId=users[n][2], asset=a, amount=x),
                     "deposit")
-        makers = [users[n] for n in users if n.startswith("maker")]
+        maker_names = [n for n in users if n.startswith("maker")]
+        makers = [users[n] for n in maker_names]
         await asyncio.gather(*(until_ok(lambda m=m: t["ops"].call(
             "POST", "/api/v3/admin/deposit", userId=m[2], asset="USDT", amount="100000000"),
             "deposit") for m in makers))
@@ -281,8 +282,8 @@ async def bench(stack: Stack, settings: Settings, users: dict, args) -> dict:
         out["order_conns"] = args.order_conns
         out["order_ack_ms"] = got["ack_ms"]
         out["order_gw_us"] = round(spent["gateway"] / max(1, got["ok"]) * 1e6, 1)
-        await asyncio.gather(*(Trader(http, base, k, s).call(
-            "DELETE", "/api/v3/openOrders", symbol="ETHUSDT") for k, s, _ in makers))
+        await asyncio.gather(*(t[n].call("DELETE", "/api/v3/openOrders", symbol="ETHUSDT")
+                               for n in maker_names))
         out["settle_s"] = {"orders": await settle(stack)}
 
         phase = Phase(stack, "e2e", args)
@@ -313,10 +314,9 @@ TAKER_ORDER = ("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=IOC&price=30000.0
                "&quantity=0.001&newClientOrderId={cid}&newOrderRespType=ACK")
 
 
-async def run_orders(base: str, user: tuple | list, params: str, *args: str) -> dict:
-    """Signed orders from the raw load client (bench/gateway_load.py orders), as one user
-    (key, secret, id) or a list of them taken in turn by the connections."""
-    signers = user if isinstance(user, list) else [user]
+async def run_orders(base: str, signers: list, params: str, *args: str) -> dict:
+    """Signed orders from the raw load client (bench/gateway_load.py orders), as the users
+    (key, secret, id) of `signers`, taken in turn by the connections."""
     client = load_client(base, "orders", "--key", ",".join(k for k, _, _ in signers),
                          "--secret", ",".join(s for _, s, _ in signers), "--params", params,
                          *args)
@@ -373,7 +373,7 @@ async def e2e(stack: Stack, base: str, t: dict, users: dict, args) -> dict:
                 refused.append(body)
         await asyncio.sleep(0.5)
         await settle(stack)
-        got = await run_orders(base, users["taker"], TAKER_ORDER, "--rate", str(rate),
+        got = await run_orders(base, [users["taker"]], TAKER_ORDER, "--rate", str(rate),
                                "--conns", str(args.order_conns), "--seconds",
                                str(args.seconds), "--listen-key", key,
                                "--cid-prefix", f"e2e{len(attempts)}x")

@@ -16,8 +16,9 @@ process) and the PostgreSQL server's, all its backends (postgres_server_cpu_us_p
 alone. `--only postgres-floor` (never run by default) measures the PostgreSQL store with
 no Kafka and no decoding: the same workload's batches prepared before the clock, then
 only PostgresStore.write, two batches of different pairs in flight
-(postgres_floor_trades_per_s, its server CPU and WAL per event). Both sinks write batches on worker threads (sinks/loop.py), so the timing ends
-with loop.finish(): the last batch is committed, not just polled.
+(postgres_floor_trades_per_s, its server CPU and WAL per event). Both sinks write
+batches on worker threads (sinks/loop.py), so the timing ends with loop.finish(): the
+last batch is committed, not just polled.
 """
 from __future__ import annotations
 

@@ -372,7 +372,7 @@ def test_an_account_at_the_open_order_cap_gets_the_binance_filter_failure(stack)
 
     cap = stack.markets.max_open_orders
     new = make_users(stack.settings, {f"capped-{uuid.uuid4().hex[:6]}": {"tier": "vip"}})
-    [(name, user)] = new.items()
+    [name] = new
     stack.users.update(new)
 
     async def main():
@@ -399,7 +399,7 @@ def test_an_account_at_the_open_order_cap_gets_the_binance_filter_failure(stack)
             over = await place(cap)
             assert (over.status, over.code) == (400, -2010), over.body
             assert over.body["msg"] == "Filter failure: EXCHANGE_MAX_NUM_ORDERS"
-            # nothing was held for it, and it never reached the book
+            # it was never placed: the gateway does not know it
             gone = await t[name].signed("GET", "/api/v3/order", symbol="SOLUSDT",
                                         origClientOrderId=f"cap-{cap}")
             assert gone.code == -2013, gone.body
